@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.db import transaction
+from django.db.models import Max
+
+from adapters_app.models import LoRAAdapter
+from nexus.storage import local_path, storage_save_folder
+
+
+@transaction.atomic
+def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None) -> LoRAAdapter:
+    """Store a trained PEFT adapter folder and record it as the next version of the job's name."""
+    latest = LoRAAdapter.objects.select_for_update().filter(team=job.team, name=job.name).aggregate(v=Max("version"))["v"] or 0
+    version = latest + 1
+    prefix = storage_save_folder(f"adapters/team-{job.team_id}/job-{job.pk}-v{version}", adapter_dir)
+    size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
+    adapter = LoRAAdapter(
+        team=job.team,
+        name=job.name,
+        version=version,
+        base_model=job.base_model,
+        job=job,
+        path=prefix,
+        size_bytes=size,
+        lora_config=job.lora_config,
+        final_loss=final_loss,
+    )
+    adapter.full_clean()
+    adapter.save()
+    return adapter
+
+
+def adapter_local_dir(adapter: LoRAAdapter):
+    """Context manager yielding a local folder that PeftModel.from_pretrained can load."""
+    return local_path(adapter.path)

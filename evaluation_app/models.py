@@ -1,0 +1,1 @@
+# Comparisons, benchmarks, custom test sets and LLM judging arrive with the evaluation issue.

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from rest_framework.request import Request
+
+from nexus.models import Team
+from nexus.teams import resolve_team
+
+
+def request_team(request: Request, *, write: bool) -> Team:
+    """The team an API call acts in: `team` (id or slug) from the body or query, else the personal team."""
+    team = None
+    if hasattr(request, "data") and hasattr(request.data, "get"):
+        team = request.data.get("team")
+    team = team or request.query_params.get("team")
+    return resolve_team(request.user, team, write=write)
+
+
+def request_team_filter(request: Request) -> Team | None:
+    """For list endpoints: only filter by team when one is named; otherwise all the user's teams."""
+    if request.query_params.get("team"):
+        return resolve_team(request.user, request.query_params["team"], write=False)
+    return None

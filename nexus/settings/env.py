@@ -1,0 +1,51 @@
+"""Every setting that comes from the environment is read here, once."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+def _str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(name: str, default: str) -> list[str]:
+    return [part.strip() for part in _str(name, default).split(",") if part.strip()]
+
+
+def parse_database_url(url: str) -> dict:
+    """postgres://user:pass@host:port/name -> Django DATABASES entry."""
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql", "pgsql"}:
+        raise ValueError(f"DATABASE_URL must be a postgres:// URL, got scheme {parsed.scheme!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")) or "nexus",
+        "USER": unquote(parsed.username or "postgres"),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "127.0.0.1",
+        "PORT": str(parsed.port or 5432),
+        "CONN_MAX_AGE": 0,
+    }
+
+
+DATABASE_URL = _str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/nexus")
+REDIS_URL = _str("REDIS_URL", "redis://127.0.0.1:6379/0")
+NEXUS_DATA_DIR = Path(_str("NEXUS_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+# Where provisioned base models live; shared between runs so the demo model is built once.
+NEXUS_MODELS_DIR = Path(_str("NEXUS_MODELS_DIR", str(NEXUS_DATA_DIR / "models"))).resolve()
+SECRET_KEY = _str("SECRET_KEY", "")
+ALLOWED_HOSTS = _list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+DEBUG = _bool("DEBUG", False)
+NEXUS_MAX_UPLOAD_MB = int(_str("NEXUS_MAX_UPLOAD_MB", "512"))
+NEXUS_ALLOW_HUB_DOWNLOADS = _bool("NEXUS_ALLOW_HUB_DOWNLOADS", False)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from adapters_app import apis as adapter_apis
+from adapters_app import views as adapter_views
+from datasets_app import apis as dataset_apis
+from datasets_app import views as dataset_views
+from evaluation_app import views as evaluation_views
+from nexus import apis as nexus_apis
+from training_app import apis as training_apis
+from training_app import views as training_views
+
+api_v1 = [
+    path("models", nexus_apis.BaseModelListApi.as_view(), name="api-models"),
+    path("datasets", dataset_apis.DatasetListCreateApi.as_view(), name="api-datasets"),
+    path("datasets/<int:dataset_id>", dataset_apis.DatasetDetailApi.as_view(), name="api-dataset"),
+    path("jobs", training_apis.JobListCreateApi.as_view(), name="api-jobs"),
+    path("jobs/<int:job_id>", training_apis.JobDetailApi.as_view(), name="api-job"),
+    path("jobs/<int:job_id>/events", training_apis.JobEventsApi.as_view(), name="api-job-events"),
+    path("adapters", adapter_apis.AdapterListApi.as_view(), name="api-adapters"),
+    path("adapters/<int:adapter_id>", adapter_apis.AdapterDetailApi.as_view(), name="api-adapter"),
+]
+
+pages = [
+    path("datasets/", dataset_views.dataset_list_page, name="dataset-list"),
+    path("datasets/upload/", dataset_views.dataset_upload_page, name="dataset-upload"),
+    path("datasets/<int:dataset_id>/", dataset_views.dataset_detail_page, name="dataset-detail"),
+    path("training/", training_views.job_list_page, name="job-list"),
+    path("training/new/", training_views.job_new_page, name="job-new"),
+    path("training/<int:job_id>/", training_views.job_detail_page, name="job-detail"),
+    path("training/<int:job_id>/cancel/", training_views.job_cancel_page, name="job-cancel"),
+    path("adapters/", adapter_views.adapter_list_page, name="adapter-list"),
+    path("adapters/<int:adapter_id>/", adapter_views.adapter_detail_page, name="adapter-detail"),
+    path("evaluation/", evaluation_views.evaluation_index_page, name="evaluation-index"),
+]
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/finetune/datasets/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("finetune/", include(pages)),
+    path("api/v1/finetune/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from nexus.api_utils import request_team, request_team_filter
+from training_app.models import FineTuningJob
+from training_app.selectors import training_job_events, training_job_get, training_job_list
+from training_app.services import training_job_cancel, training_job_create
+
+
+class JobOutputSerializer(serializers.ModelSerializer):
+    team = serializers.IntegerField(source="team_id")
+    base_model = serializers.CharField(source="base_model.name")
+    dataset_id = serializers.IntegerField()
+    adapter_id = serializers.SerializerMethodField()
+
+    class Meta:
+        model = FineTuningJob
+        fields = ["id", "team", "name", "description", "base_model", "dataset_id", "lora_config", "training_config",
+                  "qlora_config", "status", "progress", "current_step", "total_steps", "current_epoch", "current_loss",
+                  "best_loss", "tokens_per_second", "metrics", "adapter_id", "error", "cancel_requested",
+                  "created_at", "updated_at", "started_at", "finished_at"]
+
+    def get_adapter_id(self, job: FineTuningJob) -> int | None:
+        adapter = getattr(job, "adapter", None)
+        return adapter.pk if adapter else None
+
+
+class JobEventSerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    type = serializers.CharField()
+    level = serializers.CharField()
+    message = serializers.CharField()
+    data = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+
+
+class JobListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        description = serializers.CharField(required=False, allow_blank=True, default="")
+        base_model = serializers.CharField(help_text="Catalog name or id")
+        dataset_id = serializers.IntegerField()
+        lora_config = serializers.JSONField(required=False, default=dict)
+        training_config = serializers.JSONField(required=False, default=dict)
+        qlora_config = serializers.JSONField(required=False, default=dict)
+        team = serializers.CharField(required=False, allow_blank=True)
+
+    @extend_schema(responses=JobOutputSerializer(many=True))
+    def get(self, request):
+        qs = training_job_list(user=request.user, team=request_team_filter(request))
+        return Response({"results": JobOutputSerializer(qs, many=True).data})
+
+    @extend_schema(request=InputSerializer, responses={201: JobOutputSerializer})
+    def post(self, request):
+        team = request_team(request, write=True)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        job = training_job_create(team=team, user=request.user, name=v["name"], description=v["description"],
+                                  base_model=v["base_model"], dataset_id=v["dataset_id"], lora_config=v["lora_config"],
+                                  training_config=v["training_config"], qlora_config=v["qlora_config"])
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobOutputSerializer)
+    def get(self, request, job_id: int):
+        return Response(JobOutputSerializer(training_job_get(user=request.user, pk=job_id)).data)
+
+    @extend_schema(responses=JobOutputSerializer, description="Cancel the job: queued jobs end at once, running jobs within one training step.")
+    def delete(self, request, job_id: int):
+        job = training_job_cancel(job=training_job_get(user=request.user, pk=job_id, write=True))
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobEventsApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("after", int, description="return events with seq greater than this")],
+                   responses=JobEventSerializer(many=True))
+    def get(self, request, job_id: int):
+        job = training_job_get(user=request.user, pk=job_id)
+        try:
+            after = int(request.query_params.get("after", 0))
+        except ValueError:
+            after = 0
+        events = training_job_events(job=job, after=after, limit=1000)
+        return Response({"results": [e.as_message() for e in events]})

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from django.conf import settings
+from django.db import models
+
+from nexus.models import BaseModel, Team
+from training_app.engine.config import LoRAConfig, QLoRAConfig, TrainingConfig
+
+
+def default_lora_config() -> dict:
+    return asdict(LoRAConfig())
+
+
+def default_training_config() -> dict:
+    return asdict(TrainingConfig())
+
+
+def default_qlora_config() -> dict:
+    return asdict(QLoRAConfig())
+
+
+class FineTuningJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="finetuning_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="finetuning_jobs")
+    dataset = models.ForeignKey("datasets_app.Dataset", on_delete=models.PROTECT, related_name="finetuning_jobs")
+    lora_config = models.JSONField(default=default_lora_config)
+    training_config = models.JSONField(default=default_training_config)
+    qlora_config = models.JSONField(default=default_qlora_config)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    progress = models.FloatField(default=0.0, help_text="0-100")
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    current_epoch = models.FloatField(default=0.0)
+    current_loss = models.FloatField(null=True, blank=True)
+    best_loss = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=255, blank=True)
+    output_dir = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE

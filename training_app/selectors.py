@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from nexus.events import job_events_after
+from nexus.models import JobEvent
+from nexus.teams import get_for_user, visible_to
+from training_app.models import FineTuningJob
+
+
+def training_job_list(*, user, team=None) -> QuerySet[FineTuningJob]:
+    qs = visible_to(FineTuningJob.objects.select_related("team", "base_model", "dataset"), user)
+    return qs.filter(team=team) if team is not None else qs
+
+
+def training_job_get(*, user, pk: int, write: bool = False) -> FineTuningJob:
+    return get_for_user(FineTuningJob.objects.select_related("team", "base_model", "dataset"), user, pk=pk, write=write)
+
+
+def training_job_events(*, job: FineTuningJob, after: int = 0, limit: int | None = None) -> list[JobEvent]:
+    return job_events_after(kind=JobEvent.Kind.TRAINING, job_id=job.pk, after=after, limit=limit)
+
+
+def training_job_loss_curve(*, job: FineTuningJob) -> list[dict]:
+    return [
+        e.data
+        for e in JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk, type=JobEvent.Type.METRIC).order_by("seq")
+    ]

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from datasets_app.models import Dataset
+from datasets_app.selectors import dataset_get
+from datasets_app.services import dataset_load_records
+from nexus.errors import NexusError
+from nexus.events import job_event_record
+from nexus.models import BaseModel, JobEvent, Team
+from training_app.engine.config import ConfigError, parse_job_config
+from training_app.models import FineTuningJob
+
+STALE_AFTER_SECONDS = 15 * 60
+
+
+def _event(job_id: int, message: str, level: str = "info", type: str = JobEvent.Type.LOG, data: dict | None = None) -> None:
+    job_event_record(kind=JobEvent.Kind.TRAINING, job_id=job_id, message=message, level=level, type=type, data=data)
+
+
+def _status_event(job_id: int, status: str, message: str, level: str = "info") -> None:
+    _event(job_id, message, level=level, type=JobEvent.Type.STATUS, data={"status": status})
+
+
+def _resolve_base_model(value: Any) -> BaseModel:
+    if isinstance(value, BaseModel):
+        model = value
+    else:
+        lookup = {"pk": int(value)} if str(value).isdigit() else {"name": str(value)}
+        model = BaseModel.objects.filter(**lookup).first()
+        if model is None:
+            names = ", ".join(BaseModel.objects.values_list("name", flat=True)) or "none registered"
+            raise NexusError(f"base_model: unknown model '{value}' (available: {names})", code="validation_error",
+                             details={"base_model": f"unknown model '{value}'"})
+    if not model.trainable:
+        raise NexusError(f"base_model: '{model.name}' has no local HF folder, so it cannot be fine-tuned",
+                         code="validation_error", details={"base_model": "not trainable"})
+    return model
+
+
+@transaction.atomic
+def training_job_create(
+    *,
+    team: Team,
+    user,
+    name: str,
+    base_model: Any,
+    dataset_id: int,
+    description: str = "",
+    lora_config: dict | None = None,
+    training_config: dict | None = None,
+    qlora_config: dict | None = None,
+) -> FineTuningJob:
+    try:
+        config = parse_job_config(lora_config, training_config, qlora_config)
+    except ConfigError as exc:
+        raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
+    model = _resolve_base_model(base_model)
+    dataset = dataset_get(user=user, pk=dataset_id)
+    if dataset.team_id != team.pk:
+        raise NexusError("dataset_id: the dataset belongs to another team", code="validation_error",
+                         details={"dataset_id": "belongs to another team"})
+    if dataset.status != Dataset.Status.READY:
+        raise NexusError(f"dataset_id: dataset '{dataset.name}' is not ready (status: {dataset.status})",
+                         code="dataset_not_ready", details={"dataset_id": dataset.status})
+    job = FineTuningJob(team=team, created_by=user, name=name.strip(), description=description, base_model=model,
+                        dataset=dataset, **config.as_dicts())
+    job.full_clean()
+    job.save()
+    _status_event(job.pk, "queued", f"Queued: {model.name} on '{dataset.name}' ({dataset.num_examples} examples)")
+    from training_app.tasks import run_training_job
+
+    transaction.on_commit(lambda: run_training_job.delay(job.pk))
+    return job
+
+
+@transaction.atomic
+def training_job_cancel(*, job: FineTuningJob) -> FineTuningJob:
+    job = FineTuningJob.objects.select_for_update().get(pk=job.pk)
+    if job.status == FineTuningJob.Status.QUEUED:
+        job.status = FineTuningJob.Status.CANCELLED
+        job.cancel_requested = True
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "cancel_requested", "finished_at", "updated_at"])
+        _status_event(job.pk, "cancelled", "Cancelled before it started")
+    elif job.status == FineTuningJob.Status.RUNNING and not job.cancel_requested:
+        job.cancel_requested = True
+        job.save(update_fields=["cancel_requested", "updated_at"])
+        _event(job.pk, "Cancel requested; the trainer stops after the current step", level="warning")
+    return job
+
+
+def training_job_claim(*, job_id: int, worker: str) -> bool:
+    """queued -> running; a duplicate delivery finds nothing to claim."""
+    return bool(
+        FineTuningJob.objects.filter(pk=job_id, status=FineTuningJob.Status.QUEUED, cancel_requested=False).update(
+            status=FineTuningJob.Status.RUNNING, started_at=timezone.now(), updated_at=timezone.now(),
+            worker=worker,
+        )
+    )
+
+
+class _JobHooks:
+    """Bridges engine callbacks to the database (the source of truth) and the job's group."""
+
+    def __init__(self, job: FineTuningJob):
+        self.job = job
+
+    def log(self, message: str, level: str = "info") -> None:
+        _event(self.job.pk, message, level=level)
+
+    def on_start(self, *, total_steps: int, num_examples: int) -> None:
+        self.job.total_steps = total_steps
+        self.job.save(update_fields=["total_steps", "updated_at"])
+        _status_event(self.job.pk, "running", f"Training started: {total_steps} steps over {num_examples} examples")
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        job = self.job
+        with transaction.atomic():
+            job.current_step = metrics["step"]
+            job.total_steps = metrics["total_steps"] or job.total_steps
+            job.progress = round(100.0 * job.current_step / max(job.total_steps, 1), 2)
+            job.current_epoch = metrics["epoch"]
+            job.current_loss = metrics["loss"]
+            job.best_loss = metrics["loss"] if job.best_loss is None else min(job.best_loss, metrics["loss"])
+            job.tokens_per_second = metrics["tokens_per_second"]
+            job.metrics = {**job.metrics, "last": metrics, "tokens_seen": metrics["tokens_seen"]}
+            job.save(update_fields=["current_step", "total_steps", "progress", "current_epoch", "current_loss", "best_loss",
+                                    "tokens_per_second", "metrics", "updated_at"])
+            _event(job.pk, f"step {metrics['step']}/{metrics['total_steps']} loss {metrics['loss']:.4f} "
+                   f"lr {metrics['learning_rate']:.2e} {metrics['tokens_per_second']:.0f} tok/s",
+                   type=JobEvent.Type.METRIC, data=metrics)
+
+    def should_stop(self) -> bool:
+        return FineTuningJob.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+
+
+def training_job_output_dir(job: FineTuningJob) -> Path:
+    return Path(settings.NEXUS_DATA_DIR) / "jobs" / f"job-{job.pk}"
+
+
+def training_job_run(*, job_id: int) -> FineTuningJob:
+    """Train a claimed job to the end; records completed / cancelled / failed with its logs kept."""
+    from adapters_app.services import adapter_create_from_job
+    from training_app.engine.trainer import train
+
+    job = FineTuningJob.objects.select_related("base_model", "dataset", "team").get(pk=job_id)
+    output_dir = training_job_output_dir(job)
+    FineTuningJob.objects.filter(pk=job.pk).update(output_dir=str(output_dir))
+    try:
+        config = parse_job_config(job.lora_config, job.training_config, job.qlora_config)
+        records = dataset_load_records(dataset=job.dataset)
+        result = train(model_dir=job.base_model.hf_path, records=records, config=config, output_dir=output_dir,
+                       hooks=_JobHooks(job))
+        job.refresh_from_db()
+        if result.status == "cancelled":
+            return _finish(job, FineTuningJob.Status.CANCELLED, f"Cancelled at step {result.steps} of {result.total_steps}")
+        adapter = adapter_create_from_job(job=job, adapter_dir=result.adapter_dir, final_loss=result.final_loss)
+        job.metrics = {**job.metrics, "train_runtime_s": round(result.runtime_s, 2), "tokens_seen": result.tokens_seen,
+                       "config": asdict(config.training)}
+        job.save(update_fields=["metrics", "updated_at"])
+        _event(job.pk, f"Adapter '{adapter.name}' v{adapter.version} saved ({adapter.size_bytes / 1e6:.1f} MB)",
+               data={"adapter_id": adapter.pk})
+        return _finish(job, FineTuningJob.Status.COMPLETED,
+                       f"Completed {result.steps} steps in {result.runtime_s:.0f}s; final loss {result.final_loss:.4f}")
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job with its traceback
+        _event(job.pk, traceback.format_exc(), level="error")
+        return training_job_fail(job_id=job.pk, error=f"{type(exc).__name__}: {exc}")
+
+
+def _finish(job: FineTuningJob, status: str, message: str) -> FineTuningJob:
+    with transaction.atomic():
+        job.status = status
+        job.finished_at = timezone.now()
+        if status == FineTuningJob.Status.COMPLETED:
+            job.progress = 100.0
+        job.save(update_fields=["status", "finished_at", "progress", "updated_at"])
+        _status_event(job.pk, status, message, level="info" if status == FineTuningJob.Status.COMPLETED else "warning")
+    return job
+
+
+def training_job_fail(*, job_id: int, error: str) -> FineTuningJob:
+    with transaction.atomic():
+        job = FineTuningJob.objects.select_for_update().get(pk=job_id)
+        if job.status in (FineTuningJob.Status.COMPLETED, FineTuningJob.Status.CANCELLED):
+            return job
+        job.status = FineTuningJob.Status.FAILED
+        job.error = error
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "error", "finished_at", "updated_at"])
+        _status_event(job.pk, "failed", f"Failed: {error}", level="error")
+    return job
+
+
+def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_AFTER_SECONDS) -> list[int]:
+    """Fail running jobs whose worker is gone: those of a restarting `worker`, or silent for too long."""
+    qs = FineTuningJob.objects.filter(status=FineTuningJob.Status.RUNNING)
+    if worker:
+        qs = qs.filter(worker=worker)
+    else:
+        qs = qs.filter(updated_at__lt=timezone.now() - timezone.timedelta(seconds=stale_after_s))
+    reaped = []
+    for job_id in qs.values_list("pk", flat=True):
+        training_job_fail(job_id=job_id, error="The worker running this job stopped (restart or crash); its logs are kept. "
+                                               "Start a new job to train again.")
+        reaped.append(job_id)
+    return reaped
