@@ -49,3 +49,5 @@ ALLOWED_HOSTS = _list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 DEBUG = _bool("DEBUG", False)
 NEXUS_MAX_UPLOAD_MB = int(_str("NEXUS_MAX_UPLOAD_MB", "512"))
 NEXUS_ALLOW_HUB_DOWNLOADS = _bool("NEXUS_ALLOW_HUB_DOWNLOADS", False)
+# Tests use their own Redis database so a running demo worker never takes their tasks.
+TEST_REDIS_URL = _str("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")

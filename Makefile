@@ -1,0 +1,20 @@
+.PHONY: demo setup test test-fast serve worker
+
+demo:            ## set up everything, start web + worker, run the demo fine-tune, keep serving
+	scripts/demo.sh
+
+setup:
+	scripts/setup.sh
+
+test:            ## the whole suite on real Postgres, Redis, Celery, websockets and Chromium
+	scripts/setup.sh --browser
+	.venv/bin/pytest
+
+test-fast:       ## everything but the whole-system tests
+	.venv/bin/pytest -m "not e2e and not browser"
+
+serve:
+	.venv/bin/daphne -b 127.0.0.1 -p 8000 nexus.asgi:application
+
+worker:
+	.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -l info

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One command: set everything up, start the ASGI server and a Celery worker (cpu + gpu queues),
+# then run the demo fine-tune and keep serving until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+PORT=${PORT:-8000}
+HOST=${HOST:-127.0.0.1}
+mkdir -p var/log
+PIDS=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "Stopping the server and the worker..."
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "Stopped."
+}
+trap cleanup INT TERM EXIT
+
+.venv/bin/daphne -b "$HOST" -p "$PORT" nexus.asgi:application >var/log/web.log 2>&1 &
+PIDS+=($!)
+.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -l info >var/log/worker.log 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 60); do
+  curl -fsS -o /dev/null "http://$HOST:$PORT/accounts/login/" 2>/dev/null && break
+  sleep 0.5
+done
+echo "Web server on http://$HOST:$PORT (log: var/log/web.log), worker log: var/log/worker.log"
+.venv/bin/python manage.py nexus_demo --base-url "http://$HOST:$PORT"
+echo
+echo "Serving on http://$HOST:$PORT until Ctrl-C. Log in as demo / nexus-demo."
+wait
