@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -56,9 +57,14 @@ def dataset_claim(*, dataset_id: int) -> bool:
 def _tokenizer_for(model: BaseModel | None):
     if model is None or not model.hf_path:
         return None
+    return _load_tokenizer(model.hf_path)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model.hf_path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def dataset_process(*, dataset_id: int, base_model: BaseModel | None = None) -> Dataset:

@@ -1,0 +1,66 @@
+"""Small factories over the real services and models (no fixtures files)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from nexus.models import JobEvent
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def make_user(username: str, password: str = "pw-123456"):
+    from nexus.teams import user_create
+
+    return user_create(username=username, password=password)
+
+
+def personal_team(user):
+    from nexus.teams import team_ensure_personal
+
+    return team_ensure_personal(user=user)
+
+
+def alpaca_upload(records: list[dict] | None = None, name: str = "data.jsonl", raw: bytes | None = None) -> SimpleUploadedFile:
+    if raw is None:
+        records = records or pirate_records(8)
+        raw = ("\n".join(json.dumps(r) for r in records) + "\n").encode()
+    return SimpleUploadedFile(name, raw, content_type="application/octet-stream")
+
+
+def pirate_records(n: int) -> list[dict]:
+    rows = [json.loads(line) for line in (Path(__file__).resolve().parents[1] / "datasets_app/demo_data/pirate_alpaca.jsonl").read_text().splitlines()]
+    return rows[:n]
+
+
+def make_ready_dataset(user, records: list[dict] | None = None, team=None):
+    """A dataset processed by the real service (synchronously, as the worker would)."""
+    from datasets_app.services import dataset_claim, dataset_create, dataset_process
+
+    team = team or personal_team(user)
+    dataset = dataset_create(team=team, user=user, name="pirates", file=alpaca_upload(records))
+    assert dataset_claim(dataset_id=dataset.pk)
+    return dataset_process(dataset_id=dataset.pk)
+
+
+def make_job(user, base_model, dataset=None, **overrides):
+    from training_app.models import FineTuningJob
+
+    dataset = dataset or make_ready_dataset(user)
+    return FineTuningJob.objects.create(team=dataset.team, created_by=user, name=overrides.pop("name", "job"),
+                                        base_model=base_model, dataset=dataset, **overrides)
+
+
+def make_adapter(job):
+    from adapters_app.models import LoRAAdapter
+
+    return LoRAAdapter.objects.create(team=job.team, name=job.name, version=1, base_model=job.base_model, job=job,
+                                      path=f"adapters/team-{job.team_id}/job-{job.pk}-v1")
+
+
+def record_event(job, message: str, **kw) -> JobEvent:
+    from nexus.events import job_event_record
+
+    return job_event_record(kind=JobEvent.Kind.TRAINING, job_id=job.pk, message=message, **kw)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+
+from nexus.models import JobEvent
+from tests.factories import make_job, make_ready_dataset, record_event
+from training_app.models import FineTuningJob
+
+
+def job_body(dataset, **extra):
+    return {"name": "pirate", "base_model": "SmolLM2-135M-Instruct", "dataset_id": dataset.pk, **extra}
+
+
+@pytest.mark.django_db
+def test_create_job_is_queued_with_seed_defaults(api, user, base_model):
+    dataset = make_ready_dataset(user)
+    r = api.post("/api/v1/finetune/jobs", job_body(dataset, training_config={"max_steps": 5}), format="json")
+    assert r.status_code == 201, r.content
+    job = r.json()
+    assert job["status"] == "queued" and job["progress"] == 0 and job["adapter_id"] is None
+    assert job["training_config"]["max_steps"] == 5
+    assert job["training_config"]["learning_rate"] == 2e-4  # default filled in
+    assert job["lora_config"]["r"] == 16 and job["qlora_config"]["enabled"] is False
+    assert api.get(f"/api/v1/finetune/jobs/{job['id']}").json()["name"] == "pirate"
+    events = api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]
+    assert events[0]["type"] == "status" and events[0]["data"]["status"] == "queued"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"training_config": {"learning_rate": 0}}, "training_config.learning_rate"),
+        ({"lora_config": {"r": -2}}, "lora_config.r"),
+        ({"training_config": {"batchsize": 2}}, "training_config.batchsize"),
+        ({"base_model": "gpt-17"}, "base_model"),
+    ],
+)
+def test_bad_config_is_a_400_that_names_the_field(api, user, base_model, extra, field):
+    dataset = make_ready_dataset(user)
+    r = api.post("/api/v1/finetune/jobs", job_body(dataset, **extra), format="json")
+    assert r.status_code == 400, r.content
+    error = r.json()["error"]
+    assert error["message"].startswith(field)
+    assert FineTuningJob.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_missing_required_field_is_a_400_naming_it(api, base_model):
+    r = api.post("/api/v1/finetune/jobs", {"name": "x", "base_model": "SmolLM2-135M-Instruct"}, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("dataset_id")
+
+
+@pytest.mark.django_db
+def test_cancel_of_a_queued_job_ends_it_at_once(api, user, base_model):
+    job = make_job(user, base_model)
+    r = api.delete(f"/api/v1/finetune/jobs/{job.pk}")
+    assert r.status_code == 202
+    assert r.json()["status"] == "cancelled"
+
+
+@pytest.mark.django_db
+def test_cancel_of_a_running_job_sets_the_flag_the_trainer_checks(api, user, base_model):
+    job = make_job(user, base_model, status=FineTuningJob.Status.RUNNING)
+    body = api.delete(f"/api/v1/finetune/jobs/{job.pk}").json()
+    assert body["status"] == "running" and body["cancel_requested"] is True
+
+
+@pytest.mark.django_db
+def test_events_endpoint_resumes_after_a_seq(api, user, base_model):
+    job = make_job(user, base_model)
+    for i in range(5):
+        record_event(job, f"line {i}")
+    events = api.get(f"/api/v1/finetune/jobs/{job.pk}/events", {"after": 3}).json()["results"]
+    assert [e["seq"] for e in events] == [4, 5]
+    assert [e["message"] for e in events] == ["line 3", "line 4"]
+
+
+@pytest.mark.django_db
+def test_event_seq_is_dense_per_job(user, base_model):
+    a = make_job(user, base_model)
+    b = make_job(user, base_model, dataset=a.dataset)
+    for job in (a, b, a):
+        record_event(job, "x")
+    assert list(JobEvent.objects.filter(job_id=a.pk, job_kind="training").values_list("seq", flat=True)) == [1, 2]
+    assert list(JobEvent.objects.filter(job_id=b.pk, job_kind="training").values_list("seq", flat=True)) == [1]
