@@ -1,0 +1,125 @@
+"""Every endpoint and page: another team's user gets 404; a viewer cannot write."""
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from nexus.models import Membership
+from nexus.teams import team_member_add
+from tests.conftest import api_client_for
+from tests.factories import make_adapter, make_job, make_user, personal_team
+
+
+@pytest.fixture
+def owned(user, base_model):
+    job = make_job(user, base_model)
+    return {"dataset": job.dataset, "job": job, "adapter": make_adapter(job)}
+
+
+def _login(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.django_db
+def test_new_user_gets_a_personal_team_they_own(user):
+    team = personal_team(user)
+    assert team.personal_owner == user
+    assert Membership.objects.get(team=team, user=user).role == "owner"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [
+        ("dataset", "/api/v1/finetune/datasets/{id}"),
+        ("job", "/api/v1/finetune/jobs/{id}"),
+        ("job", "/api/v1/finetune/jobs/{id}/events"),
+        ("adapter", "/api/v1/finetune/adapters/{id}"),
+    ],
+)
+def test_outsider_gets_404_from_the_api(owned, outsider_api, api, kind, url):
+    target = url.format(id=owned[kind].pk)
+    assert api.get(target).status_code == 200
+    r = outsider_api.get(target)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [
+        ("dataset", "/finetune/datasets/{id}/"),
+        ("job", "/finetune/training/{id}/"),
+        ("adapter", "/finetune/adapters/{id}/"),
+    ],
+)
+def test_outsider_gets_404_from_the_pages(owned, user, outsider, kind, url):
+    target = url.format(id=owned[kind].pk)
+    assert _login(user).get(target).status_code == 200
+    assert _login(outsider).get(target).status_code == 404
+
+
+@pytest.mark.django_db
+def test_outsider_cannot_cancel_or_train_on_anothers_dataset(owned, outsider, outsider_api):
+    assert outsider_api.delete(f"/api/v1/finetune/jobs/{owned['job'].pk}").status_code == 404
+    assert _login(outsider).post(f"/finetune/training/{owned['job'].pk}/cancel/").status_code == 404
+    r = outsider_api.post("/api/v1/finetune/jobs", {"name": "x", "base_model": "SmolLM2-135M-Instruct",
+                                                    "dataset_id": owned["dataset"].pk}, format="json")
+    assert r.status_code == 404
+    owned["job"].refresh_from_db()
+    assert owned["job"].cancel_requested is False
+
+
+@pytest.mark.django_db
+def test_lists_show_only_the_users_teams(owned, outsider_api, api):
+    for url in ("/api/v1/finetune/datasets", "/api/v1/finetune/jobs", "/api/v1/finetune/adapters"):
+        assert len(api.get(url).json()["results"]) == 1
+        assert outsider_api.get(url).json()["results"] == []
+    page = _login(make_user("eve")).get("/finetune/datasets/")
+    assert owned["dataset"].name.encode() not in page.content
+
+
+@pytest.mark.django_db
+def test_naming_a_team_you_are_not_in_is_404(owned, outsider_api, user):
+    team = personal_team(user)
+    assert outsider_api.get("/api/v1/finetune/datasets", {"team": team.pk}).status_code == 404
+    assert outsider_api.get("/api/v1/finetune/datasets", {"team": team.slug}).status_code == 404
+
+
+@pytest.mark.django_db
+def test_viewer_can_read_but_not_write(owned, user):
+    viewer = make_user("victor")
+    team_member_add(team=personal_team(user), user=viewer, role=Membership.Role.VIEWER)
+    client = api_client_for(viewer)
+    assert client.get(f"/api/v1/finetune/jobs/{owned['job'].pk}").status_code == 200
+    r = client.delete(f"/api/v1/finetune/jobs/{owned['job'].pk}")
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "permission_denied"
+    r = client.post("/api/v1/finetune/jobs", {"team": personal_team(user).pk, "name": "x", "base_model": "SmolLM2-135M-Instruct",
+                                              "dataset_id": owned["dataset"].pk}, format="json")
+    assert r.status_code == 403
+
+
+@pytest.mark.django_db
+def test_member_works_in_a_shared_team_by_naming_it(owned, user, base_model):
+    member = make_user("mia")
+    team = personal_team(user)
+    team_member_add(team=team, user=member, role=Membership.Role.MEMBER)
+    client = api_client_for(member)
+    assert client.get(f"/api/v1/finetune/datasets/{owned['dataset'].pk}").status_code == 200
+    r = client.post("/api/v1/finetune/jobs", {"team": team.slug, "name": "shared", "base_model": base_model.name,
+                                              "dataset_id": owned["dataset"].pk}, format="json")
+    assert r.status_code == 201, r.content
+    # without naming the team, the call acts in the member's personal team, which does not own the dataset
+    r = client.post("/api/v1/finetune/jobs", {"name": "x", "base_model": base_model.name,
+                                              "dataset_id": owned["dataset"].pk}, format="json")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("dataset_id")
+
+
+@pytest.mark.django_db
+def test_pages_require_login(client):
+    r = client.get("/finetune/training/")
+    assert r.status_code == 302 and "/accounts/login/" in r["Location"]
