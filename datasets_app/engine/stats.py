@@ -15,6 +15,7 @@ def histogram(values: list[int], bins: int = 20) -> dict[str, list]:
     if not values:
         return {"edges": [], "counts": []}
     lo, hi = min(values), max(values)
+    bins = max(1, min(bins, hi - lo + 1))
     width = max(1, -(-(hi - lo + 1) // bins))
     edges = [lo + i * width for i in range(bins + 1)]
     counts = [0] * bins

@@ -9,7 +9,7 @@
     new Chart(canvas, {
       type: "bar",
       data: { labels, datasets: [{ label: "examples", data: h.counts, backgroundColor: "#4f7cff" }] },
-      options: { animation: false, plugins: { legend: { display: false } },
+      options: { animation: false, maintainAspectRatio: false, plugins: { legend: { display: false } },
                  scales: { x: { title: { display: true, text: "tokens per example" } }, y: { beginAtZero: true } } },
     });
     canvas.dataset.drawn = "1";

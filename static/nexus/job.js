@@ -9,7 +9,8 @@
   const wsState = document.getElementById("ws-state");
   const points = JSON.parse(document.getElementById("loss-curve-data").textContent);
   let chart = null;
-  let finished = false;
+  const initial = document.getElementById("job-status");
+  let finished = !!initial && ["completed", "failed", "cancelled"].includes(initial.textContent.trim());
 
   function setState(s, text) { wsState.dataset.state = s; wsState.textContent = text; }
 
@@ -20,7 +21,7 @@
       data: { datasets: [
         { label: "training loss", data: points.map(p => ({ x: p.step, y: p.loss })), borderColor: "#4f7cff", tension: 0.2, pointRadius: 2 },
       ] },
-      options: { animation: false, parsing: false,
+      options: { animation: false, maintainAspectRatio: false, parsing: false,
                  scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "loss" } } } },
     });
   }
@@ -73,5 +74,8 @@
     };
   }
 
-  window.addEventListener("load", () => { drawChart(); connect(500); });
+  window.addEventListener("load", () => {
+    drawChart();
+    if (finished) setState("closed", "finished"); else connect(500);
+  });
 })();
