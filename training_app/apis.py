@@ -5,6 +5,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from nexus.errors import NexusError
 from nexus.api_utils import request_team, request_team_filter
 from training_app.models import FineTuningJob
 from training_app.selectors import training_job_events, training_job_get, training_job_list
@@ -82,9 +83,10 @@ class JobEventsApi(APIView):
                    responses=JobEventSerializer(many=True))
     def get(self, request, job_id: int):
         job = training_job_get(user=request.user, pk=job_id)
-        try:
-            after = int(request.query_params.get("after", 0))
-        except ValueError:
-            after = 0
+        raw = request.query_params.get("after", "0")
+        if not raw.isdigit():
+            raise NexusError(f"after: must be a non-negative integer event seq, got {raw!r}", code="validation_error",
+                             details={"after": raw})
+        after = int(raw)
         events = training_job_events(job=job, after=after, limit=1000)
         return Response({"results": [e.as_message() for e in events]})

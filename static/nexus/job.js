@@ -58,13 +58,17 @@
       if (tps) tps.textContent = Math.round(m.tokens_per_second);
     } else if (e.type === "status") {
       refreshSummary();
-      if (["completed", "failed", "cancelled"].includes(e.data.status)) finished = true;
+      if (["completed", "failed", "cancelled"].includes(e.data.status)) {
+        finished = true;
+        if (window.nexusJobSocket) window.nexusJobSocket.close();
+      }
     }
   }
 
   function connect(delay) {
     const proto = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${proto}://${location.host}/ws/finetune/training/${jobId}/?after=${lastSeq}`);
+    window.nexusJobSocket = ws;  // lets a test (or the console) drop the connection to check resuming
     ws.onopen = () => { delay = 500; setState("live", "live"); };
     ws.onmessage = (msg) => handle(JSON.parse(msg.data));
     ws.onclose = () => {

@@ -85,3 +85,47 @@ def test_event_seq_is_dense_per_job(user, base_model):
         record_event(job, "x")
     assert list(JobEvent.objects.filter(job_id=a.pk, job_kind="training").values_list("seq", flat=True)) == [1, 2]
     assert list(JobEvent.objects.filter(job_id=b.pk, job_kind="training").values_list("seq", flat=True)) == [1]
+
+
+@pytest.mark.django_db
+def test_events_after_must_be_a_number(api, user, base_model):
+    job = make_job(user, base_model)
+    r = api.get(f"/api/v1/finetune/jobs/{job.pk}/events", {"after": "abc"})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("after")
+
+
+@pytest.mark.django_db
+def test_a_job_is_claimed_once(user, base_model):
+    from training_app.services import training_job_claim
+
+    job = make_job(user, base_model)
+    assert training_job_claim(job_id=job.pk, worker="w1@host") is True
+    assert training_job_claim(job_id=job.pk, worker="w2@host") is False  # duplicate delivery
+    job.refresh_from_db()
+    assert job.status == "running" and job.worker == "w1@host"
+
+
+@pytest.mark.django_db
+def test_a_cancelled_queued_job_is_never_claimed(api, user, base_model):
+    from training_app.services import training_job_claim
+
+    job = make_job(user, base_model)
+    api.delete(f"/api/v1/finetune/jobs/{job.pk}")
+    assert training_job_claim(job_id=job.pk, worker="w1@host") is False
+
+
+@pytest.mark.django_db
+def test_a_restarted_worker_fails_its_orphaned_jobs_visibly_and_keeps_their_logs(api, user, base_model):
+    from training_app.services import training_job_claim, training_jobs_reap
+
+    job = make_job(user, base_model)
+    other = make_job(user, base_model, dataset=job.dataset)
+    training_job_claim(job_id=job.pk, worker="w1@host")
+    training_job_claim(job_id=other.pk, worker="w2@host")
+    record_event(job, "step 1/10 loss 2.0")
+    assert training_jobs_reap(worker="w1@host") == [job.pk]
+    body = api.get(f"/api/v1/finetune/jobs/{job.pk}").json()
+    assert body["status"] == "failed" and "worker" in body["error"]
+    messages = [e["message"] for e in api.get(f"/api/v1/finetune/jobs/{job.pk}/events").json()["results"]]
+    assert "step 1/10 loss 2.0" in messages and messages[-1].startswith("Failed")
+    assert api.get(f"/api/v1/finetune/jobs/{other.pk}").json()["status"] == "running"

@@ -1,0 +1,93 @@
+"""A real browser (Debian's headless Chromium, driven by Playwright) against the real ASGI
+server and Celery worker: upload a dataset, start a job from the form, watch it train live."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.factories import make_user, pirate_records
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def browser_page(monkeypatch):
+    # Playwright's sync API keeps an event loop in this thread, which Django's async-safety check
+    # mistakes for async code; the test's own ORM calls are plain synchronous ones.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: scripts/setup.sh --browser installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        yield page
+        browser.close()
+
+
+def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_server, base_model, browser_page,
+                                                    tmp_path):
+    import json
+
+    make_user("bob", password="bob-password-1")
+    data = tmp_path / "pirates.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in pirate_records(12)) + "\n")
+    page = browser_page
+    page.set_default_timeout(30_000)
+
+    page.goto(f"{asgi_server}/finetune/training/")
+    assert "/accounts/login/" in page.url
+    page.fill("input[name=username]", "bob")
+    page.fill("input[name=password]", "bob-password-1")
+    page.click("main button[type=submit]")
+
+    page.goto(f"{asgi_server}/finetune/datasets/upload/")
+    page.set_input_files("input[name=file]", str(data))
+    page.fill("input[name=name]", "Pirates in the browser")
+    page.click("main button[type=submit]")
+    # the status partial polls with htmx until the worker has processed the file
+    page.wait_for_selector("#dataset-status .badge.ready", timeout=120_000)
+    assert "12 valid" in page.inner_text("#dataset-status")
+    page.wait_for_function("() => !!(window.Chart && Chart.getChart('token-histogram'))")
+
+    page.click("text=Fine-tune on this dataset")
+    page.fill("input[name=name]", "browser-job")
+    for field, value in {"max_steps": "14", "batch_size": "2", "gradient_accumulation_steps": "1",
+                         "learning_rate": "0.001", "max_seq_length": "96", "r": "8"}.items():
+        page.fill(f"input[name={field}]", value)
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/finetune/training/*/")
+    page.wait_for_selector("#ws-state[data-state=live]")
+    assert page.inner_text("#job-status") in ("queued", "running")
+
+    points = "() => { const c = Chart.getChart('loss-chart'); return c ? c.data.datasets[0].data.length : 0; }"
+    page.wait_for_function(f"() => ({points})() >= 3", timeout=240_000)
+    assert page.inner_text("#job-status") == "running"  # seen live, not from a finished page
+    progress_mid = float(page.get_attribute("#job-progress", "value"))
+    assert 0 < progress_mid < 100
+
+    # drop the websocket mid-run: the page reconnects and resumes after the last event it showed
+    page.evaluate("() => window.nexusJobSocket.close()")
+    page.wait_for_selector("#ws-state[data-state=reconnecting], #ws-state[data-state=live]")
+    page.wait_for_selector("#job-status.completed", timeout=240_000)
+
+    steps = page.evaluate("() => Chart.getChart('loss-chart').data.datasets[0].data.map(p => p.x)")
+    assert steps == list(range(1, 15)), steps  # every step once: no gap, no duplicate
+    seqs = page.eval_on_selector_all("#job-log span", "els => els.map(e => parseInt(e.dataset.seq))")
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    log = page.inner_text("#job-log")
+    assert "Completed 14 steps" in log
+    assert float(page.get_attribute("#job-progress", "value")) == 100
+    losses = page.evaluate("() => Chart.getChart('loss-chart').data.datasets[0].data.map(p => p.y)")
+    assert sum(losses[-3:]) < sum(losses[:3])
+    Path("var/test-logs").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path="var/test-logs/job-page.png", full_page=True)
