@@ -8,7 +8,7 @@ from datasets_app.engine.formats import FORMAT_CHOICES
 from datasets_app.selectors import dataset_get, dataset_list
 from datasets_app.services import dataset_create
 from nexus.errors import NexusError
-from nexus.teams import resolve_team, user_teams
+from nexus.teams import resolve_team, team_ensure_personal, user_teams
 
 
 class DatasetUploadForm(forms.Form):
@@ -30,6 +30,7 @@ def dataset_list_page(request):
 
 @login_required
 def dataset_upload_page(request):
+    team_ensure_personal(user=request.user)  # users made by createsuperuser/admin get theirs here
     form = DatasetUploadForm(request.POST or None, request.FILES or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         team = resolve_team(request.user, form.cleaned_data["team"], write=True)

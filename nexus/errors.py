@@ -56,3 +56,25 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         body = error_body(str(code), _first_message(detail))
     response.data = body
     return response
+
+
+def _wants_json(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def handler404(request, exception=None):
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if _wants_json(request):
+        return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}."), status=404)
+    return page_not_found(request, exception)
+
+
+def handler500(request):
+    from django.http import JsonResponse
+    from django.views.defaults import server_error
+
+    if _wants_json(request):
+        return JsonResponse(error_body("server_error", "Internal server error; the event was logged."), status=500)
+    return server_error(request)

@@ -80,3 +80,34 @@ def test_every_nexus_setting_read_from_the_environment_exists(settings):
     assert used, "expected the code to read NEXUS_* settings"
     for name in used:
         assert hasattr(settings, name), f"settings.{name} is used but not defined"
+
+
+@pytest.mark.django_db
+def test_unknown_api_path_gets_the_json_error_shape(api):
+    r = api.get("/api/v1/finetune/nothing-here")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_malformed_json_body_gets_the_error_shape(api):
+    r = api.post("/api/v1/finetune/jobs", data="{not json", content_type="application/json")
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "parse_error"
+
+
+@pytest.mark.django_db
+def test_a_user_made_outside_nexus_gets_a_personal_team_on_first_upload(client):
+    from django.contrib.auth import get_user_model
+
+    from datasets_app.models import Dataset
+    from tests.factories import alpaca_upload
+
+    admin = get_user_model().objects.create_superuser("root", password="pw-123456")
+    client.force_login(admin)
+    page = client.get("/finetune/datasets/upload/")
+    assert b"root (personal)" in page.content
+    team_id = admin.personal_team.pk
+    r = client.post("/finetune/datasets/upload/", {"name": "d", "format": "auto", "team": team_id, "file": alpaca_upload()})
+    assert r.status_code == 302
+    assert Dataset.objects.get(name="d").team_id == team_id
