@@ -17,4 +17,4 @@ serve:
 	.venv/bin/daphne -b 127.0.0.1 -p 8000 nexus.asgi:application
 
 worker:
-	.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -l info
+	.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n local@%h -l info

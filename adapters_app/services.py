@@ -6,13 +6,16 @@ from django.db import transaction
 from django.db.models import Max
 
 from adapters_app.models import LoRAAdapter
+from nexus.models import Team
 from nexus.storage import local_path, storage_save_folder
 
 
 @transaction.atomic
 def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None) -> LoRAAdapter:
     """Store a trained PEFT adapter folder and record it as the next version of the job's name."""
-    latest = LoRAAdapter.objects.select_for_update().filter(team=job.team, name=job.name).aggregate(v=Max("version"))["v"] or 0
+    # Versions are per (team, name): lock the team row so two jobs finishing together get distinct versions.
+    Team.objects.select_for_update().get(pk=job.team_id)
+    latest = LoRAAdapter.objects.filter(team=job.team, name=job.name).aggregate(v=Max("version"))["v"] or 0
     version = latest + 1
     prefix = storage_save_folder(f"adapters/team-{job.team_id}/job-{job.pk}-v{version}", adapter_dir)
     size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())

@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.utils import timezone
 
 from datasets_app.engine.formats import FORMAT_CHOICES, DatasetFileError, parse_dataset_file
 from datasets_app.engine.stats import token_statistics
@@ -15,6 +16,7 @@ from nexus.catalog import base_model_default
 from nexus.errors import NexusError
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
+from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
 from nexus.storage import local_path, storage_save_bytes
 
 MAX_LISTED_PROBLEMS = 1000
@@ -36,7 +38,7 @@ def dataset_create(*, team: Team, user, name: str, file: UploadedFile, descripti
         )
     if not file.size:
         raise NexusError(f"{file.name} is empty: there are no records to read.", code="empty_file", details={"file": file.name})
-    dataset = Dataset(team=team, created_by=user, name=name.strip() or file.name, description=description, format=format,
+    dataset = Dataset(team=team, created_by=user, name=(name.strip() or Path(file.name).name)[:200], description=description, format=format,
                       original_filename=file.name, file_size=file.size or 0)
     dataset.original_file.save(Path(file.name).name, file, save=False)
     dataset.full_clean()
@@ -44,14 +46,33 @@ def dataset_create(*, team: Team, user, name: str, file: UploadedFile, descripti
     _event(dataset, f"Uploaded {file.name} ({dataset.file_size:,} bytes)")
     from datasets_app.tasks import process_dataset
 
-    transaction.on_commit(lambda: process_dataset.delay(dataset.pk))
+    enqueue_on_commit(process_dataset, dataset.pk, on_error=lambda exc: _event(
+        dataset, QUEUE_ERROR.format(error=exc, status="uploaded"), level="error"))
     return dataset
 
 
 def dataset_claim(*, dataset_id: int) -> bool:
     return bool(
-        Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.UPLOADED).update(status=Dataset.Status.PROCESSING)
+        Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.UPLOADED).update(
+            status=Dataset.Status.PROCESSING, updated_at=timezone.now())
     )
+
+
+def datasets_requeue(*, stale_after_s: int = 2400) -> list[int]:
+    """Send again what a lost message or a dead worker left behind. Processing is idempotent (it
+    rewrites the normalized file from the untouched original), so a stale `processing` row goes
+    back to `uploaded`."""
+    from datasets_app.tasks import process_dataset
+
+    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_s)
+    stale = list(Dataset.objects.filter(status=Dataset.Status.PROCESSING, updated_at__lt=cutoff).values_list("pk", flat=True))
+    Dataset.objects.filter(pk__in=stale, status=Dataset.Status.PROCESSING).update(status=Dataset.Status.UPLOADED)
+    for pk in stale:
+        _event(Dataset(pk=pk), "Processing was interrupted (worker lost); processing again", level="warning")
+    ids = list(Dataset.objects.filter(status=Dataset.Status.UPLOADED).values_list("pk", flat=True))
+    for pk in ids:
+        process_dataset.delay(pk)
+    return ids
 
 
 def _tokenizer_for(model: BaseModel | None):
@@ -113,8 +134,10 @@ def dataset_process(*, dataset_id: int, base_model: BaseModel | None = None) -> 
 
 @transaction.atomic
 def dataset_fail(*, dataset: Dataset, message: str, details: dict | None = None) -> Dataset:
+    # Nothing half-written: an errored dataset carries no usable-looking counts or normalized file.
     Dataset.objects.filter(pk=dataset.pk).update(
-        status=Dataset.Status.ERROR, error_message=message, validation_errors=[{"category": "file", "message": message, **(details or {})}]
+        status=Dataset.Status.ERROR, error_message=message, normalized_file="", num_examples=0, num_invalid=0,
+        total_tokens=0, statistics={}, validation_errors=[{"category": "file", "message": message, **(details or {})}],
     )
     _event(dataset, message, level="error", type=JobEvent.Type.STATUS, data={"status": "error"})
     dataset.refresh_from_db()

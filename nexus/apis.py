@@ -12,7 +12,7 @@ class BaseModelListApi(APIView):
         class Meta:
             model = BaseModel
             fields = ["id", "name", "architecture", "parameter_count", "context_length", "has_chat_template",
-                      "trainable", "hf_path", "gguf_path", "source", "created_at"]
+                      "trainable", "has_gguf", "source", "created_at"]
 
     def get(self, request):
         return Response({"results": self.OutputSerializer(BaseModel.objects.all(), many=True).data})

@@ -73,6 +73,10 @@ class BaseModel(models.Model):
     def trainable(self) -> bool:
         return bool(self.hf_path)
 
+    @property
+    def has_gguf(self) -> bool:
+        return bool(self.gguf_path)
+
 
 class JobEvent(models.Model):
     """An ordered event of any job (log line, metric, status change).

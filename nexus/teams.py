@@ -1,6 +1,7 @@
 """Teams and access: the one helper every page, API and websocket goes through."""
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -68,7 +69,8 @@ def resolve_team(user: AbstractBaseUser, team: str | int | None, *, write: bool)
     if team in (None, ""):
         resolved = team_ensure_personal(user=user)
     else:
-        lookup = {"pk": int(team)} if str(team).isdigit() else {"slug": str(team)}
+        text = str(team)
+        lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"slug": text[:200]}
         resolved = user_teams(user).filter(**lookup).first()
         if resolved is None:
             raise Http404("No such team.")
@@ -88,7 +90,9 @@ def _check_role(user: AbstractBaseUser, team_id: int, *, write: bool) -> Members
 def get_for_user(queryset: models.QuerySet[M], user: AbstractBaseUser | AnonymousUser, *, pk: int, write: bool = False) -> M:
     """Load a team-owned object: 404 when it does not exist or the user is not in its team,
     403 when the user may only read and asked to write."""
-    obj = queryset.filter(pk=pk, team__memberships__user_id=getattr(user, "pk", None)).first()
+    if not user.is_authenticated:
+        raise Http404("Not found.")
+    obj = queryset.filter(pk=pk, team__memberships__user_id=user.pk).first()
     if obj is None:
         raise Http404("Not found.")
     _check_role(user, obj.team_id, write=write)

@@ -18,11 +18,13 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 .venv/bin/daphne -b "$HOST" -p "$PORT" nexus.asgi:application >var/log/web.log 2>&1 &
+WEB=$!
+PIDS+=($WEB)
+.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n demo@%h -l info >var/log/worker.log 2>&1 &
 PIDS+=($!)
-.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -l info >var/log/worker.log 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 60); do
-  curl -fsS -o /dev/null "http://$HOST:$PORT/accounts/login/" 2>/dev/null && break
+for _ in $(seq 1 120); do
+  .venv/bin/python -c "import socket,sys; socket.create_connection(('$HOST', $PORT), timeout=1)" 2>/dev/null && break
+  kill -0 "$WEB" 2>/dev/null || { echo "The web server did not start:"; tail -n 30 var/log/web.log; exit 1; }
   sleep 0.5
 done
 echo "Web server on http://$HOST:$PORT (log: var/log/web.log), worker log: var/log/worker.log"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -84,7 +86,7 @@ class JobEventsApi(APIView):
     def get(self, request, job_id: int):
         job = training_job_get(user=request.user, pk=job_id)
         raw = request.query_params.get("after", "0")
-        if not raw.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", raw):
             raise NexusError(f"after: must be a non-negative integer event seq, got {raw!r}", code="validation_error",
                              details={"after": raw})
         after = int(raw)

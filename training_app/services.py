@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +15,7 @@ from datasets_app.selectors import dataset_get
 from datasets_app.services import dataset_load_records
 from nexus.errors import NexusError
 from nexus.events import job_event_record
+from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
 from nexus.models import BaseModel, JobEvent, Team
 from training_app.engine.config import ConfigError, parse_job_config
 from training_app.models import FineTuningJob
@@ -33,7 +35,8 @@ def _resolve_base_model(value: Any) -> BaseModel:
     if isinstance(value, BaseModel):
         model = value
     else:
-        lookup = {"pk": int(value)} if str(value).isdigit() else {"name": str(value)}
+        text = str(value)
+        lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"name": text[:200]}
         model = BaseModel.objects.filter(**lookup).first()
         if model is None:
             names = ", ".join(BaseModel.objects.values_list("name", flat=True)) or "none registered"
@@ -77,7 +80,8 @@ def training_job_create(
     _status_event(job.pk, "queued", f"Queued: {model.name} on '{dataset.name}' ({dataset.num_examples} examples)")
     from training_app.tasks import run_training_job
 
-    transaction.on_commit(lambda: run_training_job.delay(job.pk))
+    enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc: _event(
+        job.pk, QUEUE_ERROR.format(error=exc, status="queued"), level="error"))
     return job
 
 
@@ -115,6 +119,8 @@ class _JobHooks:
 
     def log(self, message: str, level: str = "info") -> None:
         _event(self.job.pk, message, level=level)
+        # every log line is also a heartbeat for the stale-job reaper
+        FineTuningJob.objects.filter(pk=self.job.pk).update(updated_at=timezone.now())
 
     def on_start(self, *, total_steps: int, num_examples: int) -> None:
         self.job.total_steps = total_steps
@@ -139,7 +145,9 @@ class _JobHooks:
                    type=JobEvent.Type.METRIC, data=metrics)
 
     def should_stop(self) -> bool:
-        return FineTuningJob.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+        # Stop on a cancel request, and also when the job was ended elsewhere (reaped as stale).
+        return not FineTuningJob.objects.filter(pk=self.job.pk, status=FineTuningJob.Status.RUNNING,
+                                                cancel_requested=False).exists()
 
 
 def training_job_output_dir(job: FineTuningJob) -> Path:
@@ -161,6 +169,8 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
                        hooks=_JobHooks(job))
         job.refresh_from_db()
         if result.status == "cancelled":
+            if job.status != FineTuningJob.Status.RUNNING:
+                return job  # ended elsewhere while training (reaped): keep that outcome
             return _finish(job, FineTuningJob.Status.CANCELLED, f"Cancelled at step {result.steps} of {result.total_steps}")
         adapter = adapter_create_from_job(job=job, adapter_dir=result.adapter_dir, final_loss=result.final_loss)
         job.metrics = {**job.metrics, "train_runtime_s": round(result.runtime_s, 2), "tokens_seen": result.tokens_seen,
@@ -176,20 +186,21 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
 
 
 def _finish(job: FineTuningJob, status: str, message: str) -> FineTuningJob:
+    """running -> a final state; a job that was already ended (e.g. reaped) keeps its state."""
     with transaction.atomic():
-        job.status = status
-        job.finished_at = timezone.now()
+        fields = {"status": status, "finished_at": timezone.now(), "updated_at": timezone.now()}
         if status == FineTuningJob.Status.COMPLETED:
-            job.progress = 100.0
-        job.save(update_fields=["status", "finished_at", "progress", "updated_at"])
-        _status_event(job.pk, status, message, level="info" if status == FineTuningJob.Status.COMPLETED else "warning")
+            fields["progress"] = 100.0
+        if FineTuningJob.objects.filter(pk=job.pk, status=FineTuningJob.Status.RUNNING).update(**fields):
+            _status_event(job.pk, status, message, level="info" if status == FineTuningJob.Status.COMPLETED else "warning")
+    job.refresh_from_db()
     return job
 
 
 def training_job_fail(*, job_id: int, error: str) -> FineTuningJob:
     with transaction.atomic():
         job = FineTuningJob.objects.select_for_update().get(pk=job_id)
-        if job.status in (FineTuningJob.Status.COMPLETED, FineTuningJob.Status.CANCELLED):
+        if job.status not in FineTuningJob.ACTIVE:
             return job
         job.status = FineTuningJob.Status.FAILED
         job.error = error
@@ -197,6 +208,17 @@ def training_job_fail(*, job_id: int, error: str) -> FineTuningJob:
         job.save(update_fields=["status", "error", "finished_at", "updated_at"])
         _status_event(job.pk, "failed", f"Failed: {error}", level="error")
     return job
+
+
+def training_jobs_requeue() -> list[int]:
+    """Send every queued job again: a duplicate finds nothing to claim, a lost one gets trained."""
+    from training_app.tasks import run_training_job
+
+    ids = list(FineTuningJob.objects.filter(status=FineTuningJob.Status.QUEUED, cancel_requested=False)
+               .order_by("created_at").values_list("pk", flat=True))
+    for pk in ids:
+        run_training_job.delay(pk)
+    return ids
 
 
 def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_AFTER_SECONDS) -> list[int]:

@@ -7,7 +7,13 @@ import socket
 from celery import shared_task
 from celery.signals import worker_ready
 
-from training_app.services import training_job_claim, training_job_fail, training_job_run, training_jobs_reap
+from training_app.services import (
+    training_job_claim,
+    training_job_fail,
+    training_job_run,
+    training_jobs_reap,
+    training_jobs_requeue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,15 @@ def run_training_job(self, job_id: int) -> None:
 
 @worker_ready.connect
 def _reap_on_start(sender=None, **kwargs) -> None:  # noqa: ANN001
-    # A job still 'running' on this host when its worker starts lost its worker.
+    # A job still 'running' under this worker's name when it starts lost its worker; work whose
+    # message was never sent (broker down at the time) is sent again.
+    from datasets_app.services import datasets_requeue
+
     reaped = training_jobs_reap(worker=getattr(sender, "hostname", None) or socket.gethostname())
     if reaped:
         log.warning("marked jobs %s failed: their worker restarted", reaped)
+    try:
+        training_jobs_requeue()
+        datasets_requeue()
+    except Exception:  # noqa: BLE001 - start-up must not fail because the broker hiccups
+        log.exception("could not re-send queued work")

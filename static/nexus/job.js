@@ -40,7 +40,10 @@
     if (window.htmx) htmx.ajax("GET", cfg.dataset.summaryUrl, { target: "#job-summary", swap: "outerHTML" });
   }
 
+  let lastHeard = Date.now();
+
   function handle(e) {
+    lastHeard = Date.now();
     if (e.seq <= lastSeq) return;  // already shown
     lastSeq = e.seq;
     appendLog(e);
@@ -69,7 +72,7 @@
     const proto = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${proto}://${location.host}/ws/finetune/training/${jobId}/?after=${lastSeq}`);
     window.nexusJobSocket = ws;  // lets a test (or the console) drop the connection to check resuming
-    ws.onopen = () => { delay = 500; setState("live", "live"); };
+    ws.onopen = () => { delay = 500; window.nexusConnects = (window.nexusConnects || 0) + 1; setState("live", "live"); };
     ws.onmessage = (msg) => handle(JSON.parse(msg.data));
     ws.onclose = () => {
       if (finished) { setState("closed", "finished"); return; }
@@ -77,6 +80,17 @@
       setTimeout(() => connect(Math.min(delay * 2, 10000)), delay);
     };
   }
+
+  // A push the channel layer dropped is filled in by the server when the next event arrives; if
+  // nothing arrives for a while (e.g. the final status was lost), ask the events API directly.
+  setInterval(() => {
+    if (finished || Date.now() - lastHeard < 15000) return;
+    lastHeard = Date.now();
+    fetch(`/api/v1/finetune/jobs/${jobId}/events?after=${lastSeq}`, { credentials: "same-origin" })
+      .then(r => r.ok ? r.json() : { results: [] })
+      .then(body => body.results.forEach(handle))
+      .catch(() => {});
+  }, 5000);
 
   window.addEventListener("load", () => {
     drawChart();

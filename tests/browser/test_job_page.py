@@ -76,9 +76,11 @@ def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_
     assert 0 < progress_mid < 100
 
     # drop the websocket mid-run: the page reconnects and resumes after the last event it showed
+    assert page.evaluate("() => window.nexusConnects") == 1
     page.evaluate("() => window.nexusJobSocket.close()")
-    page.wait_for_selector("#ws-state[data-state=reconnecting], #ws-state[data-state=live]")
+    page.wait_for_function("() => window.nexusConnects === 2")  # reconnected with ?after=<last seq shown>
     page.wait_for_selector("#job-status.completed", timeout=240_000)
+    page.wait_for_selector("#ws-state[data-state=closed]")
 
     steps = page.evaluate("() => Chart.getChart('loss-chart').data.datasets[0].data.map(p => p.x)")
     assert steps == list(range(1, 15)), steps  # every step once: no gap, no duplicate

@@ -123,3 +123,20 @@ def test_member_works_in_a_shared_team_by_naming_it(owned, user, base_model):
 def test_pages_require_login(client):
     r = client.get("/finetune/training/")
     assert r.status_code == 302 and "/accounts/login/" in r["Location"]
+
+
+@pytest.mark.django_db
+def test_viewer_gets_403_on_write_pages_and_uploads(owned, user):
+    from tests.factories import alpaca_upload
+
+    viewer = make_user("vera")
+    team = personal_team(user)
+    team_member_add(team=team, user=viewer, role=Membership.Role.VIEWER)
+    page = _login(viewer)
+    assert page.get(f"/finetune/training/{owned['job'].pk}/").status_code == 200
+    assert page.post(f"/finetune/training/{owned['job'].pk}/cancel/").status_code == 403
+    assert page.post("/finetune/datasets/upload/", {"team": team.pk, "format": "auto", "file": alpaca_upload()}).status_code == 403
+    r = api_client_for(viewer).post("/api/v1/finetune/datasets", {"team": team.pk, "file": alpaca_upload()}, format="multipart")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+    owned["job"].refresh_from_db()
+    assert owned["job"].cancel_requested is False

@@ -16,7 +16,8 @@ def test_models_endpoint_lists_the_catalog(api, base_model):
     m = results[0]
     assert m["parameter_count"] == 134_515_008
     assert m["context_length"] == 8192 and m["has_chat_template"] is True and m["trainable"] is True
-    assert m["gguf_path"].endswith(".gguf")
+    assert m["has_gguf"] is True
+    assert "hf_path" not in m  # server paths are not shown to API users
 
 
 @pytest.mark.django_db

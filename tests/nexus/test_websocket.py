@@ -121,3 +121,46 @@ def test_dataset_processing_events_have_their_own_stream(user, base_model):
         await comm.disconnect()
 
     async_to_sync(scenario)()
+
+
+def test_a_dropped_push_is_filled_from_the_database_and_duplicates_are_skipped(user, base_model):
+    from channels.layers import get_channel_layer
+
+    from nexus.events import job_group
+    from nexus.models import JobEvent
+
+    job = make_job(user, base_model)
+    record_event(job, "one")
+    headers = _headers(user)
+
+    def write_without_push(message: str) -> dict:
+        last = JobEvent.objects.filter(job_kind="training", job_id=job.pk).count()
+        return JobEvent.objects.create(job_kind="training", job_id=job.pk, seq=last + 1, message=message).as_message()
+
+    async def scenario():
+        comm = WebsocketCommunicator(_app(), f"/ws/finetune/training/{job.pk}/", headers=headers)
+        assert (await comm.connect())[0]
+        assert (await comm.receive_json_from(timeout=5))["seq"] == 1
+        layer = get_channel_layer()
+        lost = await sync_to_async(write_without_push)("two (its push was lost)")
+        third = await sync_to_async(write_without_push)("three")
+        await layer.group_send(job_group("training", job.pk), {"type": "job.event", "event": third})
+        got = await _receive_all(comm, 2)
+        assert [e["seq"] for e in got] == [2, 3] and got[0]["message"] == lost["message"]
+        await layer.group_send(job_group("training", job.pk), {"type": "job.event", "event": third})  # again
+        assert await comm.receive_nothing(timeout=0.5)
+        await comm.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_outsider_cannot_follow_anothers_dataset_processing(user, base_model):
+    job = make_job(user, base_model)
+    headers = _headers(make_user("mallory"))
+
+    async def scenario():
+        comm = WebsocketCommunicator(_app(), f"/ws/finetune/dataset/{job.dataset_id}/", headers=headers)
+        connected, _ = await comm.connect()
+        assert not connected
+
+    async_to_sync(scenario)()

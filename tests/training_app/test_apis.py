@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import TestCase
 
 from nexus.models import JobEvent
 from tests.factories import make_job, make_ready_dataset, record_event
@@ -129,3 +130,73 @@ def test_a_restarted_worker_fails_its_orphaned_jobs_visibly_and_keeps_their_logs
     messages = [e["message"] for e in api.get(f"/api/v1/finetune/jobs/{job.pk}/events").json()["results"]]
     assert "step 1/10 loss 2.0" in messages and messages[-1].startswith("Failed")
     assert api.get(f"/api/v1/finetune/jobs/{other.pk}").json()["status"] == "running"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_get_distinct_consecutive_seqs(user, base_model):
+    import threading
+
+    from django.db import connection
+
+    job = make_job(user, base_model)
+    errors = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(10):
+                record_event(job, f"w{n}-{i}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    seqs = list(JobEvent.objects.filter(job_kind="training", job_id=job.pk).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, 41))
+
+
+@pytest.mark.django_db
+def test_a_reaped_job_is_not_flipped_back_by_the_trainer_finishing(user, base_model):
+    from training_app.services import _finish, training_job_claim, training_jobs_reap
+
+    job = make_job(user, base_model)
+    training_job_claim(job_id=job.pk, worker="w1@host")
+    training_jobs_reap(worker="w1@host")
+    job = _finish(job, FineTuningJob.Status.COMPLETED, "Completed")
+    assert job.status == "failed"
+
+
+@pytest.mark.django_db
+def test_an_unreachable_broker_leaves_the_job_queued_with_a_visible_reason(api, user, base_model, monkeypatch):
+    from training_app import tasks
+
+    def refuse(*a, **kw):
+        raise ConnectionRefusedError("Error 111 connecting to broker")
+
+    monkeypatch.setattr(tasks.run_training_job, "delay", refuse)
+    dataset = make_ready_dataset(user)
+    with TestCase.captureOnCommitCallbacks() as callbacks:
+        r = api.post("/api/v1/finetune/jobs", job_body(dataset), format="json")
+    assert r.status_code == 201
+    for callback in callbacks:
+        callback()
+    job_id = r.json()["id"]
+    assert api.get(f"/api/v1/finetune/jobs/{job_id}").json()["status"] == "queued"
+    messages = [e["message"] for e in api.get(f"/api/v1/finetune/jobs/{job_id}/events").json()["results"]]
+    assert any("Could not reach the task queue" in m for m in messages)
+
+
+@pytest.mark.django_db
+def test_adapter_versions_count_up_per_team_and_name(user, base_model, tmp_path):
+    from adapters_app.services import adapter_create_from_job
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    a = make_job(user, base_model, name="same")
+    b = make_job(user, base_model, dataset=a.dataset, name="same")
+    assert adapter_create_from_job(job=a, adapter_dir=tmp_path, final_loss=1.0).version == 1
+    assert adapter_create_from_job(job=b, adapter_dir=tmp_path, final_loss=0.5).version == 2
