@@ -115,12 +115,28 @@ def celery_worker_process(django_db_setup, django_db_blocker):
     if proc.poll() is not None:
         raise RuntimeError(f"Celery worker exited:\n{log.read_text()[-3000:]}")
     yield proc
+    with django_db_blocker.unblock():
+        _stop(proc, timeout=30)
+    fh.close()
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
     proc.terminate()
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-    fh.close()
+        proc.wait()
+    # Postgres ends a dead client's backend a moment later; wait so the test database can be dropped.
+    from django.db import connection
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            if cursor.fetchone()[0] == 0:
+                break
+        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -152,9 +168,6 @@ def asgi_server(django_db_setup, django_db_blocker) -> str:
     if proc.poll() is not None:
         raise RuntimeError(f"daphne exited:\n{log.read_text()[-3000:]}")
     yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with django_db_blocker.unblock():
+        _stop(proc, timeout=15)
     fh.close()

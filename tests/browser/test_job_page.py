@@ -34,11 +34,17 @@ def browser_page(monkeypatch):
         browser.close()
 
 
-def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_server, base_model, browser_page,
+@pytest.fixture
+def bob(db):
+    # Made before Playwright starts: ORM calls from inside its greenlets would open a second
+    # connection that outlives the test.
+    return make_user("bob", password="bob-password-1")
+
+
+def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_server, base_model, bob, browser_page,
                                                     tmp_path):
     import json
 
-    make_user("bob", password="bob-password-1")
     data = tmp_path / "pirates.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in pirate_records(12)) + "\n")
     page = browser_page
