@@ -7,6 +7,7 @@ from django.core.files.storage import default_storage
 
 from datasets_app.models import Dataset
 from datasets_app.services import dataset_claim, dataset_process
+from nexus.events import job_events_after
 from tests.factories import alpaca_upload, pirate_records
 
 
@@ -85,3 +86,30 @@ def test_anonymous_requests_are_refused(client):
     r = client.get("/api/v1/finetune/datasets")
     assert r.status_code in (401, 403)
     assert "error" in r.json()
+
+
+@pytest.mark.django_db
+def test_a_dataset_whose_worker_died_mid_processing_is_processed_again(api, user, base_model):
+    from django.utils import timezone
+
+    from datasets_app.services import datasets_requeue
+
+    body = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload()}, format="multipart").json()
+    assert dataset_claim(dataset_id=body["id"])
+    Dataset.objects.filter(pk=body["id"]).update(updated_at=timezone.now() - timezone.timedelta(hours=2))
+    assert body["id"] in datasets_requeue()
+    assert Dataset.objects.get(pk=body["id"]).status == Dataset.Status.UPLOADED
+    assert dataset_claim(dataset_id=body["id"])  # the re-sent task can claim it again
+    assert dataset_process(dataset_id=body["id"]).status == Dataset.Status.READY
+    messages = [e.message for e in job_events_after(kind="dataset", job_id=body["id"])]
+    assert any("interrupted" in m for m in messages)
+
+
+@pytest.mark.django_db
+def test_a_fresh_processing_dataset_is_left_alone(api, base_model):
+    from datasets_app.services import datasets_requeue
+
+    body = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload()}, format="multipart").json()
+    assert dataset_claim(dataset_id=body["id"])
+    datasets_requeue()
+    assert Dataset.objects.get(pk=body["id"]).status == Dataset.Status.PROCESSING
