@@ -41,6 +41,17 @@ class Dataset(models.Model):
     validation_errors = models.JSONField(default=list, blank=True)
     statistics = models.JSONField(default=dict, blank=True)
     error_message = models.TextField(blank=True)
+    file_type = models.CharField(max_length=16, blank=True, help_text="jsonl, json, csv or parquet")
+    detection = models.JSONField(default=dict, blank=True, help_text="auto-detected format, confidence, evidence")
+    validated_with = models.ForeignKey("nexus.BaseModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    validation_config = models.JSONField(default=dict, blank=True)
+    duplicates = models.JSONField(default=dict, blank=True, help_text="exact / near / overlap clusters by record index")
+    # Removal of duplicates is the user's choice, recorded and reversible: the normalized file keeps
+    # every valid record; these source indices are left out of training, splits and downloads.
+    excluded_indices = models.JSONField(default=list, blank=True)
+    dedup_actions = models.JSONField(default=list, blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="splits")
+    split = models.CharField(max_length=16, blank=True, help_text="train, val or test for a split of `parent`")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -53,3 +64,7 @@ class Dataset(models.Model):
     @property
     def file_path(self) -> str:
         return self.original_file.name if self.original_file else ""
+
+    @property
+    def num_usable(self) -> int:
+        return max(0, self.num_examples - len(self.excluded_indices or []))

@@ -1,34 +1,46 @@
-"""Reading dataset files into the one internal conversation form. Django-free.
+"""Dataset formats <-> the one internal conversation form. Django-free.
 
-Internal form: one record per example, ``{"messages": [{"role": ..., "content": ...}, ...]}``
-with roles system / user / assistant. Problems are reported with the line (JSONL, and JSON
-via the decoder's position) or the record index, never silently dropped.
+Internal form, one record per example::
+
+    {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str,
+                   # optional, carried through: "weight": 0|1, "tool_calls": [...], "name", "tool_call_id"}]}
+
+Alpaca (instruction/input/output[/system], and prompt/response columns), ShareGPT (conversations
+with from/value or role/content), ChatML / OpenAI messages (with per-message weight and tool
+calls), and completion (text; a single assistant message) are read into it and written back.
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-SUPPORTED_FORMATS = ("alpaca",)
-FORMAT_CHOICES = ("auto", "alpaca", "sharegpt", "chatml", "completion")
+from datasets_app.engine.readers import DatasetFileError, read_raw_records
 
+FORMATS = ("alpaca", "sharegpt", "chatml", "completion")
+FORMAT_CHOICES = ("auto", *FORMATS)
+SUPPORTED_FORMATS = FORMATS
+DETECT_SAMPLE = 500
 
-class DatasetFileError(Exception):
-    """The file as a whole cannot be read; the message says where and why."""
+ROLE_ALIASES = {
+    "human": "user", "user": "user", "prompter": "user", "question": "user",
+    "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
+    "system": "system",
+    "tool": "tool", "function": "tool", "observation": "tool",
+}
+CARRIED_KEYS = ("weight", "tool_calls", "name", "tool_call_id")
 
-    def __init__(self, message: str, *, line: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.line = line
+__all__ = ["DatasetFileError", "FORMATS", "FORMAT_CHOICES", "ParsedDataset", "RecordProblem", "detect_format",
+           "parse_dataset_file", "record_to_messages"]
 
 
 @dataclass
 class RecordProblem:
     index: int  # 0-based record index in the file
-    line: int | None  # 1-based line in the file, when known
-    category: str  # parse | schema | empty
+    line: int | None  # 1-based line (JSONL) or row (CSV) in the file, when known
+    category: str  # parse | schema | empty | mixed_format | structure | too_long | too_short
     message: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -36,133 +48,219 @@ class RecordProblem:
 
 
 @dataclass
+class Detection:
+    format: str | None
+    confidence: float
+    evidence: str
+    votes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class ParsedDataset:
     format: str
+    file_type: str = "jsonl"
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[RecordProblem] = field(default_factory=list)
     total_records: int = 0
+    detection: Detection | None = None
 
 
-def _decode(raw: bytes, name: str) -> str:
-    if not raw.strip():
-        raise DatasetFileError(f"{name} is empty: there are no records to read.")
-    if b"\x00" in raw[:8192]:
-        raise DatasetFileError(f"{name} looks binary (it contains NUL bytes), not a JSON/JSONL text file.")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DatasetFileError(
-            f"{name} is not UTF-8: byte 0x{raw[exc.start]:02x} at line {line} (offset {exc.start}). "
-            "Re-save the file as UTF-8.",
-            line=line,
-        ) from exc
-    return text.replace("\r\n", "\n")
-
-
-def _iter_json_objects(text: str, name: str) -> Iterator[tuple[int, int | None, Any, str | None]]:
-    """Yield (index, line, object, parse_error) for a JSON array or a JSONL file."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetFileError(
-                f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", line=exc.lineno
-            ) from exc
-        for index, obj in enumerate(data):
-            yield index, None, obj, None
-        return
-    index = 0
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield index, lineno, None, f"invalid JSON at column {exc.colno}: {exc.msg}"
-        else:
-            yield index, lineno, obj, None
-        index += 1
-
-
-def detect_format(obj: Any) -> str | None:
+def record_format(obj: Any) -> str | None:
+    """The format one raw record looks like, from its keys."""
     if not isinstance(obj, dict):
         return None
-    if "instruction" in obj and "output" in obj:
-        return "alpaca"
-    if "conversations" in obj:
-        return "sharegpt"
-    if "messages" in obj:
+    keys = set(obj)
+    if "messages" in keys:
         return "chatml"
-    if "text" in obj:
+    if "conversations" in keys:
+        return "sharegpt"
+    if "instruction" in keys and ("output" in keys or "response" in keys):
+        return "alpaca"
+    if "prompt" in keys and ("response" in keys or "completion" in keys or "output" in keys):
+        return "alpaca"
+    if "text" in keys:
         return "completion"
     return None
 
 
-def alpaca_to_messages(obj: Any) -> list[dict[str, str]]:
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected an object with instruction/output, got {type(obj).__name__}")
-    missing = [key for key in ("instruction", "output") if key not in obj]
-    if missing:
-        raise ValueError(f"missing required field(s): {', '.join(missing)}")
-    for key in ("instruction", "input", "output", "system"):
-        if key in obj and obj[key] is not None and not isinstance(obj[key], str):
-            raise ValueError(f"field '{key}' must be a string, got {type(obj[key]).__name__}")
-    instruction = (obj.get("instruction") or "").strip()
-    extra = (obj.get("input") or "").strip()
-    output = (obj.get("output") or "").strip()
-    if not instruction:
-        raise ValueError("field 'instruction' is empty")
-    if not output:
-        raise ValueError("field 'output' is empty: the response has nothing to learn from")
-    messages: list[dict[str, str]] = []
-    if (obj.get("system") or "").strip():
-        messages.append({"role": "system", "content": obj["system"].strip()})
+def detect_format(objs: list[Any]) -> Detection:
+    votes = Counter(f for f in (record_format(o) for o in objs) if f)
+    sampled = len(objs)
+    if not votes:
+        keys = Counter(k for o in objs if isinstance(o, dict) for k in o)
+        seen = ", ".join(k for k, _ in keys.most_common(8)) or "none"
+        return Detection(None, 0.0, f"no record of {sampled} sampled has the keys of a known format (keys seen: {seen})")
+    fmt, n = votes.most_common(1)[0]
+    evidence = {
+        "alpaca": "instruction/output (or prompt/response) keys",
+        "sharegpt": "a 'conversations' list",
+        "chatml": "a 'messages' list",
+        "completion": "a 'text' field",
+    }[fmt]
+    others = ", ".join(f"{k}: {v}" for k, v in votes.items() if k != fmt)
+    return Detection(fmt, round(n / sampled, 3), f"{n} of {sampled} sampled records have {evidence}"
+                     + (f"; others look like {others}" if others else ""), dict(votes))
+
+
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # OpenAI content parts
+        parts = [p.get("text", "") for p in value if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if len(parts) == len(value):
+            return "".join(parts)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+
+
+def _alpaca(obj: dict) -> list[dict]:
+    instruction = obj.get("instruction", obj.get("prompt"))
+    output = obj.get("output", obj.get("response", obj.get("completion")))
+    if instruction is None:
+        raise ValueError("missing required field 'instruction' (or 'prompt')")
+    if output is None:
+        raise ValueError("missing required field 'output' (or 'response')")
+    instruction = _text(instruction, "field 'instruction'").strip()
+    extra = _text(obj.get("input"), "field 'input'").strip()
+    output = _text(output, "field 'output'").strip()
+    system = _text(obj.get("system"), "field 'system'").strip()
+    messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction})
     messages.append({"role": "assistant", "content": output})
     return messages
 
 
+def _message(raw: Any, i: int, role_key: str, content_key: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ValueError(f"message {i} must be an object, got {type(raw).__name__}")
+    if role_key not in raw:
+        raise ValueError(f"message {i} has no '{role_key}'")
+    role = ROLE_ALIASES.get(str(raw[role_key]).strip().lower())
+    if role is None:
+        raise ValueError(f"message {i} has unknown role '{raw[role_key]}'")
+    msg = {"role": role, "content": _text(raw.get(content_key), f"message {i} '{content_key}'")}
+    for key in CARRIED_KEYS:
+        if key in raw and raw[key] is not None:
+            msg[key] = raw[key]
+    if "weight" in msg and msg["weight"] not in (0, 1):
+        raise ValueError(f"message {i} weight must be 0 or 1, got {msg['weight']!r}")
+    return msg
+
+
+def _conversation(items: Any, key: str) -> list[dict]:
+    if isinstance(items, str):  # CSV cells carry the list as JSON text
+        try:
+            items = json.loads(items)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'{key}' is text that is not a JSON list of messages ({exc.msg})") from exc
+    if not isinstance(items, list):
+        raise ValueError(f"'{key}' must be a list of messages, got {type(items).__name__}")
+    out = []
+    for i, raw in enumerate(items):
+        if isinstance(raw, dict) and "from" in raw:
+            out.append(_message(raw, i, "from", "value"))
+        else:
+            out.append(_message(raw, i, "role", "content"))
+    return out
+
+
+def record_to_messages(obj: Any, fmt: str) -> list[dict]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected an object, got {type(obj).__name__}")
+    if fmt == "alpaca":
+        return _alpaca(obj)
+    if fmt == "sharegpt":
+        return _conversation(obj.get("conversations"), "conversations")
+    if fmt == "chatml":
+        return _conversation(obj.get("messages"), "messages")
+    if fmt == "completion":
+        return [{"role": "assistant", "content": _text(obj.get("text"), "field 'text'")}]
+    raise ValueError(f"unknown format '{fmt}'")
+
+
+def structure_problem(messages: list[dict]) -> tuple[str, str] | None:
+    """(category, reason) when a conversation cannot be trained on as it is."""
+    if not messages:
+        return "empty", "the conversation has no messages"
+    for i, m in enumerate(messages):
+        if m["role"] == "user" and not m["content"].strip():
+            return "empty", f"message {i} (user) is empty"
+        if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls"):
+            return "empty", f"message {i} (assistant) is empty: the response has nothing to learn from"
+    if len(messages) == 1 and messages[0]["role"] == "assistant":
+        return None  # a completion: plain text to learn
+    if any(m["role"] == "system" for m in messages[1:]):
+        return "structure", "a system message may only come first"
+    body = [m for m in messages if m["role"] != "system"]
+    if not body or body[0]["role"] != "user":
+        return "structure", "the conversation must start with a user turn (after an optional system message)"
+    if body[-1]["role"] != "assistant":
+        return "structure", f"the conversation ends with a {body[-1]['role']} turn, not an assistant turn"
+    previous = None
+    for i, m in enumerate(body):
+        if m["role"] == previous and m["role"] != "tool":
+            return "structure", f"roles do not alternate: two {m['role']} turns in a row at turn {i}"
+        if m["role"] == "tool" and previous not in ("assistant", "tool"):
+            return "structure", f"a tool result at turn {i} does not follow an assistant tool call"
+        previous = m["role"]
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in body):
+        return "structure", "every assistant message has weight 0: nothing to learn from"
+    return None
+
+
 def parse_dataset_file(path: str | Path, *, format: str = "auto", name: str | None = None) -> ParsedDataset:
+    """Read, detect (or check) the format, normalize and validate the structure of every record."""
     path = Path(path)
     label = name or path.name
-    text = _decode(path.read_bytes(), label)
     if format not in FORMAT_CHOICES:
         raise DatasetFileError(f"Unknown format '{format}'. Choose one of: {', '.join(FORMAT_CHOICES)}.")
-    result = ParsedDataset(format=format)
-    for index, line, obj, parse_error in _iter_json_objects(text, label):
-        result.total_records += 1
-        where = f"line {line}" if line else f"record {index}"
-        if parse_error:
-            result.problems.append(RecordProblem(index, line, "parse", f"{where}: {parse_error}"))
-            continue
-        if result.format == "auto":
-            detected = detect_format(obj)
-            if detected is None:
-                result.problems.append(
-                    RecordProblem(index, line, "schema", f"{where}: cannot tell the format from keys {sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__}")
-                )
-                continue
-            result.format = detected
-        if result.format not in SUPPORTED_FORMATS:
-            raise DatasetFileError(
-                f"{label}: format '{result.format}' (detected at {where}) is not supported yet; supported: "
-                f"{', '.join(SUPPORTED_FORMATS)}."
-            )
-        try:
-            messages = alpaca_to_messages(obj)
-        except ValueError as exc:
-            category = "empty" if "empty" in str(exc) else "schema"
-            result.problems.append(RecordProblem(index, line, category, f"{where}: {exc}"))
-            continue
-        result.records.append({"messages": messages, "source_index": index, "source_line": line})
-    if result.total_records == 0:
+    file_type, raws = read_raw_records(path, name=label)
+    raw_list = list(raws)
+    if not raw_list:
         raise DatasetFileError(f"{label} contains no records.")
+    sample = [r.obj for r in raw_list[:DETECT_SAMPLE] if r.error is None]
+    detection = detect_format(sample)
+    if format == "auto":
+        if detection.format is None:
+            first_error = next((r for r in raw_list if r.error), None)
+            if first_error is not None and not sample:
+                raise DatasetFileError(f"{label}: no record could be read; first problem at {first_error.where}: "
+                                       f"{first_error.error}", line=first_error.line)
+            raise DatasetFileError(f"{label}: cannot tell the format: {detection.evidence}. Choose a format explicitly.")
+        fmt = detection.format
+    else:
+        fmt = format
+    result = ParsedDataset(format=fmt, file_type=file_type, total_records=len(raw_list), detection=detection)
+    for raw in raw_list:
+        if raw.error:
+            result.problems.append(RecordProblem(raw.index, raw.line, "parse", f"{raw.where}: {raw.error}"))
+            continue
+        try:
+            messages = record_to_messages(raw.obj, fmt)
+        except ValueError as exc:
+            looks_like = record_format(raw.obj)
+            if looks_like is not None and looks_like != fmt:
+                result.problems.append(RecordProblem(raw.index, raw.line, "mixed_format",
+                                                     f"{raw.where}: looks like {looks_like}, but the file is {fmt}"))
+            else:
+                result.problems.append(RecordProblem(raw.index, raw.line, "schema", f"{raw.where}: {exc}"))
+            continue
+        problem = structure_problem(messages)
+        if problem:
+            result.problems.append(RecordProblem(raw.index, raw.line, problem[0], f"{raw.where}: {problem[1]}"))
+            continue
+        result.records.append({"messages": messages, "source_index": raw.index, "source_line": raw.line})
     if not result.records:
-        first = result.problems[0].message if result.problems else "no usable records"
+        first = result.problems[0]
         raise DatasetFileError(
-            f"{label}: none of the {result.total_records} records is usable; first problem: {first}",
-            line=result.problems[0].line if result.problems else None,
+            f"{label}: none of the {result.total_records} records is usable as {fmt}; first problem: {first.message}",
+            line=first.line,
         )
     return result
+
+
+def dumps_record(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False)

@@ -84,13 +84,14 @@ def test_latin1_error_names_the_line(tmp_path):
     assert err.value.line == 2
 
 
-def test_file_with_no_usable_record_is_an_error_naming_the_first_problem(tmp_path):
+def test_file_whose_format_cannot_be_told_says_what_it_saw(tmp_path):
     with pytest.raises(DatasetFileError) as err:
         parse_dataset_file(write(tmp_path, "a.jsonl", '{"prompt": 1}\n{"prompt": 2}\n'))
-    assert "none of the 2 records" in err.value.message and "line 1" in err.value.message
+    assert "cannot tell the format" in err.value.message and "prompt" in err.value.message
 
 
-def test_format_not_supported_yet_is_named(tmp_path):
+def test_file_with_no_usable_record_names_the_first_problem(tmp_path):
     with pytest.raises(DatasetFileError) as err:
-        parse_dataset_file(write(tmp_path, "a.jsonl", json.dumps({"conversations": [{"from": "human", "value": "x"}]})))
-    assert "sharegpt" in err.value.message
+        parse_dataset_file(write(tmp_path, "a.jsonl", '{"instruction": "a"}\n{"instruction": "b", "output": ""}\n'),
+                           format="alpaca")
+    assert "none of the 2 records" in err.value.message and "line 1" in err.value.message
