@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 
 from datasets_app.models import Dataset
+from nexus.events import job_events_after
+from nexus.models import BaseModel, JobEvent
 from nexus.teams import get_for_user, visible_to
 
 
@@ -12,4 +16,65 @@ def dataset_list(*, user, team=None) -> QuerySet[Dataset]:
 
 
 def dataset_get(*, user, pk: int, write: bool = False) -> Dataset:
-    return get_for_user(Dataset.objects.select_related("team"), user, pk=pk, write=write)
+    return get_for_user(Dataset.objects.select_related("team", "validated_with"), user, pk=pk, write=write)
+
+
+def page(items: list, offset: int, limit: int) -> dict[str, Any]:
+    return {"count": len(items), "offset": offset, "limit": limit, "results": items[offset:offset + limit]}
+
+
+def dataset_preview(*, dataset: Dataset, offset: int = 0, limit: int = 20) -> dict[str, Any]:
+    from datasets_app.services import dataset_all_records
+
+    excluded = set(dataset.excluded_indices or [])
+    records = dataset_all_records(dataset=dataset)
+    for r in records:
+        r["excluded"] = r["source_index"] in excluded
+    return page(records, offset, limit)
+
+
+def dataset_validation_errors(*, dataset: Dataset, offset: int = 0, limit: int = 50, category: str | None = None) -> dict[str, Any]:
+    problems = [p for p in dataset.validation_errors if not category or p.get("category") == category]
+    body = page(problems, offset, limit)
+    body["by_category"] = dataset.statistics.get("invalid_by_category", {})
+    return body
+
+
+def dataset_events(*, dataset: Dataset, after: int = 0) -> list[JobEvent]:
+    return job_events_after(kind=JobEvent.Kind.DATASET, job_id=dataset.pk, after=after, limit=1000)
+
+
+def _template_overhead(model: BaseModel) -> int:
+    from datasets_app.services import _load_tokenizer
+    from training_app.engine.data import encode_conversation
+
+    tokenizer = _load_tokenizer(model.hf_path)
+    return len(encode_conversation(tokenizer, [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}], 1 << 20)["input_ids"])
+
+
+def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
+    """Training time for the default preset from throughput measured by finished jobs on this
+    deployment (never a guess): tokens a job would see / measured tokens per second."""
+    from training_app.engine.config import TrainingConfig
+    from training_app.models import FineTuningJob
+
+    model = dataset.validated_with
+    if model is None or not model.hf_path:
+        return {"available": False, "reason": "the dataset was not validated with a trainable base model"}
+    jobs = [j for j in FineTuningJob.objects.filter(base_model=model, status=FineTuningJob.Status.COMPLETED)
+            .order_by("-finished_at")[:5] if j.metrics.get("tokens_seen") and j.metrics.get("train_runtime_s")]
+    if not jobs:
+        return {"available": False, "reason": f"no completed job on {model.name} has measured throughput here yet; "
+                                              "train once and the estimate appears"}
+    tps = sum(j.metrics["tokens_seen"] for j in jobs) / sum(j.metrics["train_runtime_s"] for j in jobs)
+    epochs = TrainingConfig().num_epochs
+    tokens = (dataset.total_tokens + dataset.num_usable * _template_overhead(model)) * epochs
+    return {
+        "available": True,
+        "base_model": model.name,
+        "preset": f"defaults ({epochs:g} epochs)",
+        "tokens_per_second": round(tps, 1),
+        "measured_by_jobs": [j.pk for j in jobs],
+        "tokens": int(tokens),
+        "seconds": round(tokens / tps),
+    }

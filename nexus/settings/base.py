@@ -109,6 +109,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "nexus.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # ?format= names a dataset format on downloads, not a renderer
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Nexus fine-tuning API",
