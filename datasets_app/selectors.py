@@ -78,3 +78,12 @@ def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
         "tokens": int(tokens),
         "seconds": round(tokens / tps),
     }
+
+
+def dataset_progress(*, dataset: Dataset) -> int:
+    """Processing progress in percent, from the latest progress event (0 when none yet)."""
+    if dataset.status in (Dataset.Status.READY, Dataset.Status.ERROR):
+        return 100
+    event = (JobEvent.objects.filter(job_kind=JobEvent.Kind.DATASET, job_id=dataset.pk, data__has_key="progress")
+             .order_by("-seq").first())
+    return int(event.data["progress"]) if event else 0

@@ -33,6 +33,10 @@ def _event(dataset: Dataset, message: str, level: str = "info", type: str = JobE
     job_event_record(kind=JobEvent.Kind.DATASET, job_id=dataset.pk, message=message, level=level, type=type, data=data)
 
 
+def _progress(dataset: Dataset, percent: int, stage: str) -> None:
+    _event(dataset, f"{percent}%: {stage}", level="debug", data={"progress": percent, "stage": stage})
+
+
 def _folder(dataset: Dataset) -> str:
     return f"datasets/team-{dataset.team_id}/dataset-{dataset.pk}"
 
@@ -164,6 +168,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
     except DatasetFileError as exc:
         return dataset_fail(dataset=dataset, message=exc.message, details={"line": exc.line})
     d = parsed.detection
+    _progress(dataset, 30, "parsed")
     _event(dataset, f"Read {parsed.total_records} records from a {parsed.file_type} file as {parsed.format}"
            + (f" (detected with confidence {d.confidence:.0%}: {d.evidence})" if d and dataset.format == "auto" else ""))
     model = BaseModel.objects.filter(pk=config.get("base_model_id")).first() if config.get("base_model_id") else None
@@ -173,6 +178,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
     counts = count_tokens(parsed.records, _tokenizer_for(model))
     if model is None:
         min_tokens, max_tokens = 0, None  # no tokenizer: lengths cannot be checked
+    _progress(dataset, 50, "tokens counted")
     records, counts, length_problems = _length_problems(parsed.records, counts, min_tokens=min_tokens, max_tokens=max_tokens)
     problems = sorted(parsed.problems + length_problems, key=lambda p: p.index)
     if not records:
@@ -180,6 +186,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
         return dataset_fail(dataset=dataset, message=f"None of the {parsed.total_records} records is usable; first problem: {first}")
     dedup_config = DedupConfig(**{k: v for k, v in (config.get("dedup") or {}).items() if k in ("threshold", "shingle_size")})
     report = find_duplicates(records, dedup_config)
+    _progress(dataset, 80, "duplicates found")
     _event(dataset, "Duplicates: {exact_duplicates} exact, {near_duplicates} near, {overlap_clusters} prompts with different answers"
            .format(**report.summary()))
     stats = token_statistics(records, counts, tokenizer_name=model.name if model else None)

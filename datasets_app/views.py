@@ -2,13 +2,26 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
-from datasets_app.engine.formats import FORMAT_CHOICES
-from datasets_app.selectors import dataset_get, dataset_list
-from datasets_app.services import dataset_create
+from datasets_app.engine.formats import FORMAT_CHOICES, FORMATS
+from datasets_app.engine.readers import FILE_TYPES
+from datasets_app.models import Dataset
+from datasets_app.selectors import (
+    dataset_get,
+    dataset_list,
+    dataset_preview,
+    dataset_progress,
+    dataset_training_estimate,
+)
+from datasets_app.services import dataset_create, dataset_dedup_apply, dataset_delete, dataset_revalidate, dataset_split
 from nexus.errors import NexusError
+from nexus.models import BaseModel
 from nexus.teams import resolve_team, team_ensure_personal, user_teams
+
+PREVIEW_PAGE = 10
 
 
 class DatasetUploadForm(forms.Form):
@@ -42,11 +55,70 @@ def dataset_upload_page(request):
             form.add_error("file", exc.message)
         else:
             return redirect("dataset-detail", dataset_id=dataset.pk)
-    return render(request, "datasets/upload.html", {"form": form})
+    status = 400 if form.errors else 200
+    return render(request, "datasets/upload.html", {"form": form}, status=status)
+
+
+def _group_problems(problems: list[dict]) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for p in problems:
+        groups.setdefault(p.get("category", "other"), []).append(p)
+    return [{"category": k, "count": len(v), "problems": v[:100]} for k, v in sorted(groups.items())]
 
 
 @login_required
 def dataset_detail_page(request, dataset_id: int):
     dataset = dataset_get(user=request.user, pk=dataset_id)
-    template = "datasets/_status.html" if request.htmx else "datasets/detail.html"
-    return render(request, template, {"dataset": dataset, "problems": dataset.validation_errors[:200]})
+    ctx = {"dataset": dataset, "progress": dataset_progress(dataset=dataset),
+           "problem_groups": _group_problems(dataset.validation_errors)}
+    if request.htmx:
+        return render(request, "datasets/_status.html", ctx)
+    ctx.update({
+        "estimate": dataset_training_estimate(dataset=dataset) if dataset.status == Dataset.Status.READY else None,
+        "preview": dataset_preview(dataset=dataset, limit=PREVIEW_PAGE) if dataset.status == Dataset.Status.READY else None,
+        "splits": dataset.splits.order_by("created_at"),
+        "models": BaseModel.objects.exclude(hf_path=""),
+        "formats": FORMATS,
+        "file_types": FILE_TYPES,
+    })
+    return render(request, "datasets/detail.html", ctx)
+
+
+@login_required
+def dataset_preview_page(request, dataset_id: int):
+    dataset = dataset_get(user=request.user, pk=dataset_id)
+    try:
+        offset = max(0, int(request.GET.get("offset", 0)))
+    except ValueError:
+        offset = 0
+    ctx = {"dataset": dataset, "preview": dataset_preview(dataset=dataset, offset=offset, limit=PREVIEW_PAGE)}
+    return render(request, "datasets/_preview.html" if request.htmx else "datasets/preview.html", ctx)
+
+
+@require_POST
+@login_required
+def dataset_action_page(request, dataset_id: int, action: str):
+    from django.contrib import messages
+
+    dataset = dataset_get(user=request.user, pk=dataset_id, write=True)
+    try:
+        if action == "remove-duplicates":
+            dataset_dedup_apply(dataset=dataset, user=request.user, action="remove", kinds=request.POST.getlist("kinds") or None)
+        elif action == "restore-duplicates":
+            dataset_dedup_apply(dataset=dataset, user=request.user, action="restore")
+        elif action == "split":
+            splits = dataset_split(dataset=dataset, user=request.user, seed=int(request.POST.get("seed") or 42))
+            messages.success(request, "Created " + ", ".join(f"{s.split} ({s.num_examples})" for s in splits))
+        elif action == "validate":
+            model = BaseModel.objects.filter(pk=request.POST.get("base_model") or 0).first()
+            max_tokens = int(request.POST["max_tokens"]) if request.POST.get("max_tokens") else None
+            dataset_revalidate(dataset=dataset, base_model=model, max_tokens=max_tokens)
+        elif action == "delete":
+            dataset_delete(dataset=dataset)
+            messages.success(request, f"Deleted dataset '{dataset.name}' and its files.")
+            return redirect("dataset-list")
+        else:
+            return HttpResponse(status=404)
+    except (NexusError, ValueError) as exc:
+        messages.error(request, getattr(exc, "message", str(exc)))
+    return redirect("dataset-detail", dataset_id=dataset.pk)
