@@ -1,10 +1,11 @@
 """Exact and near-duplicate detection (MinHash LSH) and instruction overlap. Django-free.
 
-Near duplicates: word n-gram shingles (default 3 words) hashed with xxhash, MinHash signatures
-of `num_perm` (default 128) universal hash permutations computed for all records at once with
-numpy, and LSH banding with the (bands, rows) that datasketch chooses for the threshold (default
-Jaccard 0.8). Candidate pairs from the bands are verified on their signatures, then joined into
-clusters (union-find). The result lists clusters with their members so a user can see why.
+Near duplicates: word n-gram shingles (default 3 words) of the normalized text (lower case,
+punctuation dropped) hashed with xxhash, MinHash signatures of `num_perm` (default 128)
+universal hash permutations computed for all records at once with numpy, and LSH banding with
+the (bands, rows) that datasketch chooses for the threshold (default Jaccard 0.8), weighted
+against misses. Candidate pairs from the bands are verified on their exact shingle sets
+(Jaccard >= threshold), then joined into clusters (union-find). The result lists clusters with their members so a user can see why.
 """
 from __future__ import annotations
 
@@ -98,7 +99,9 @@ def _groups_of(keys: list[str]) -> list[list[int]]:
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     from datasketch.lsh import _optimal_param
 
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    # Weighted against false negatives: every candidate is verified on its exact shingle sets,
+    # so a missed pair costs recall while an extra candidate only costs a set intersection.
+    return _optimal_param(threshold, num_perm, 0.05, 0.95)
 
 
 def shingle_hashes(normalized: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +152,19 @@ def near_duplicate_clusters(texts: list[str], config: DedupConfig) -> list[list[
     sig = minhash_signatures(hashes, starts, config.num_perm, config.seed)
     bands, rows = lsh_params(config.threshold, config.num_perm)
     uf = _UnionFind(len(texts))
+    bounds = np.append(starts, len(hashes))
+    sets: dict[int, np.ndarray] = {}
+
+    def shingles(i: int) -> np.ndarray:
+        if i not in sets:
+            sets[i] = np.unique(hashes[bounds[i]:bounds[i + 1]])
+        return sets[i]
+
+    def jaccard(i: int, j: int) -> float:
+        a, b = shingles(i), shingles(j)
+        inter = len(np.intersect1d(a, b, assume_unique=True))
+        return inter / (len(a) + len(b) - inter)
+
     for band in range(bands):
         part = np.ascontiguousarray(sig[:, band * rows:(band + 1) * rows])
         keys = part.view(np.dtype((np.void, part.dtype.itemsize * rows))).ravel()
@@ -159,7 +175,7 @@ def near_duplicate_clusters(texts: list[str], config: DedupConfig) -> list[list[
             i, j = int(order[k]), int(order[k + 1])
             if uf.find(i) == uf.find(j):
                 continue
-            if np.count_nonzero(sig[i] == sig[j]) / config.num_perm >= config.threshold:
+            if jaccard(i, j) >= config.threshold:
                 uf.union(i, j)
     clusters: dict[int, list[int]] = {}
     for i in range(len(texts)):
