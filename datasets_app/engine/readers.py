@@ -31,10 +31,11 @@ class RawRecord:
     line: int | None
     obj: Any
     error: str | None = None
+    unit: str = "line"  # "row" for CSV
 
     @property
     def where(self) -> str:
-        return f"line {self.line}" if self.line else f"record {self.index}"
+        return f"{self.unit} {self.line}" if self.line else f"record {self.index}"
 
 
 def sniff_file_type(name: str, head: bytes) -> str:
@@ -116,15 +117,16 @@ def _csv(text: str, name: str) -> Iterator[RawRecord]:
         except StopIteration:
             break
         except csv.Error as exc:
-            yield RawRecord(index, row_start, None, f"unreadable CSV row: {exc}")
+            yield RawRecord(index, row_start, None, f"unreadable CSV row: {exc}", unit="row")
             index += 1
             continue
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            yield RawRecord(index, row_start, None, f"has {len(row)} columns, the header has {len(header)} ({', '.join(header)})")
+            yield RawRecord(index, row_start, None, f"has {len(row)} columns, the header has {len(header)} ({', '.join(header)})",
+                            unit="row")
         else:
-            yield RawRecord(index, row_start, dict(zip(header, row)))
+            yield RawRecord(index, row_start, dict(zip(header, row)), unit="row")
         index += 1
 
 
