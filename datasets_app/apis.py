@@ -148,6 +148,8 @@ class DatasetValidateApi(APIView):
         min_tokens = serializers.IntegerField(required=False, min_value=0)
         threshold = serializers.FloatField(required=False, min_value=0.1, max_value=1.0, help_text="near-duplicate Jaccard")
         shingle_size = serializers.IntegerField(required=False, min_value=1, max_value=10)
+        languages = serializers.ListField(child=serializers.RegexField(r"^[a-z]{2,3}$"), required=False,
+                                          help_text="ISO 639-1 codes; records confidently in another language are listed")
 
     @extend_schema(request=InputSerializer, responses={202: DatasetOutputSerializer})
     def post(self, request, dataset_id: int):
@@ -163,7 +165,7 @@ class DatasetValidateApi(APIView):
                 raise NexusError(f"base_model: unknown model '{key}'", code="validation_error", details={"base_model": key})
         dedup = {k: v[k] for k in ("threshold", "shingle_size") if k in v}
         dataset = dataset_revalidate(dataset=dataset, base_model=model, max_tokens=v.get("max_tokens"),
-                                     min_tokens=v.get("min_tokens"), dedup=dedup)
+                                     min_tokens=v.get("min_tokens"), dedup=dedup, languages=v.get("languages"))
         return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_202_ACCEPTED)
 
 

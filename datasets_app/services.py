@@ -80,7 +80,8 @@ def dataset_claim(*, dataset_id: int) -> bool:
 
 @transaction.atomic
 def dataset_revalidate(*, dataset: Dataset, base_model: BaseModel | None = None, max_tokens: int | None = None,
-                       min_tokens: int | None = None, dedup: dict | None = None) -> Dataset:
+                       min_tokens: int | None = None, dedup: dict | None = None, languages: list[str] | None = None
+                       ) -> Dataset:
     """Run processing again from the untouched original (e.g. against another model's tokenizer)."""
     dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
     if dataset.status in (Dataset.Status.UPLOADED, Dataset.Status.PROCESSING):
@@ -88,7 +89,7 @@ def dataset_revalidate(*, dataset: Dataset, base_model: BaseModel | None = None,
     if dataset.parent_id and not dataset.original_file:
         raise NexusError("A split has no original upload to validate again; validate its parent.", code="invalid")
     config = {"base_model_id": base_model.pk if base_model else None, "max_tokens": max_tokens, "min_tokens": min_tokens,
-              "dedup": dedup or {}}
+              "dedup": dedup or {}, "languages": languages or []}
     Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.UPLOADED, validation_config=config,
                                                  updated_at=timezone.now())
     _event(dataset, "Validation requested" + (f" with the {base_model.name} tokenizer" if base_model else ""))
@@ -145,6 +146,22 @@ def _length_problems(records: list[dict], counts: list[tuple[int, int]], *, min_
     return kept, kept_counts, problems
 
 
+def _language_problems(records: list[dict], counts: list[tuple[int, int]], allowed: list[str]
+                       ) -> tuple[list[dict], list[tuple[int, int]], list[RecordProblem]]:
+    from datasets_app.engine.language import language_problem
+
+    kept, kept_counts, problems = [], [], []
+    for record, count in zip(records, counts):
+        reason = language_problem(record["messages"], allowed)
+        if reason:
+            where = f"line {record['source_line']}" if record.get("source_line") else f"record {record['source_index']}"
+            problems.append(RecordProblem(record["source_index"], record.get("source_line"), "language", f"{where}: {reason}"))
+        else:
+            kept.append(record)
+            kept_counts.append(count)
+    return kept, kept_counts, problems
+
+
 def _clusters_for_display(records: list[dict], clusters: list[list[int]]) -> list[dict]:
     out = []
     for cluster in clusters[:MAX_LISTED_CLUSTERS]:
@@ -180,6 +197,9 @@ def dataset_process(*, dataset_id: int) -> Dataset:
         min_tokens, max_tokens = 0, None  # no tokenizer: lengths cannot be checked
     _progress(dataset, 50, "tokens counted")
     records, counts, length_problems = _length_problems(parsed.records, counts, min_tokens=min_tokens, max_tokens=max_tokens)
+    if config.get("languages"):
+        records, counts, language_problems = _language_problems(records, counts, config["languages"])
+        length_problems += language_problems
     problems = sorted(parsed.problems + length_problems, key=lambda p: p.index)
     if not records:
         first = problems[0].message if problems else "no usable records"

@@ -227,3 +227,17 @@ def test_outsider_gets_404_on_every_dataset_write(api, outsider_api, base_model,
     r = getattr(outsider_api, method)(f"/api/v1/finetune/datasets/{d['id']}{suffix}", body, format="json")
     assert r.status_code == 404
     assert Dataset.objects.get(pk=d["id"]).name == "d.jsonl"
+
+
+def test_optional_language_check_lists_records_in_another_language(api, base_model):
+    rows = qa(4) + [{"instruction": "Erkläre bitte, wie das Wetter morgen in Berlin sein wird",
+                     "output": "Morgen wird es in Berlin sonnig und warm, mit leichtem Wind aus Westen."}]
+    rows[0] = {"instruction": "Explain how the weather works in simple terms", "output": "The sun heats the air and the air moves around."}
+    d = upload(api, rows)
+    process(d["id"])
+    assert Dataset.objects.get(pk=d["id"]).num_examples == 5  # off by default
+    api.post(f"/api/v1/finetune/datasets/{d['id']}/validate", {"languages": ["en"]}, format="json")
+    dataset = process(d["id"])
+    assert dataset.num_examples == 4
+    errors = api.get(f"/api/v1/finetune/datasets/{d['id']}/validation-errors", {"category": "language"}).json()
+    assert [e["line"] for e in errors["results"]] == [5] and "'de'" in errors["results"][0]["message"]
