@@ -198,13 +198,16 @@ class DatasetSplitApi(APIView):
         val = serializers.FloatField(required=False, default=0.1)
         test = serializers.FloatField(required=False, default=0.1)
         seed = serializers.IntegerField(required=False, default=42)
+        against = serializers.IntegerField(required=False, help_text="a test set to check every split against")
 
     @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer(many=True)})
     def post(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id, write=True)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        splits = dataset_split(dataset=dataset, user=request.user, **data.validated_data)
+        v = dict(data.validated_data)
+        against = dataset_get(user=request.user, pk=v.pop("against")) if v.get("against") else None
+        splits = dataset_split(dataset=dataset, user=request.user, against=against, **v)
         return Response({"results": DatasetOutputSerializer(splits, many=True).data}, status=status.HTTP_201_CREATED)
 
 
@@ -270,7 +273,8 @@ class DatasetConvertApi(APIView):
         out, report = dataset_convert_file(file=v["file"], from_format=v["from_format"], to_format=v["to_format"],
                                            file_type=v["file_type"])
         response = _file_response(out, f"{Path(v['file'].name).stem}-{v['to_format']}.{v['file_type']}", v["file_type"])
-        response["X-Nexus-Report"] = json.dumps({k: report[k] for k in ("from_format", "records", "invalid", "lossy")})
+        report["problems"] = [{k: p[k] for k in ("line", "index", "category", "message")} for p in report["problems"][:20]]
+        response["X-Nexus-Report"] = json.dumps(report, ensure_ascii=True)
         return response
 
 

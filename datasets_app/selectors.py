@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 
 from datasets_app.models import Dataset
 from nexus.events import job_events_after
-from nexus.models import BaseModel, JobEvent
+from nexus.models import JobEvent
 from nexus.teams import get_for_user, visible_to
 
 
@@ -36,20 +36,15 @@ def dataset_preview(*, dataset: Dataset, offset: int = 0, limit: int = 20) -> di
 def dataset_validation_errors(*, dataset: Dataset, offset: int = 0, limit: int = 50, category: str | None = None) -> dict[str, Any]:
     problems = [p for p in dataset.validation_errors if not category or p.get("category") == category]
     body = page(problems, offset, limit)
+    totals = dataset.statistics.get("invalid_by_category", {})
+    body["count"] = totals.get(category, body["count"]) if category else sum(totals.values()) or body["count"]
+    body["listed"] = len(problems)  # at most the first 10,000 are kept with their lines
     body["by_category"] = dataset.statistics.get("invalid_by_category", {})
     return body
 
 
 def dataset_events(*, dataset: Dataset, after: int = 0) -> list[JobEvent]:
     return job_events_after(kind=JobEvent.Kind.DATASET, job_id=dataset.pk, after=after, limit=1000)
-
-
-def _template_overhead(model: BaseModel) -> int:
-    from datasets_app.services import _load_tokenizer
-    from training_app.engine.data import encode_conversation
-
-    tokenizer = _load_tokenizer(model.hf_path)
-    return len(encode_conversation(tokenizer, [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}], 1 << 20)["input_ids"])
 
 
 def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
@@ -68,7 +63,9 @@ def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
                                               "train once and the estimate appears"}
     tps = sum(j.metrics["tokens_seen"] for j in jobs) / sum(j.metrics["train_runtime_s"] for j in jobs)
     epochs = TrainingConfig().num_epochs
-    tokens = (dataset.total_tokens + dataset.num_usable * _template_overhead(model)) * epochs
+    from datasets_app.services import _template_overhead
+
+    tokens = (dataset.total_tokens + dataset.num_usable * _template_overhead(model)[0]) * epochs
     return {
         "available": True,
         "base_model": model.name,

@@ -128,15 +128,29 @@ def _tokenizer_for(model: BaseModel | None):
     return _load_tokenizer(model.hf_path)
 
 
-def _length_problems(records: list[dict], counts: list[tuple[int, int]], *, min_tokens: int, max_tokens: int | None
-                     ) -> tuple[list[dict], list[tuple[int, int]], list[RecordProblem]]:
+def _template_overhead(model: BaseModel) -> tuple[int, int]:
+    """Tokens the chat template adds: for one exchange, and for each further exchange."""
+    from training_app.engine.data import encode_conversation
+
+    tokenizer = _tokenizer_for(model)
+    u, a = {"role": "user", "content": ""}, {"role": "assistant", "content": ""}
+    one = len(encode_conversation(tokenizer, [u, a], 1 << 20)["input_ids"])
+    two = len(encode_conversation(tokenizer, [u, a, u, a], 1 << 20)["input_ids"])
+    return one, two - one
+
+
+def _length_problems(records: list[dict], counts: list[tuple[int, int]], *, min_tokens: int, max_tokens: int | None,
+                     overhead: tuple[int, int] = (0, 0)) -> tuple[list[dict], list[tuple[int, int]], list[RecordProblem]]:
+    """Too long counts what training sees: content plus the chat template's tokens."""
     kept, kept_counts, problems = [], [], []
     for record, (p, r) in zip(records, counts):
         where = f"line {record['source_line']}" if record.get("source_line") else f"record {record['source_index']}"
         total = p + r
-        if max_tokens and total > max_tokens:
+        exchanges = max(1, sum(1 for m in record["messages"] if m["role"] == "assistant"))
+        with_template = total + overhead[0] + (exchanges - 1) * overhead[1]
+        if max_tokens and with_template > max_tokens:
             problems.append(RecordProblem(record["source_index"], record.get("source_line"), "too_long",
-                                          f"{where}: {total} tokens, more than the maximum of {max_tokens}"))
+                                          f"{where}: {with_template} tokens with the chat template, more than the maximum of {max_tokens}"))
         elif total < min_tokens:
             problems.append(RecordProblem(record["source_index"], record.get("source_line"), "too_short",
                                           f"{where}: {total} tokens, fewer than the minimum of {min_tokens}"))
@@ -191,12 +205,14 @@ def dataset_process(*, dataset_id: int) -> Dataset:
     model = BaseModel.objects.filter(pk=config.get("base_model_id")).first() if config.get("base_model_id") else None
     model = model or base_model_default()
     max_tokens = config.get("max_tokens") or (model.context_length if model and model.context_length else None)
-    min_tokens = config.get("min_tokens") or 1
+    min_tokens = config["min_tokens"] if config.get("min_tokens") is not None else 1
     counts = count_tokens(parsed.records, _tokenizer_for(model))
+    overhead = _template_overhead(model) if model else (0, 0)
     if model is None:
         min_tokens, max_tokens = 0, None  # no tokenizer: lengths cannot be checked
     _progress(dataset, 50, "tokens counted")
-    records, counts, length_problems = _length_problems(parsed.records, counts, min_tokens=min_tokens, max_tokens=max_tokens)
+    records, counts, length_problems = _length_problems(parsed.records, counts, min_tokens=min_tokens, max_tokens=max_tokens,
+                                                        overhead=overhead)
     if config.get("languages"):
         records, counts, language_problems = _language_problems(records, counts, config["languages"])
         length_problems += language_problems
@@ -229,9 +245,12 @@ def dataset_process(*, dataset_id: int) -> Dataset:
         "near": _clusters_for_display(records, report.near_clusters),
         "overlap": _clusters_for_display(records, report.overlap_clusters),
         "removable": sorted(records[i]["source_index"] for i in report.removable()),
+        # every cluster in full (record source indices); the lists above are trimmed for display
+        "clusters": {kind: [[records[i]["source_index"] for i in c] for c in clusters] for kind, clusters in
+                     (("exact", report.exact_clusters), ("near", report.near_clusters), ("overlap", report.overlap_clusters))},
     }
     for record, (p, r) in zip(records, counts):
-        record["tokens"] = p + r
+        record["tokens"], record["prompt_tokens"], record["response_tokens"] = p + r, p, r
     normalized = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     name = storage_save_bytes(f"{_folder(dataset)}/normalized.jsonl", normalized.encode())
     valid_indices = {r["source_index"] for r in records}
@@ -335,7 +354,8 @@ def dataset_dedup_apply(*, dataset: Dataset, user, action: str, kinds: list[str]
         raise NexusError(f"kinds: unknown cluster kind(s) {sorted(unknown)}; use exact, near, overlap",
                          code="validation_error", details={"kinds": sorted(unknown)})
     if action == "remove":
-        drop = {i for kind in kinds for c in dataset.duplicates.get(kind, []) for i in sorted(c["members"])[1:]}
+        clusters = dataset.duplicates.get("clusters", {})
+        drop = {i for kind in kinds for c in clusters.get(kind, []) for i in sorted(c)[1:]}
         excluded = sorted(set(dataset.excluded_indices) | drop)
     elif action == "restore":
         drop = set(dataset.excluded_indices)
@@ -352,10 +372,10 @@ def dataset_dedup_apply(*, dataset: Dataset, user, action: str, kinds: list[str]
     return dataset
 
 
-def _duplicate_groups(records: list[dict], threshold: float | None = None) -> list[list[int]]:
-    """Groups of record positions that must stay together: exact + near duplicate clusters."""
-    config = DedupConfig(threshold=threshold) if threshold else DedupConfig()
-    report = find_duplicates(records, config)
+def _split_groups(dataset: Dataset, records: list[dict]) -> list[list[int]]:
+    """Positions that must stay on one side: the dataset's exact, near (with its own dedup
+    settings) and same-prompt clusters."""
+    position = {r["source_index"]: n for n, r in enumerate(records)}
     parent = list(range(len(records)))
 
     def find(x: int) -> int:
@@ -364,19 +384,22 @@ def _duplicate_groups(records: list[dict], threshold: float | None = None) -> li
             x = parent[x]
         return x
 
-    for cluster in report.exact_clusters + report.near_clusters:
-        for i in cluster[1:]:
-            parent[find(i)] = find(cluster[0])
+    for clusters in dataset.duplicates.get("clusters", {}).values():
+        for cluster in clusters:
+            members = [position[i] for i in cluster if i in position]
+            for m in members[1:]:
+                parent[find(m)] = find(members[0])
     groups: dict[int, list[int]] = {}
-    for i in range(len(records)):
-        groups.setdefault(find(i), []).append(i)
+    for n in range(len(records)):
+        groups.setdefault(find(n), []).append(n)
     return list(groups.values())
 
 
 @transaction.atomic
-def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.1, test: float = 0.1, seed: int = 42
-                  ) -> list[Dataset]:
-    """Seeded train/val/test split of the usable records; exact and near duplicates stay on one side."""
+def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.1, test: float = 0.1, seed: int = 42,
+                  against: Dataset | None = None) -> list[Dataset]:
+    """Seeded train/val/test split of the usable records; exact and near duplicates and repeated
+    prompts stay on one side. Every split is then checked against the others (and `against`)."""
     fractions = {"train": train, "val": val, "test": test}
     for key, value in fractions.items():
         if not 0 <= value <= 1:
@@ -387,7 +410,7 @@ def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.
     records = dataset_load_records(dataset=dataset)
     if len(records) < 3:
         raise NexusError(f"Need at least 3 usable records to split, have {len(records)}.", code="too_small")
-    groups = _duplicate_groups(records)
+    groups = _split_groups(dataset, records)
     random.Random(seed).shuffle(groups)
     targets = {k: v * len(records) for k, v in fractions.items()}
     parts: dict[str, list[dict]] = {k: [] for k in SPLITS}
@@ -402,20 +425,27 @@ def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.
         rows = sorted(parts[name], key=lambda r: r["source_index"])
         child = Dataset(team=dataset.team, created_by=user, name=f"{dataset.name} [{name}]"[:200],
                         description=f"{name} split of '{dataset.name}' (seed {seed}, {train:g}/{val:g}/{test:g})",
-                        format=dataset.format, status=Dataset.Status.READY, parent=dataset, split=name,
+                        format="chatml", status=Dataset.Status.READY, parent=dataset, split=name,
                         file_type="jsonl", num_examples=len(rows), total_tokens=sum(r.get("tokens", 0) for r in rows),
                         validated_with=dataset.validated_with, original_filename=f"{name}.jsonl")
         child.save()
         child.normalized_file = storage_save_bytes(f"{_folder(child)}/normalized.jsonl",
                                                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
         child.original_file.save(f"{name}.jsonl", ContentFile(write_records(rows, fmt="chatml", file_type="jsonl")[0]), save=False)
-        counts = [(r.get("tokens", 0), 0) for r in rows]
+        counts = [(r.get("prompt_tokens", 0), r.get("response_tokens", 0)) for r in rows]
         child.statistics = {**token_statistics(rows, counts, tokenizer_name=dataset.statistics.get("tokenizer")),
                             "total_records": len(rows), "valid": len(rows), "invalid": 0}
         child.save()
         _event(child, f"Created as the {name} split of dataset #{dataset.pk} with {len(rows)} records",
                type=JobEvent.Type.STATUS, data={"status": "ready"})
         created.append(child)
+    threshold = (dataset.validation_config.get("dedup") or {}).get("threshold")
+    for child in created:
+        others = [c for c in created if c.pk != child.pk] + ([against] if against else [])
+        checks = {str(o.pk): dataset_contamination(dataset=child, against=o, threshold=threshold)["contaminated_records"]
+                  for o in others}
+        child.statistics = {**child.statistics, "contamination": checks}
+        child.save(update_fields=["statistics", "updated_at"])
     _event(dataset, "Split into " + ", ".join(f"{c.split} {c.num_examples}" for c in created) + f" (seed {seed})")
     return created
 
@@ -457,6 +487,9 @@ def dataset_convert_file(*, file: UploadedFile, from_format: str, to_format: str
     """Convert an uploaded file without storing it; invalid records are reported, not converted."""
     import tempfile
 
+    if file.size and file.size > settings.NEXUS_MAX_UPLOAD_BYTES:
+        raise NexusError(f"The file is {file.size / 1e6:.1f} MB; the upload limit is "
+                         f"{settings.NEXUS_MAX_UPLOAD_BYTES / 1e6:.0f} MB.", code="file_too_large", status_code=413)
     with tempfile.NamedTemporaryFile(suffix=Path(file.name).suffix) as tmp:
         for chunk in file.chunks():
             tmp.write(chunk)

@@ -53,9 +53,11 @@ def dataset_upload_page(request):
                                      format=form.cleaned_data["format"])
         except NexusError as exc:
             form.add_error("file", exc.message)
+            status = exc.status_code
         else:
             return redirect("dataset-detail", dataset_id=dataset.pk)
-    status = 400 if form.errors else 200
+    else:
+        status = 400 if form.errors else 200
     return render(request, "datasets/upload.html", {"form": form}, status=status)
 
 
@@ -66,11 +68,19 @@ def _group_problems(problems: list[dict]) -> list[dict]:
     return [{"category": k, "count": len(v), "problems": v[:100]} for k, v in sorted(groups.items())]
 
 
+def _problem_groups(dataset: Dataset) -> list[dict]:
+    groups = _group_problems(dataset.validation_errors)
+    totals = dataset.statistics.get("invalid_by_category", {})  # the stored list is capped; counts are not
+    for g in groups:
+        g["count"] = totals.get(g["category"], g["count"])
+    return groups
+
+
 @login_required
 def dataset_detail_page(request, dataset_id: int):
     dataset = dataset_get(user=request.user, pk=dataset_id)
     ctx = {"dataset": dataset, "progress": dataset_progress(dataset=dataset),
-           "problem_groups": _group_problems(dataset.validation_errors)}
+           "problem_groups": _problem_groups(dataset)}
     if request.htmx:
         return render(request, "datasets/_status.html", ctx)
     ctx.update({

@@ -20,6 +20,7 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SHINGLE = 3
 DEFAULT_NUM_PERM = 128
+MAX_BUCKET = 200  # members of one LSH bucket compared pairwise
 _MERSENNE = np.uint64((1 << 61) - 1)
 _MAX_HASH = np.uint64((1 << 32) - 1)
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -170,13 +171,18 @@ def near_duplicate_clusters(texts: list[str], config: DedupConfig) -> list[list[
         keys = part.view(np.dtype((np.void, part.dtype.itemsize * rows))).ravel()
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
-        same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
-        for k in same:
-            i, j = int(order[k]), int(order[k + 1])
-            if uf.find(i) == uf.find(j):
+        starts_of_runs = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ends_of_runs = np.r_[starts_of_runs[1:], len(sorted_keys)]
+        for lo, hi in zip(starts_of_runs, ends_of_runs):
+            if hi - lo < 2:
                 continue
-            if jaccard(i, j) >= config.threshold:
-                uf.union(i, j)
+            members = [int(m) for m in order[lo:hi][:MAX_BUCKET]]
+            # every pair of the bucket: a false match between two true near duplicates must not hide them
+            for x in range(len(members)):
+                for y in range(x + 1, len(members)):
+                    i, j = members[x], members[y]
+                    if uf.find(i) != uf.find(j) and jaccard(i, j) >= config.threshold:
+                        uf.union(i, j)
     clusters: dict[int, list[int]] = {}
     for i in range(len(texts)):
         clusters.setdefault(uf.find(i), []).append(i)
@@ -188,7 +194,8 @@ def find_duplicates(records: list[dict], config: DedupConfig | None = None) -> D
     pure exact pairs), and instruction overlap (same prompt, different answers)."""
     config = config or DedupConfig()
     texts = [record_text(r["messages"]) for r in records]
-    exact_keys = [hashlib.blake2b(normalize(t).encode(), digest_size=16).hexdigest() for t in texts]
+    # exact: the same text up to case and white space (punctuation matters: "2+2" is not "2-2")
+    exact_keys = [hashlib.blake2b(" ".join(t.casefold().split()).encode(), digest_size=16).hexdigest() for t in texts]
     exact = _groups_of(exact_keys)
     # near duplicates among the distinct texts only; exact copies are reported as exact
     first_of: dict[str, int] = {}

@@ -1,7 +1,7 @@
 """Reading dataset files (JSONL, JSON array, CSV, Parquet) into raw records. Django-free.
 
 Every raw record comes with where it was found: a 1-based line for JSONL, a 1-based row for CSV
-(the header is row 1, so the first record is row 2), a 0-based record index for JSON arrays and
+(the header is line 1; a quoted newline makes a row span lines), a 0-based record index for JSON arrays and
 Parquet. A file that cannot be read at all raises DatasetFileError with the place and the reason.
 """
 from __future__ import annotations
@@ -31,11 +31,10 @@ class RawRecord:
     line: int | None
     obj: Any
     error: str | None = None
-    unit: str = "line"  # "row" for CSV
 
     @property
     def where(self) -> str:
-        return f"{self.unit} {self.line}" if self.line else f"record {self.index}"
+        return f"line {self.line}" if self.line else f"record {self.index}"
 
 
 def sniff_file_type(name: str, head: bytes) -> str:
@@ -45,9 +44,7 @@ def sniff_file_type(name: str, head: bytes) -> str:
     if lower.endswith(".csv"):
         return "csv"
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if lower.endswith(".json") and stripped.startswith(b"["):
-        return "json"
-    if stripped.startswith(b"["):
+    if lower.endswith(".json") or stripped.startswith(b"["):
         return "json"
     return "jsonl"
 
@@ -55,6 +52,11 @@ def sniff_file_type(name: str, head: bytes) -> str:
 def decode_text(raw: bytes, name: str) -> str:
     if not raw.strip():
         raise DatasetFileError(f"{name} is empty: there are no records to read.")
+    for bom, encoding in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                          (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if raw.startswith(bom):
+            raise DatasetFileError(f"{name} is {encoding} (it starts with a {encoding} byte-order mark); "
+                                   "re-save it as UTF-8.", line=1)
     if b"\x00" in raw[:8192]:
         raise DatasetFileError(f"{name} looks binary (it contains NUL bytes), not a JSON, JSONL or CSV text file.")
     try:
@@ -99,7 +101,8 @@ def _json_array(text: str, name: str) -> Iterator[RawRecord]:
 
 
 def _csv(text: str, name: str) -> Iterator[RawRecord]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    csv.field_size_limit(1 << 30)  # a single cell may hold a long document
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -117,16 +120,15 @@ def _csv(text: str, name: str) -> Iterator[RawRecord]:
         except StopIteration:
             break
         except csv.Error as exc:
-            yield RawRecord(index, row_start, None, f"unreadable CSV row: {exc}", unit="row")
-            index += 1
-            continue
+            # a broken quote swallows what follows it: nothing after this point can be trusted
+            raise DatasetFileError(f"{name}: unreadable CSV at line {row_start}: {exc} (check for an unclosed quote)",
+                                   line=row_start) from exc
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            yield RawRecord(index, row_start, None, f"has {len(row)} columns, the header has {len(header)} ({', '.join(header)})",
-                            unit="row")
+            yield RawRecord(index, row_start, None, f"has {len(row)} columns, the header has {len(header)} ({', '.join(header)})")
         else:
-            yield RawRecord(index, row_start, dict(zip(header, row)), unit="row")
+            yield RawRecord(index, row_start, dict(zip(header, row)))
         index += 1
 
 
@@ -154,6 +156,6 @@ def read_raw_records(path: str | Path, *, name: str | None = None, file_type: st
     text = decode_text(path.read_bytes(), label)
     if kind == "csv":
         return kind, _csv(text, label)
-    if kind == "json" or text.lstrip().startswith("["):
+    if kind == "json":
         return "json", _json_array(text, label)
     return "jsonl", _jsonl(text)

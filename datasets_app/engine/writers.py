@@ -24,6 +24,14 @@ def _split(messages: list[dict]) -> tuple[str, list[dict]]:
 
 def to_format(messages: list[dict], fmt: str) -> tuple[dict[str, Any], str | None]:
     """One record in `fmt`, and a note when the conversion had to drop something."""
+    record, note = _to_format(messages, fmt)
+    if fmt in ("alpaca", "completion") and any(k in m for m in messages for k in ("weight", "tool_calls")) or \
+            fmt in ("alpaca", "completion") and any(m["role"] == "tool" for m in messages):
+        note = "; ".join(filter(None, [note, f"weights/tool calls are not part of {fmt}"]))
+    return record, note
+
+
+def _to_format(messages: list[dict], fmt: str) -> tuple[dict[str, Any], str | None]:
     system, body = _split(messages)
     if fmt == "chatml":
         return {"messages": messages}, None

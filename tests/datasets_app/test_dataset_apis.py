@@ -241,3 +241,69 @@ def test_optional_language_check_lists_records_in_another_language(api, base_mod
     assert dataset.num_examples == 4
     errors = api.get(f"/api/v1/finetune/datasets/{d['id']}/validation-errors", {"category": "language"}).json()
     assert [e["line"] for e in errors["results"]] == [5] and "'de'" in errors["results"][0]["message"]
+
+
+def test_removal_covers_every_cluster_even_beyond_the_displayed_ones(api, base_model):
+    from datasets_app.services import MAX_LISTED_CLUSTERS
+
+    rows = qa(MAX_LISTED_CLUSTERS + 100)
+    d = upload(api, rows + rows)
+    process(d["id"])
+    dup = api.get(f"/api/v1/finetune/datasets/{d['id']}/duplicates").json()
+    assert len(dup["exact"]) == MAX_LISTED_CLUSTERS and dup["summary"]["exact_clusters"] == MAX_LISTED_CLUSTERS + 100
+    body = api.post(f"/api/v1/finetune/datasets/{d['id']}/duplicates", {"action": "remove"}, format="json").json()
+    assert body["num_usable"] == MAX_LISTED_CLUSTERS + 100
+
+
+def test_split_keeps_same_prompt_records_together_and_checks_itself_and_a_test_set(api, base_model):
+    d = upload(api, with_duplicates() + qa(57, prefix="extra"))
+    process(d["id"])
+    test_set = upload(api, qa(40)[10:12])
+    process(test_set["id"])
+    splits = api.post(f"/api/v1/finetune/datasets/{d['id']}/split", {"against": test_set["id"]}, format="json").json()["results"]
+    where = {}
+    for s in splits:
+        for r in api.get(f"/api/v1/finetune/datasets/{s['id']}/preview", {"limit": 200}).json()["results"]:
+            where[r["source_index"]] = s["split"]
+        checks = s["statistics"]["contamination"]
+        assert all(checks[str(o["id"])] == 0 for o in splits if o["id"] != s["id"])
+        assert s["statistics"]["response_tokens"] > 0
+    assert where[7] == where[42]  # same prompt, different answers: one side
+    leaked = sum(s["statistics"]["contamination"][str(test_set["id"])] for s in splits)
+    assert leaked == 2  # records 10 and 11 are in the test set
+
+
+def test_viewer_cannot_change_a_dataset(api, user, base_model):
+    from nexus.models import Membership
+    from nexus.teams import team_member_add
+    from tests.conftest import api_client_for
+    from tests.factories import make_user, personal_team
+
+    d = upload(api, qa(5))
+    process(d["id"])
+    viewer = make_user("val")
+    team_member_add(team=personal_team(user), user=viewer, role=Membership.Role.VIEWER)
+    client = api_client_for(viewer)
+    assert client.get(f"/api/v1/finetune/datasets/{d['id']}/preview").status_code == 200
+    for method, suffix, body in [("patch", "", {"name": "x"}), ("delete", "", None), ("post", "/validate", {}),
+                                 ("post", "/split", {}), ("post", "/duplicates", {"action": "remove"})]:
+        assert getattr(client, method)(f"/api/v1/finetune/datasets/{d['id']}{suffix}", body, format="json").status_code == 403
+    from django.test import Client
+
+    page = Client()
+    page.force_login(viewer)
+    assert page.post(f"/finetune/datasets/{d['id']}/split/").status_code == 403
+    assert Dataset.objects.filter(parent_id=d["id"]).count() == 0
+
+
+def test_outsider_gets_404_on_dataset_pages_and_actions(api, outsider, base_model):
+    from django.test import Client
+
+    d = upload(api, qa(5))
+    process(d["id"])
+    page = Client()
+    page.force_login(outsider)
+    assert page.get(f"/finetune/datasets/{d['id']}/preview/").status_code == 404
+    for action in ("split", "delete", "remove-duplicates", "validate"):
+        assert page.post(f"/finetune/datasets/{d['id']}/{action}/").status_code == 404
+    assert Dataset.objects.filter(pk=d["id"]).exists()

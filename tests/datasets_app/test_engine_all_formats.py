@@ -138,3 +138,41 @@ def test_every_format_round_trips_through_every_file_type(tmp_path, fmt, file_ty
     else:
         assert notes == {"roles were flattened into plain text": 2}
         assert "What is 2+2?" in back.records[0]["messages"][0]["content"]
+
+
+def test_utf16_gets_a_clear_error_not_mojibake(tmp_path):
+    with pytest.raises(DatasetFileError) as err:
+        parse_dataset_file(write(tmp_path, "u.jsonl", '{"instruction": "a", "output": "b"}\n'.encode("utf-16")))
+    assert "UTF-16" in err.value.message and "UTF-8" in err.value.message
+
+
+def test_csv_with_an_unclosed_quote_is_an_error_at_its_line(tmp_path):
+    with pytest.raises(DatasetFileError) as err:
+        parse_dataset_file(write(tmp_path, "q.csv", 'instruction,input,output\na,,b\nc,,"unclosed\ne,,f\n'))
+    assert err.value.line == 3 and "unclosed quote" in err.value.message
+
+
+def test_wrong_field_types_are_schema_problems(tmp_path):
+    parsed = parse_dataset_file(write(tmp_path, "t.jsonl", jsonl([{"instruction": "a", "output": "b"},
+                                                                  {"instruction": ["x"], "output": "b"}])))
+    assert parsed.problems[0].category == "schema" and "instruction" in parsed.problems[0].message
+
+
+def test_json_file_with_a_wrapper_object(tmp_path):
+    parsed = parse_dataset_file(write(tmp_path, "w.json", json.dumps({"data": [{"instruction": "a", "output": "b"}]})))
+    assert parsed.file_type == "json" and len(parsed.records) == 1
+
+
+def test_writing_tool_calls_to_alpaca_says_what_was_dropped(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "add"}, {"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]},
+                          {"role": "tool", "content": "4", "tool_call_id": "1"}, {"role": "assistant", "content": "4"}]}]
+    records = parse_dataset_file(write(tmp_path, "m.jsonl", jsonl(rows))).records
+    _, notes = write_records(records, fmt="alpaca", file_type="jsonl")
+    assert any("tool calls" in n for n in notes)
+
+
+def test_punctuation_matters_for_exact_duplicates():
+    from datasets_app.engine.dedup import find_duplicates
+
+    recs = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "x"}]} for q in ("2+2", "2-2", "2+2 ")]
+    assert find_duplicates(recs).exact_clusters == [[0, 2]]
