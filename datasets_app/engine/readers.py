@@ -143,6 +143,19 @@ def _parquet(path: Path, name: str) -> Iterator[RawRecord]:
         yield RawRecord(index, None, obj)
 
 
+def _looks_like_jsonl(text: str) -> bool:
+    try:
+        json.loads(text)
+        return False
+    except json.JSONDecodeError:
+        pass
+    first = next((line for line in text.split("\n") if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def read_raw_records(path: str | Path, *, name: str | None = None, file_type: str | None = None) -> tuple[str, Iterator[RawRecord]]:
     path = Path(path)
     label = name or path.name
@@ -156,6 +169,8 @@ def read_raw_records(path: str | Path, *, name: str | None = None, file_type: st
     text = decode_text(path.read_bytes(), label)
     if kind == "csv":
         return kind, _csv(text, label)
+    if kind == "json" and not text.lstrip().startswith("[") and _looks_like_jsonl(text):
+        kind = "jsonl"  # JSON Lines saved with a .json name
     if kind == "json":
         return "json", _json_array(text, label)
     return "jsonl", _jsonl(text)

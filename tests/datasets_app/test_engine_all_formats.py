@@ -176,3 +176,8 @@ def test_punctuation_matters_for_exact_duplicates():
 
     recs = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "x"}]} for q in ("2+2", "2-2", "2+2 ")]
     assert find_duplicates(recs).exact_clusters == [[0, 2]]
+
+
+def test_json_lines_saved_with_a_json_name_are_read_as_jsonl(tmp_path):
+    parsed = parse_dataset_file(write(tmp_path, "lines.json", jsonl([{"instruction": "a", "output": "b"}] * 2)))
+    assert parsed.file_type == "jsonl" and len(parsed.records) == 2
