@@ -16,7 +16,14 @@ from datasets_app.selectors import (
     dataset_progress,
     dataset_training_estimate,
 )
-from datasets_app.services import dataset_create, dataset_dedup_apply, dataset_delete, dataset_revalidate, dataset_split
+from datasets_app.services import (
+    dataset_contamination,
+    dataset_create,
+    dataset_dedup_apply,
+    dataset_delete,
+    dataset_revalidate,
+    dataset_split,
+)
 from nexus.errors import NexusError
 from nexus.models import BaseModel
 from nexus.teams import resolve_team, team_ensure_personal, user_teams
@@ -87,6 +94,7 @@ def dataset_detail_page(request, dataset_id: int):
         "estimate": dataset_training_estimate(dataset=dataset) if dataset.status == Dataset.Status.READY else None,
         "preview": dataset_preview(dataset=dataset, limit=PREVIEW_PAGE) if dataset.status == Dataset.Status.READY else None,
         "splits": dataset.splits.order_by("created_at"),
+        "other_datasets": dataset_list(user=request.user).filter(status=Dataset.Status.READY).exclude(pk=dataset.pk),
         "models": BaseModel.objects.exclude(hf_path=""),
         "formats": FORMATS,
         "file_types": FILE_TYPES,
@@ -123,6 +131,12 @@ def dataset_action_page(request, dataset_id: int, action: str):
             model = BaseModel.objects.filter(pk=request.POST.get("base_model") or 0).first()
             max_tokens = int(request.POST["max_tokens"]) if request.POST.get("max_tokens") else None
             dataset_revalidate(dataset=dataset, base_model=model, max_tokens=max_tokens)
+        elif action == "contamination":
+            against = dataset_get(user=request.user, pk=int(request.POST.get("against") or 0))
+            report = dataset_contamination(dataset=dataset, against=against)
+            messages.info(request, f"Contamination against '{against.name}': {report['contaminated_records']} record(s) "
+                                   f"({report['fraction']:.1%}) — {len(report['exact'])} exact, {len(report['near'])} near, "
+                                   f"{len(report['same_prompt'])} same-prompt matches.")
         elif action == "delete":
             dataset_delete(dataset=dataset)
             messages.success(request, f"Deleted dataset '{dataset.name}' and its files.")

@@ -252,7 +252,10 @@ def parse_dataset_file(path: str | Path, *, format: str = "auto", name: str | No
         if problem:
             result.problems.append(RecordProblem(raw.index, raw.line, problem[0], f"{raw.where}: {problem[1]}"))
             continue
-        result.records.append({"messages": messages, "source_index": raw.index, "source_line": raw.line})
+        record = {"messages": messages, "source_index": raw.index, "source_line": raw.line}
+        if isinstance(raw.obj, dict) and raw.obj.get("tools"):
+            record["tools"] = raw.obj["tools"]  # OpenAI function definitions travel with the conversation
+        result.records.append(record)
     if not result.records:
         first = result.problems[0]
         raise DatasetFileError(

@@ -69,6 +69,11 @@ def write_records(records: Iterable[dict], *, fmt: str, file_type: str) -> tuple
     notes: dict[str, int] = {}
     for record in records:
         row, note = to_format(record["messages"], fmt)
+        if record.get("tools"):
+            if fmt in ("chatml", "sharegpt"):
+                row["tools"] = record["tools"]
+            else:
+                note = "; ".join(filter(None, [note, f"tool definitions are not part of {fmt}"]))
         rows.append(row)
         if note:
             notes[note] = notes.get(note, 0) + 1

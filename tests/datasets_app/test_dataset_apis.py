@@ -307,3 +307,27 @@ def test_outsider_gets_404_on_dataset_pages_and_actions(api, outsider, base_mode
     for action in ("split", "delete", "remove-duplicates", "validate"):
         assert page.post(f"/finetune/datasets/{d['id']}/{action}/").status_code == 404
     assert Dataset.objects.filter(pk=d["id"]).exists()
+
+
+def test_openai_tool_definitions_travel_with_the_conversation(api, base_model):
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    row = {"tools": tools, "messages": [{"role": "user", "content": "add 2 and 2 please"}, {"role": "assistant", "content": "4"}]}
+    d = upload(api, [row])
+    process(d["id"])
+    out = json.loads(api.get(f"/api/v1/finetune/datasets/{d['id']}/download", {"format": "chatml"}).content)
+    assert out["tools"] == tools
+    r = api.get(f"/api/v1/finetune/datasets/{d['id']}/download", {"format": "alpaca"})
+    assert "tool definitions" in r["X-Nexus-Lossy"]
+
+
+def test_contamination_check_from_the_page(api, user, base_model):
+    from django.test import Client
+
+    a = upload(api, qa(6))
+    process(a["id"])
+    b = upload(api, qa(6)[:2])
+    process(b["id"])
+    page = Client()
+    page.force_login(user)
+    r = page.post(f"/finetune/datasets/{a['id']}/contamination/", {"against": b["id"]}, follow=True)
+    assert "2 record(s)" in r.content.decode()
