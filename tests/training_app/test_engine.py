@@ -52,3 +52,25 @@ def test_truncation_keeps_lengths_aligned(demo_model_files):
     ex = encode_conversation(tok, messages, max_seq_length=32)
     assert len(ex["input_ids"]) == len(ex["labels"]) == 32
     assert all(label == IGNORE_INDEX for label in ex["labels"])  # the response fell beyond the limit
+
+
+def test_assistant_messages_with_weight_0_are_not_learned(demo_model_files):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(demo_model_files[0]))
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Bad old answer", "weight": 0},
+                {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Good new answer", "weight": 1}]
+    ex = encode_conversation(tok, messages, max_seq_length=512)
+    learned = tok.decode([t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX])
+    assert "Good new answer" in learned and "Bad old answer" not in learned
+
+
+def test_a_completion_is_plain_text_and_fully_learned(demo_model_files):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(demo_model_files[0]))
+    ex = encode_conversation(tok, [{"role": "assistant", "content": "Once upon a time"}], max_seq_length=512)
+    text = tok.decode(ex["input_ids"])
+    assert "Once upon a time" in text
+    assert "assistant" not in text and "system" not in text  # no chat template around plain text
+    assert sum(label != IGNORE_INDEX for label in ex["labels"]) >= len(tok.encode("Once upon a time", add_special_tokens=False))

@@ -17,13 +17,26 @@ def _template(tokenizer: Any, messages: list[dict], *, generation_prompt: bool) 
     return _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt))
 
 
+def _completion(tokenizer: Any, text: str) -> list[int]:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return bos + ids + eos
+
+
 def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], max_seq_length: int) -> dict[str, list[int]]:
-    """Tokenize with the chat template; labels are -100 except on assistant replies (and their end token)."""
-    if getattr(tokenizer, "chat_template", None):
+    """Tokenize with the chat template; labels are -100 except on assistant replies (and their end
+    token) whose `weight` is not 0. A lone assistant message is a completion: plain text, all learned."""
+    if len(messages) == 1 and messages[0]["role"] == "assistant":
+        full = _completion(tokenizer, messages[0]["content"])
+        labels = list(full)
+        if tokenizer.bos_token_id is not None:
+            labels[0] = IGNORE_INDEX
+    elif getattr(tokenizer, "chat_template", None):
         full = _template(tokenizer, messages, generation_prompt=False)
         labels = [IGNORE_INDEX] * len(full)
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or message.get("weight", 1) == 0:
                 continue
             start = len(_template(tokenizer, messages[:i], generation_prompt=True))
             end = len(_template(tokenizer, messages[: i + 1], generation_prompt=False))
@@ -40,7 +53,8 @@ def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], max_seq_
             if message["role"] == "assistant" and tokenizer.eos_token_id is not None:
                 ids = ids + [tokenizer.eos_token_id]
             full.extend(ids)
-            labels.extend(ids if message["role"] == "assistant" else [IGNORE_INDEX] * len(ids))
+            learned = message["role"] == "assistant" and message.get("weight", 1) != 0
+            labels.extend(ids if learned else [IGNORE_INDEX] * len(ids))
     full, labels = full[:max_seq_length], labels[:max_seq_length]
     return {"input_ids": full, "labels": labels}
 
