@@ -32,6 +32,9 @@ api_v1 = [
     path("jobs", training_apis.JobListCreateApi.as_view(), name="api-jobs"),
     path("jobs/<int:job_id>", training_apis.JobDetailApi.as_view(), name="api-job"),
     path("jobs/<int:job_id>/events", training_apis.JobEventsApi.as_view(), name="api-job-events"),
+    path("presets", training_apis.PresetListCreateApi.as_view(), name="api-presets"),
+    path("presets/<str:preset_id>", training_apis.PresetDetailApi.as_view(), name="api-preset"),
+    path("estimate", training_apis.EstimateApi.as_view(), name="api-estimate"),
     path("adapters", adapter_apis.AdapterListApi.as_view(), name="api-adapters"),
     path("adapters/<int:adapter_id>", adapter_apis.AdapterDetailApi.as_view(), name="api-adapter"),
 ]

@@ -10,8 +10,14 @@ from rest_framework.views import APIView
 from nexus.errors import NexusError
 from nexus.api_utils import request_team, request_team_filter
 from training_app.models import FineTuningJob
-from training_app.selectors import training_job_events, training_job_get, training_job_list
-from training_app.services import training_job_cancel, training_job_create
+from training_app.selectors import preset_list, training_job_events, training_job_get, training_job_list
+from training_app.services import (
+    preset_create,
+    preset_resolve,
+    training_estimate,
+    training_job_cancel,
+    training_job_create,
+)
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -50,6 +56,8 @@ class JobListCreateApi(APIView):
         lora_config = serializers.JSONField(required=False, default=dict)
         training_config = serializers.JSONField(required=False, default=dict)
         qlora_config = serializers.JSONField(required=False, default=dict)
+        preset = serializers.CharField(required=False, allow_blank=True,
+                                       help_text="quick-start, balanced, high-quality or a team preset id")
         team = serializers.CharField(required=False, allow_blank=True)
 
     @extend_schema(responses=JobOutputSerializer(many=True))
@@ -65,7 +73,8 @@ class JobListCreateApi(APIView):
         v = data.validated_data
         job = training_job_create(team=team, user=request.user, name=v["name"], description=v["description"],
                                   base_model=v["base_model"], dataset_id=v["dataset_id"], lora_config=v["lora_config"],
-                                  training_config=v["training_config"], qlora_config=v["qlora_config"])
+                                  training_config=v["training_config"], qlora_config=v["qlora_config"],
+                                  preset=v.get("preset"))
         return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
 
 
@@ -92,3 +101,50 @@ class JobEventsApi(APIView):
         after = int(raw)
         events = training_job_events(job=job, after=after, limit=1000)
         return Response({"results": [e.as_message() for e in events]})
+
+
+class PresetListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        description = serializers.CharField(required=False, allow_blank=True, default="")
+        lora_config = serializers.JSONField(required=False, default=dict)
+        training_config = serializers.JSONField(required=False, default=dict)
+        qlora_config = serializers.JSONField(required=False, default=dict)
+        team = serializers.CharField(required=False, allow_blank=True)
+
+    def get(self, request):
+        return Response({"results": preset_list(user=request.user)})
+
+    @extend_schema(request=InputSerializer)
+    def post(self, request):
+        team = request_team(request, write=True)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = {k: val for k, val in data.validated_data.items() if k != "team"}
+        preset = preset_create(team=team, user=request.user, **v)
+        return Response(preset_resolve(user=request.user, preset=preset.pk) | {"builtin": False, "team": team.pk},
+                        status=status.HTTP_201_CREATED)
+
+
+class PresetDetailApi(APIView):
+    def get(self, request, preset_id: str):
+        return Response(preset_resolve(user=request.user, preset=preset_id))
+
+
+class EstimateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        base_model = serializers.CharField()
+        dataset_id = serializers.IntegerField(required=False)
+        preset = serializers.CharField(required=False, allow_blank=True)
+        lora_config = serializers.JSONField(required=False, default=dict)
+        training_config = serializers.JSONField(required=False, default=dict)
+        qlora_config = serializers.JSONField(required=False, default=dict)
+        device = serializers.ChoiceField(choices=["cuda", "cpu"], required=False, default="cuda")
+
+    @extend_schema(request=InputSerializer, description="Memory broken down from the model's config (weights at the "
+                   "quantization's bits, LoRA parameters with gradients and optimizer states, activations, logits, "
+                   "runtime) and time from throughput measured by finished jobs on this deployment.")
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(training_estimate(user=request.user, **data.validated_data))

@@ -67,3 +67,23 @@ class FineTuningJob(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class TrainingPreset(models.Model):
+    """A team's own preset. The built-in ones (training_app/presets.py) live in code."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="training_presets")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    lora_config = models.JSONField(default=dict, blank=True)
+    training_config = models.JSONField(default=dict, blank=True)
+    qlora_config = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team_id", "name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="preset_unique_name_per_team")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -26,3 +26,14 @@ def training_job_loss_curve(*, job: FineTuningJob) -> list[dict]:
         e.data
         for e in JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk, type=JobEvent.Type.METRIC).order_by("seq")
     ]
+
+
+def preset_list(*, user) -> list[dict]:
+    from training_app.models import TrainingPreset
+    from training_app.presets import BUILTIN_PRESETS
+
+    builtin = [{**p, "builtin": True, "team": None} for p in BUILTIN_PRESETS]
+    own = [{"id": p.pk, "name": p.name, "description": p.description, "lora_config": p.lora_config,
+            "training_config": p.training_config, "qlora_config": p.qlora_config, "builtin": False, "team": p.team_id}
+           for p in visible_to(TrainingPreset.objects.all(), user)]
+    return builtin + own

@@ -48,6 +48,54 @@ def _resolve_base_model(value: Any) -> BaseModel:
     return model
 
 
+def preset_resolve(*, user, preset: Any) -> dict[str, Any]:
+    """A built-in preset by slug, or one of the user's teams' presets by id (404 otherwise)."""
+    from training_app.presets import BUILTIN_BY_ID
+
+    if str(preset) in BUILTIN_BY_ID:
+        return BUILTIN_BY_ID[str(preset)]
+    if not re.fullmatch(r"[0-9]{1,18}", str(preset)):
+        raise NexusError(f"preset: unknown preset '{preset}' (built-in: {', '.join(BUILTIN_BY_ID)})",
+                         code="validation_error", details={"preset": str(preset)})
+    from nexus.teams import get_for_user
+    from training_app.models import TrainingPreset
+
+    p = get_for_user(TrainingPreset.objects.all(), user, pk=int(preset))
+    return {"id": p.pk, "name": p.name, "lora_config": p.lora_config, "training_config": p.training_config,
+            "qlora_config": p.qlora_config}
+
+
+def _merge(base: dict | None, override: dict | None) -> dict:
+    return {**(base or {}), **(override or {})}
+
+
+def job_config_for_model(*, model: BaseModel, lora_config: dict | None, training_config: dict | None,
+                         qlora_config: dict | None):
+    """Parse the config and check it against the model: target modules that exist in it (its
+    architecture's defaults when none are given) and a max_seq_length within its context."""
+    from training_app.engine.modelinfo import model_info
+
+    lora_config = dict(lora_config or {})
+    info = model_info(model.hf_path)
+    if "target_modules" not in lora_config and info.linear_modules:
+        lora_config["target_modules"] = info.default_targets()
+    try:
+        config = parse_job_config(lora_config, training_config, qlora_config)
+    except ConfigError as exc:
+        raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
+    if info.linear_modules and config.lora.target_modules != "all-linear":
+        unknown = [t for t in config.lora.target_modules if t not in info.linear_modules]
+        if unknown:
+            message = (f"lora_config.target_modules: {', '.join(unknown)} not in {model.name} "
+                       f"(its linear modules: {', '.join(info.linear_modules)}, or 'all-linear')")
+            raise NexusError(message, code="validation_error", details={"lora_config.target_modules": message})
+    if info.context_length and config.training.max_seq_length > info.context_length:
+        message = (f"training_config.max_seq_length: {config.training.max_seq_length} is longer than the "
+                   f"{info.context_length}-token context of {model.name}")
+        raise NexusError(message, code="validation_error", details={"training_config.max_seq_length": message})
+    return config, info
+
+
 @transaction.atomic
 def training_job_create(
     *,
@@ -60,12 +108,20 @@ def training_job_create(
     lora_config: dict | None = None,
     training_config: dict | None = None,
     qlora_config: dict | None = None,
+    preset: Any = None,
 ) -> FineTuningJob:
+    if preset not in (None, ""):
+        p = preset_resolve(user=user, preset=preset)
+        lora_config = _merge(p["lora_config"], lora_config)
+        training_config = _merge(p["training_config"], training_config)
+        qlora_config = _merge(p["qlora_config"], qlora_config)
     try:
-        config = parse_job_config(lora_config, training_config, qlora_config)
+        parse_job_config(lora_config, training_config, qlora_config)  # field errors first, before model checks
     except ConfigError as exc:
         raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
     model = _resolve_base_model(base_model)
+    config, _ = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
+                                     qlora_config=qlora_config)
     dataset = dataset_get(user=user, pk=dataset_id)
     if dataset.team_id != team.pk:
         raise NexusError("dataset_id: the dataset belongs to another team", code="validation_error",
@@ -99,6 +155,68 @@ def training_job_cancel(*, job: FineTuningJob) -> FineTuningJob:
         job.save(update_fields=["cancel_requested", "updated_at"])
         _event(job.pk, "Cancel requested; the trainer stops after the current step", level="warning")
     return job
+
+
+@transaction.atomic
+def preset_create(*, team: Team, user, name: str, description: str = "", lora_config: dict | None = None,
+                  training_config: dict | None = None, qlora_config: dict | None = None):
+    from training_app.models import TrainingPreset
+    from training_app.presets import BUILTIN_BY_ID
+
+    try:
+        parse_job_config(lora_config, training_config, qlora_config)
+    except ConfigError as exc:
+        raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
+    if name.strip().lower() in {p["name"].lower() for p in BUILTIN_BY_ID.values()} or \
+            TrainingPreset.objects.filter(team=team, name__iexact=name.strip()).exists():
+        raise NexusError(f"name: a preset called '{name}' already exists", code="validation_error", details={"name": name})
+    preset = TrainingPreset(team=team, created_by=user, name=name.strip(), description=description,
+                            lora_config=lora_config or {}, training_config=training_config or {},
+                            qlora_config=qlora_config or {})
+    preset.full_clean()
+    preset.save()
+    return preset
+
+
+def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, preset: Any = None,
+                      lora_config: dict | None = None, training_config: dict | None = None,
+                      qlora_config: dict | None = None, device: str = "cuda") -> dict[str, Any]:
+    """Memory broken down from the model's real config, and time from throughput measured here."""
+    import math
+
+    from datasets_app.selectors import dataset_get
+    from training_app.engine.estimate import estimate_memory, estimate_time
+
+    if preset not in (None, ""):
+        p = preset_resolve(user=user, preset=preset)
+        lora_config = _merge(p["lora_config"], lora_config)
+        training_config = _merge(p["training_config"], training_config)
+        qlora_config = _merge(p["qlora_config"], qlora_config)
+    model = _resolve_base_model(base_model)
+    config, info = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
+                                        qlora_config=qlora_config)
+    memory = estimate_memory(info, model.parameter_count, config, device=device)
+    jobs = [j for j in FineTuningJob.objects.filter(base_model=model, status=FineTuningJob.Status.COMPLETED)
+            .order_by("-finished_at")[:5] if j.metrics.get("tokens_seen") and j.metrics.get("train_runtime_s")]
+    tps = sum(j.metrics["tokens_seen"] for j in jobs) / sum(j.metrics["train_runtime_s"] for j in jobs) if jobs else None
+    tc = config.training
+    tokens_per_step = tc.batch_size * tc.gradient_accumulation_steps * tc.max_seq_length
+    time_estimate: dict[str, Any] = {"available": False, "reason": "name a dataset to estimate the time"}
+    if dataset_id:
+        dataset = dataset_get(user=user, pk=dataset_id)
+        from datasets_app.services import _template_overhead
+
+        per_record = dataset.total_tokens / max(dataset.num_examples, 1) + _template_overhead(model)[0]
+        tokens_per_epoch = int(min(per_record, tc.max_seq_length) * dataset.num_usable)
+        tokens_per_step = int(min(per_record, tc.max_seq_length) * tc.batch_size * tc.gradient_accumulation_steps)
+        time_estimate = estimate_time(tokens_per_epoch=tokens_per_epoch, epochs=tc.num_epochs, max_steps=tc.max_steps,
+                                      tokens_per_step=tokens_per_step, tokens_per_second=tps)
+        steps = tc.max_steps if tc.max_steps > 0 else math.ceil(
+            dataset.num_usable / (tc.batch_size * tc.gradient_accumulation_steps) * tc.num_epochs)
+        time_estimate["steps"] = steps
+        if jobs:
+            time_estimate["measured_by_jobs"] = [j.pk for j in jobs]
+    return {"base_model": model.name, "config": config.as_dicts(), "memory": memory, "time": time_estimate}
 
 
 def training_job_claim(*, job_id: int, worker: str) -> bool:

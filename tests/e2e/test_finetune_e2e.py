@@ -139,13 +139,25 @@ def test_cancel_stops_a_running_job_within_a_step_and_keeps_its_logs(celery_work
     assert any(e["type"] == "metric" for e in events)
 
 
-def test_a_job_that_fails_in_the_worker_is_failed_with_its_error_and_logs(celery_worker_process, base_model, api):
+def test_a_job_that_fails_in_the_worker_is_failed_with_its_error_and_logs(celery_worker_process, base_model, api, tmp_path):
+    import shutil
+
+    from nexus.models import BaseModel
+
+    # a registered model whose weights went missing on the worker: config and tokenizer only
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(f"{base_model.hf_path}/{name}", broken / name)
+    BaseModel.objects.create(name="broken", architecture="LlamaForCausalLM", hf_path=str(broken), context_length=8192)
     dataset = upload_and_wait_ready(api, pirate_records(4))
-    job = create_job(api, dataset["id"], max_steps=2, lora={"target_modules": ["no_such_proj"]})
-    job = wait_for(lambda: api.get(f"/api/v1/finetune/jobs/{job['id']}").json(),
+    body = {"name": "doomed", "base_model": "broken", "dataset_id": dataset["id"], "training_config": {"max_steps": 2}}
+    r = api.post("/api/v1/finetune/jobs", body, format="json")
+    assert r.status_code == 201, r.content
+    job = wait_for(lambda: api.get(f"/api/v1/finetune/jobs/{r.json()['id']}").json(),
                    lambda j: j["status"] in ("completed", "failed", "cancelled"), 180, "the job to end")
     assert job["status"] == "failed"
-    assert "no_such_proj" in job["error"]
+    assert "broken-model" in job["error"] or "safetensors" in job["error"].lower() or "weights" in job["error"].lower(), job["error"]
     events = api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]
     assert any("Traceback" in e["message"] for e in events if e["level"] == "error")
     assert events[-1]["data"].get("status") == "failed"

@@ -1,0 +1,70 @@
+"""Memory and time estimates for a fine-tuning job, from the model's real config. Django-free.
+
+Memory (bytes) is the sum of: base weights at the quantization's bits, LoRA parameters with
+their gradients and AdamW states (fp32: 4 + 4 + 8 bytes each), activations for the batch and
+sequence length (Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit, only the
+layer inputs with gradient checkpointing), the fp32 logits and their gradient, and a fixed
+runtime overhead (CUDA context or the CPU process)."""
+from __future__ import annotations
+
+from typing import Any
+
+from training_app.engine.config import JobConfig
+from training_app.engine.modelinfo import ModelInfo
+
+GIB = 1024**3
+RUNTIME_OVERHEAD = {"cuda": int(0.6 * GIB), "cpu": int(0.5 * GIB)}
+
+
+def lora_parameter_count(info: ModelInfo, targets: list[str], r: int) -> int:
+    dims = {name: (i, o) for name, i, o in info.module_shapes}
+    return info.num_layers * sum(r * (dims[t][0] + dims[t][1]) for t in targets if t in dims)
+
+
+def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *, device: str = "cuda") -> dict[str, Any]:
+    tc, qc = config.training, config.qlora
+    targets = info.resolve_targets(config.lora.target_modules)
+    compute_bytes = 4 if device == "cpu" else 2
+    embed = info.vocab_size * info.hidden_size * (1 if info.tie_word_embeddings else 2)
+    layer_linear = info.num_layers * sum(i * o for _, i, o in info.module_shapes)
+    other = max(parameter_count - embed - layer_linear, 0)  # norms and biases
+    if qc.enabled:
+        # NF4: 4 bits per weight plus block scales (64-weight blocks; double quantization
+        # stores the scales in 8 bits with a second-level fp32 scale per 256 blocks)
+        bits = 4 + (8 / 64 + 32 / (64 * 256) if qc.double_quant else 32 / 64)
+        weights = layer_linear * bits / 8 + (embed + other) * (2 if device != "cpu" else 4)
+    else:
+        weights = parameter_count * compute_bytes
+    lora_params = lora_parameter_count(info, targets, config.lora.r)
+    lora = lora_params * (4 + 4 + 8)
+    s, b, h, a = tc.max_seq_length, tc.batch_size, info.hidden_size, info.num_heads
+    scale = compute_bytes / 2
+    per_layer_full = s * b * h * (34 + 5 * a * s / h) * scale
+    if tc.gradient_checkpointing:
+        activations = info.num_layers * s * b * h * compute_bytes + per_layer_full
+    else:
+        activations = info.num_layers * per_layer_full
+    logits = 2 * b * s * info.vocab_size * 4
+    overhead = RUNTIME_OVERHEAD.get(device, RUNTIME_OVERHEAD["cuda"])
+    parts = {"weights": weights, "lora_parameters_gradients_optimizer": lora, "activations": activations,
+             "logits": logits, "runtime_overhead": overhead}
+    total = sum(parts.values())
+    return {
+        "device": device,
+        "total_bytes": int(total),
+        "total_gib": round(total / GIB, 2),
+        "breakdown_bytes": {k: int(v) for k, v in parts.items()},
+        "lora_parameters": lora_params,
+        "target_modules": targets,
+        "quantization": f"nf4{' double-quant' if qc.double_quant else ''}" if qc.enabled else
+        ("fp32" if compute_bytes == 4 else "bf16"),
+    }
+
+
+def estimate_time(*, tokens_per_epoch: int, epochs: float, max_steps: int, tokens_per_step: int,
+                  tokens_per_second: float | None) -> dict[str, Any]:
+    if not tokens_per_second:
+        return {"available": False, "reason": "no throughput measured on this deployment for this model yet"}
+    tokens = tokens_per_step * max_steps if max_steps > 0 else tokens_per_epoch * epochs
+    return {"available": True, "tokens": int(tokens), "tokens_per_second": round(tokens_per_second, 1),
+            "seconds": round(tokens / tokens_per_second)}

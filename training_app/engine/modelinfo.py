@@ -1,0 +1,81 @@
+"""What a local HF model folder says about itself: linear module names, dimensions, and the
+LoRA target modules that fit its architecture. Reads config.json and safetensors headers only
+(no weights are loaded). Django-free."""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# Attention projections first, then the MLP: the defaults per architecture family (appendix C).
+ARCH_DEFAULTS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+NOT_LORA = {"lm_head", "embed_tokens", "wte", "wpe"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    context_length: int
+    tie_word_embeddings: bool
+    linear_modules: tuple[str, ...]
+    module_shapes: tuple[tuple[str, int, int], ...]  # (name, in_features, out_features) per layer
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // max(self.num_heads, 1)
+
+    def default_targets(self) -> list[str]:
+        wanted = ARCH_DEFAULTS.get(self.model_type, ["q_proj", "k_proj", "v_proj", "o_proj"])
+        present = [m for m in wanted if m in self.linear_modules]
+        return present or [m for m in self.linear_modules if m not in NOT_LORA][:4]
+
+    def resolve_targets(self, targets: list[str] | str) -> list[str]:
+        if targets == "all-linear":
+            return [m for m in self.linear_modules if m not in NOT_LORA]
+        return list(targets)
+
+
+@functools.lru_cache(maxsize=16)
+def model_info(folder: str) -> ModelInfo:
+    from safetensors import safe_open
+
+    path = Path(folder)
+    config = json.loads((path / "config.json").read_text())
+    shapes: dict[str, tuple[int, int]] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                parts = key.split(".")
+                if parts[-1] != "weight" or ".layers.0." not in f".{key}":
+                    continue
+                shape = f.get_slice(key).get_shape()
+                if len(shape) == 2:
+                    shapes[parts[-2]] = (int(shape[1]), int(shape[0]))
+    heads = int(config.get("num_attention_heads") or 1)
+    return ModelInfo(
+        model_type=str(config.get("model_type", "")),
+        num_layers=int(config.get("num_hidden_layers") or 0),
+        hidden_size=int(config.get("hidden_size") or 0),
+        num_heads=heads,
+        num_kv_heads=int(config.get("num_key_value_heads") or heads),
+        intermediate_size=int(config.get("intermediate_size") or 0),
+        vocab_size=int(config.get("vocab_size") or 0),
+        context_length=int(config.get("max_position_embeddings") or 0),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        linear_modules=tuple(sorted(shapes)),
+        module_shapes=tuple((name, i, o) for name, (i, o) in sorted(shapes.items())),
+    )
