@@ -51,17 +51,15 @@ def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
     """Training time for the default preset from throughput measured by finished jobs on this
     deployment (never a guess): tokens a job would see / measured tokens per second."""
     from training_app.engine.config import TrainingConfig
-    from training_app.models import FineTuningJob
+    from training_app.selectors import measured_throughput
 
     model = dataset.validated_with
     if model is None or not model.hf_path:
         return {"available": False, "reason": "the dataset was not validated with a trainable base model"}
-    jobs = [j for j in FineTuningJob.objects.filter(base_model=model, status=FineTuningJob.Status.COMPLETED)
-            .order_by("-finished_at")[:5] if j.metrics.get("tokens_seen") and j.metrics.get("train_runtime_s")]
+    tps, jobs = measured_throughput(model=model)
     if not jobs:
         return {"available": False, "reason": f"no completed job on {model.name} has measured throughput here yet; "
                                               "train once and the estimate appears"}
-    tps = sum(j.metrics["tokens_seen"] for j in jobs) / sum(j.metrics["train_runtime_s"] for j in jobs)
     epochs = TrainingConfig().num_epochs
     from datasets_app.services import _template_overhead
 
@@ -71,7 +69,7 @@ def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
         "base_model": model.name,
         "preset": f"defaults ({epochs:g} epochs)",
         "tokens_per_second": round(tps, 1),
-        "measured_by_jobs": [j.pk for j in jobs],
+        "measured_by_jobs": jobs,
         "tokens": int(tokens),
         "seconds": round(tokens / tps),
     }

@@ -37,3 +37,12 @@ def preset_list(*, user) -> list[dict]:
             "training_config": p.training_config, "qlora_config": p.qlora_config, "builtin": False, "team": p.team_id}
            for p in visible_to(TrainingPreset.objects.all(), user)]
     return builtin + own
+
+
+def measured_throughput(*, model) -> tuple[float | None, list[int]]:
+    """Training tokens/s on this deployment for a base model: the last five completed jobs."""
+    jobs = [j for j in FineTuningJob.objects.filter(base_model=model, status=FineTuningJob.Status.COMPLETED)
+            .order_by("-finished_at")[:5] if j.metrics.get("tokens_seen") and j.metrics.get("train_runtime_s")]
+    if not jobs:
+        return None, []
+    return sum(j.metrics["tokens_seen"] for j in jobs) / sum(j.metrics["train_runtime_s"] for j in jobs), [j.pk for j in jobs]

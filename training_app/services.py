@@ -69,6 +69,15 @@ def _merge(base: dict | None, override: dict | None) -> dict:
     return {**(base or {}), **(override or {})}
 
 
+def _with_preset(user, preset: Any, lora: dict | None, training: dict | None, qlora: dict | None
+                 ) -> tuple[dict | None, dict | None, dict | None]:
+    """The preset's configs with the caller's fields on top (no preset: as given)."""
+    if preset in (None, ""):
+        return lora, training, qlora
+    p = preset_resolve(user=user, preset=preset)
+    return _merge(p["lora_config"], lora), _merge(p["training_config"], training), _merge(p["qlora_config"], qlora)
+
+
 def job_config_for_model(*, model: BaseModel, lora_config: dict | None, training_config: dict | None,
                          qlora_config: dict | None):
     """Parse the config and check it against the model: target modules that exist in it (its
@@ -110,11 +119,7 @@ def training_job_create(
     qlora_config: dict | None = None,
     preset: Any = None,
 ) -> FineTuningJob:
-    if preset not in (None, ""):
-        p = preset_resolve(user=user, preset=preset)
-        lora_config = _merge(p["lora_config"], lora_config)
-        training_config = _merge(p["training_config"], training_config)
-        qlora_config = _merge(p["qlora_config"], qlora_config)
+    lora_config, training_config, qlora_config = _with_preset(user, preset, lora_config, training_config, qlora_config)
     try:
         parse_job_config(lora_config, training_config, qlora_config)  # field errors first, before model checks
     except ConfigError as exc:
@@ -187,18 +192,14 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
     from datasets_app.selectors import dataset_get
     from training_app.engine.estimate import estimate_memory, estimate_time
 
-    if preset not in (None, ""):
-        p = preset_resolve(user=user, preset=preset)
-        lora_config = _merge(p["lora_config"], lora_config)
-        training_config = _merge(p["training_config"], training_config)
-        qlora_config = _merge(p["qlora_config"], qlora_config)
+    lora_config, training_config, qlora_config = _with_preset(user, preset, lora_config, training_config, qlora_config)
     model = _resolve_base_model(base_model)
     config, info = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
                                         qlora_config=qlora_config)
     memory = estimate_memory(info, model.parameter_count, config, device=device)
-    jobs = [j for j in FineTuningJob.objects.filter(base_model=model, status=FineTuningJob.Status.COMPLETED)
-            .order_by("-finished_at")[:5] if j.metrics.get("tokens_seen") and j.metrics.get("train_runtime_s")]
-    tps = sum(j.metrics["tokens_seen"] for j in jobs) / sum(j.metrics["train_runtime_s"] for j in jobs) if jobs else None
+    from training_app.selectors import measured_throughput
+
+    tps, jobs = measured_throughput(model=model)
     tc = config.training
     tokens_per_step = tc.batch_size * tc.gradient_accumulation_steps * tc.max_seq_length
     time_estimate: dict[str, Any] = {"available": False, "reason": "name a dataset to estimate the time"}
@@ -215,7 +216,7 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
             dataset.num_usable / (tc.batch_size * tc.gradient_accumulation_steps) * tc.num_epochs)
         time_estimate["steps"] = steps
         if jobs:
-            time_estimate["measured_by_jobs"] = [j.pk for j in jobs]
+            time_estimate["measured_by_jobs"] = jobs
     return {"base_model": model.name, "config": config.as_dicts(), "memory": memory, "time": time_estimate}
 
 
