@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from django.http import HttpResponse
@@ -34,19 +33,9 @@ from datasets_app.services import (
     dataset_split,
     dataset_update,
 )
-from nexus.api_utils import request_team, request_team_filter
+from nexus.api_utils import int_query_param, request_team, request_team_filter
 from nexus.errors import NexusError
 from nexus.models import BaseModel
-
-
-def _int_param(request, name: str, default: int, *, lo: int = 0, hi: int = 10_000) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw) or not lo <= int(raw) <= hi:
-        raise NexusError(f"{name}: must be an integer from {lo} to {hi}, got {raw!r}", code="validation_error",
-                         details={name: raw})
-    return int(raw)
 
 
 class DatasetOutputSerializer(serializers.ModelSerializer):
@@ -119,8 +108,8 @@ class DatasetPreviewApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int)])
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
-        return Response(dataset_preview(dataset=dataset, offset=_int_param(request, "offset", 0, hi=10**9),
-                                        limit=_int_param(request, "limit", 20, lo=1, hi=200)))
+        return Response(dataset_preview(dataset=dataset, offset=int_query_param(request, "offset", 0, hi=10**9),
+                                        limit=int_query_param(request, "limit", 20, lo=1, hi=200)))
 
 
 class DatasetStatisticsApi(APIView):
@@ -134,8 +123,8 @@ class DatasetValidationErrorsApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int), OpenApiParameter("category", str)])
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
-        return Response(dataset_validation_errors(dataset=dataset, offset=_int_param(request, "offset", 0, hi=10**9),
-                                                  limit=_int_param(request, "limit", 50, lo=1, hi=500),
+        return Response(dataset_validation_errors(dataset=dataset, offset=int_query_param(request, "offset", 0, hi=10**9),
+                                                  limit=int_query_param(request, "limit", 50, lo=1, hi=500),
                                                   category=request.query_params.get("category")))
 
 
@@ -281,4 +270,4 @@ class DatasetConvertApi(APIView):
 class DatasetEventsApi(APIView):
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
-        return Response({"results": [e.as_message() for e in dataset_events(dataset=dataset, after=_int_param(request, "after", 0, hi=10**9))]})
+        return Response({"results": [e.as_message() for e in dataset_events(dataset=dataset, after=int_query_param(request, "after", 0, hi=10**9))]})

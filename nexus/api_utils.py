@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import re
+
 from rest_framework.request import Request
+
+from nexus.errors import NexusError
 
 from nexus.models import Team
 from nexus.teams import resolve_team
@@ -20,3 +24,13 @@ def request_team_filter(request: Request) -> Team | None:
     if request.query_params.get("team"):
         return resolve_team(request.user, request.query_params["team"], write=False)
     return None
+
+
+def int_query_param(request: Request, name: str, default: int, *, lo: int = 0, hi: int = 10_000) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not lo <= int(raw) <= hi:
+        raise NexusError(f"{name}: must be an integer from {lo} to {hi}, got {raw!r}", code="validation_error",
+                         details={name: raw})
+    return int(raw)

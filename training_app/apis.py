@@ -8,9 +8,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from nexus.errors import NexusError
-from nexus.api_utils import request_team, request_team_filter
+from nexus.api_utils import int_query_param, request_team, request_team_filter
 from training_app.models import FineTuningJob
-from training_app.selectors import preset_list, training_job_events, training_job_get, training_job_list
+from training_app.selectors import (
+    preset_list,
+    training_job_events,
+    training_job_get,
+    training_job_list,
+    training_job_logs,
+    training_job_metrics,
+)
 from training_app.services import (
     preset_create,
     preset_resolve,
@@ -148,3 +155,17 @@ class EstimateApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(training_estimate(user=request.user, **data.validated_data))
+
+
+class JobMetricsApi(APIView):
+    def get(self, request, job_id: int):
+        return Response(training_job_metrics(job=training_job_get(user=request.user, pk=job_id)))
+
+
+class JobLogsApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int), OpenApiParameter("level", str)])
+    def get(self, request, job_id: int):
+        job = training_job_get(user=request.user, pk=job_id)
+        return Response(training_job_logs(job=job, offset=int_query_param(request, "offset", 0, hi=10**9),
+                                          limit=int_query_param(request, "limit", 200, lo=1, hi=1000),
+                                          level=request.query_params.get("level") or None))

@@ -46,3 +46,24 @@ def measured_throughput(*, model) -> tuple[float | None, list[int]]:
     if not jobs:
         return None, []
     return sum(j.metrics["tokens_seen"] for j in jobs) / sum(j.metrics["train_runtime_s"] for j in jobs), [j.pk for j in jobs]
+
+
+def training_job_metrics(*, job: FineTuningJob) -> dict:
+    """Per-step metrics with an ETA from the recent step time."""
+    points = training_job_loss_curve(job=job)
+    eta = None
+    if points and job.status == FineTuningJob.Status.RUNNING:
+        recent = [p.get("seconds_per_step") for p in points[-10:] if p.get("seconds_per_step")]
+        if recent:
+            eta = round((job.total_steps - job.current_step) * sum(recent) / len(recent))
+    return {"status": job.status, "current_step": job.current_step, "total_steps": job.total_steps,
+            "eta_seconds": eta, "results": points}
+
+
+def training_job_logs(*, job: FineTuningJob, offset: int, limit: int, level: str | None = None) -> dict:
+    qs = JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk).exclude(type=JobEvent.Type.METRIC)
+    if level:
+        qs = qs.filter(level=level)
+    total = qs.count()
+    return {"count": total, "offset": offset, "limit": limit,
+            "results": [e.as_message() for e in qs.order_by("seq")[offset:offset + limit]]}

@@ -87,6 +87,11 @@ def test_upload_train_and_the_adapter_moves_toward_the_training_answers(celery_w
     first, last = sum(m["loss"] for m in metrics[:3]) / 3, sum(m["loss"] for m in metrics[-3:]) / 3
     assert last < 0.5 * first, f"loss did not fall: {[round(m['loss'], 3) for m in metrics]}"
     assert job["best_loss"] == pytest.approx(min(m["loss"] for m in metrics))
+    served = api.get(f"/api/v1/finetune/jobs/{job['id']}/metrics").json()
+    assert [m["step"] for m in served["results"]] == list(range(1, 13))
+    assert all(m["memory_bytes"] > 100_000_000 and m["seconds_per_step"] > 0 for m in served["results"])
+    logs = api.get(f"/api/v1/finetune/jobs/{job['id']}/logs", {"limit": 2}).json()
+    assert logs["count"] >= 5 and len(logs["results"]) == 2 and all(e["type"] != "metric" for e in logs["results"])
 
     adapter = api.get(f"/api/v1/finetune/adapters/{job['adapter_id']}").json()
     assert adapter["base_model"] == "SmolLM2-135M-Instruct" and adapter["version"] == 1

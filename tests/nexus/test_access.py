@@ -36,6 +36,8 @@ def test_new_user_gets_a_personal_team_they_own(user):
         ("dataset", "/api/v1/finetune/datasets/{id}"),
         ("job", "/api/v1/finetune/jobs/{id}"),
         ("job", "/api/v1/finetune/jobs/{id}/events"),
+        ("job", "/api/v1/finetune/jobs/{id}/metrics"),
+        ("job", "/api/v1/finetune/jobs/{id}/logs"),
         ("adapter", "/api/v1/finetune/adapters/{id}"),
     ],
 )

@@ -35,6 +35,17 @@ class TrainResult:
     tokens_seen: int
 
 
+def _memory_in_use() -> int:
+    """Peak GPU memory allocated so far, or this process's resident memory on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def device_summary() -> str:
     import torch
 
@@ -125,6 +136,8 @@ def train(
             tokens = state["seen"] - state["tokens"]
             elapsed = max(now - state["t"], 1e-6)
             state["t"], state["tokens"] = now, state["seen"]
+            step_before = state.get("last_step", 0)
+            state["last_step"] = tstate.global_step
             loss = float(logs["loss"])
             state["last"] = loss
             state["best"] = loss if state["best"] is None else min(state["best"], loss)
@@ -138,6 +151,8 @@ def train(
                     "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
                     "tokens_per_second": round(tokens / elapsed, 1),
                     "tokens_seen": state["seen"],
+                    "seconds_per_step": round(elapsed / max(tstate.global_step - step_before, 1), 3),
+                    "memory_bytes": _memory_in_use(),
                 }
             )
 
