@@ -99,25 +99,47 @@ def _wait_for(predicate, timeout: float, what: str, log: Path | None = None) -> 
     raise RuntimeError(f"timed out waiting for {what}\n{tail}")
 
 
+class WorkerProcess:
+    """A real Celery worker process (own process group) that a test may kill -9 and start again
+    under the same name, as a crashed and restarted worker would be."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        log = LOG_DIR / f"celery-worker-{self.starts}.log"
+        self._fh = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "nexus", "worker", "-Q", "cpu,gpu", "--concurrency", "2",
+             "-l", "info", "-n", self.name],
+            cwd=ROOT, env=_subprocess_env(), stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        proc = self.proc
+        _wait_for(lambda: "ready." in log.read_text() or proc.poll() is not None, 120, "the Celery worker", log)
+        if proc.poll() is not None:
+            raise RuntimeError(f"Celery worker exited:\n{log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the main process and its pool children at once
+        self.proc.wait()
+
+
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, django_db_blocker):
     """A real Celery worker process on both queues, against the test database and test broker."""
     redis.Redis.from_url(env.TEST_REDIS_URL).flushdb()
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = LOG_DIR / "celery-worker.log"
-    fh = log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "nexus", "worker", "-Q", "cpu,gpu", "--concurrency", "2",
-         "-l", "info", "-n", f"test-{os.getpid()}@%h"],
-        cwd=ROOT, env=_subprocess_env(), stdout=fh, stderr=subprocess.STDOUT,
-    )
-    _wait_for(lambda: "ready." in log.read_text() or proc.poll() is not None, 120, "the Celery worker", log)
-    if proc.poll() is not None:
-        raise RuntimeError(f"Celery worker exited:\n{log.read_text()[-3000:]}")
-    yield proc
+    worker = WorkerProcess(f"test-{os.getpid()}@%h")
+    worker.start()
+    yield worker
     with django_db_blocker.unblock():
-        _stop(proc, timeout=30)
-    fh.close()
+        _stop(worker.proc, timeout=30)
+    worker._fh.close()
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> None:

@@ -24,6 +24,8 @@ from training_app.services import (
     training_estimate,
     training_job_cancel,
     training_job_create,
+    training_job_pause,
+    training_job_resume,
 )
 
 
@@ -37,7 +39,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
         model = FineTuningJob
         fields = ["id", "team", "name", "description", "base_model", "dataset_id", "lora_config", "training_config",
                   "qlora_config", "status", "progress", "current_step", "total_steps", "current_epoch", "current_loss",
-                  "best_loss", "tokens_per_second", "metrics", "adapter_id", "error", "cancel_requested",
+                  "best_loss", "tokens_per_second", "metrics", "adapter_id", "error", "cancel_requested", "pause_requested",
                   "created_at", "updated_at", "started_at", "finished_at"]
 
     def get_adapter_id(self, job: FineTuningJob) -> int | None:
@@ -169,3 +171,19 @@ class JobLogsApi(APIView):
         return Response(training_job_logs(job=job, offset=int_query_param(request, "offset", 0, hi=10**9),
                                           limit=int_query_param(request, "limit", 200, lo=1, hi=1000),
                                           level=request.query_params.get("level") or None))
+
+
+class JobPauseApi(APIView):
+    @extend_schema(request=None, responses={202: JobOutputSerializer},
+                   description="Pause: the trainer saves a checkpoint after the current step and stops.")
+    def post(self, request, job_id: int):
+        job = training_job_pause(job=training_job_get(user=request.user, pk=job_id, write=True))
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobResumeApi(APIView):
+    @extend_schema(request=None, responses={202: JobOutputSerializer},
+                   description="Resume a paused job from its last checkpoint.")
+    def post(self, request, job_id: int):
+        job = training_job_resume(job=training_job_get(user=request.user, pk=job_id, write=True))
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)

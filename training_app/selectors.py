@@ -22,10 +22,13 @@ def training_job_events(*, job: FineTuningJob, after: int = 0, limit: int | None
 
 
 def training_job_loss_curve(*, job: FineTuningJob) -> list[dict]:
-    return [
-        e.data
-        for e in JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk, type=JobEvent.Type.METRIC).order_by("seq")
-    ]
+    """One point per step: after a resume from a checkpoint, steps trained again replace the old ones."""
+    points: list[dict] = []
+    for e in JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk, type=JobEvent.Type.METRIC).order_by("seq"):
+        while points and points[-1]["step"] >= e.data["step"]:
+            points.pop()
+        points.append(e.data)
+    return points
 
 
 def preset_list(*, user) -> list[dict]:

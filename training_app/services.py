@@ -147,14 +147,48 @@ def training_job_create(
 
 
 @transaction.atomic
-def training_job_cancel(*, job: FineTuningJob) -> FineTuningJob:
+def training_job_pause(*, job: FineTuningJob) -> FineTuningJob:
+    """Running: the trainer saves a checkpoint after the current step and stops. Queued: paused at once."""
     job = FineTuningJob.objects.select_for_update().get(pk=job.pk)
     if job.status == FineTuningJob.Status.QUEUED:
+        job.status = FineTuningJob.Status.PAUSED
+        job.save(update_fields=["status", "updated_at"])
+        _status_event(job.pk, "paused", "Paused before it started")
+    elif job.status == FineTuningJob.Status.RUNNING and not job.pause_requested:
+        job.pause_requested = True
+        job.save(update_fields=["pause_requested", "updated_at"])
+        _event(job.pk, "Pause requested; the trainer saves a checkpoint after the current step", level="warning")
+    elif job.status != FineTuningJob.Status.RUNNING:
+        raise NexusError(f"A {job.status} job cannot be paused.", code="invalid_state", status_code=409)
+    return job
+
+
+@transaction.atomic
+def training_job_resume(*, job: FineTuningJob) -> FineTuningJob:
+    """paused -> queued; the worker continues from the last checkpoint."""
+    from training_app.tasks import run_training_job
+
+    job = FineTuningJob.objects.select_for_update().get(pk=job.pk)
+    if job.status != FineTuningJob.Status.PAUSED:
+        raise NexusError(f"Only a paused job can be resumed; this one is {job.status}.", code="invalid_state", status_code=409)
+    job.status = FineTuningJob.Status.QUEUED
+    job.pause_requested = False
+    job.save(update_fields=["status", "pause_requested", "updated_at"])
+    _status_event(job.pk, "queued", "Resume requested: queued to continue from the last checkpoint")
+    enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc: _event(
+        job.pk, QUEUE_ERROR.format(error=exc, status="queued"), level="error"))
+    return job
+
+
+@transaction.atomic
+def training_job_cancel(*, job: FineTuningJob) -> FineTuningJob:
+    job = FineTuningJob.objects.select_for_update().get(pk=job.pk)
+    if job.status in (FineTuningJob.Status.QUEUED, FineTuningJob.Status.PAUSED):
         job.status = FineTuningJob.Status.CANCELLED
         job.cancel_requested = True
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "cancel_requested", "finished_at", "updated_at"])
-        _status_event(job.pk, "cancelled", "Cancelled before it started")
+        _status_event(job.pk, "cancelled", "Cancelled before it (re)started")
     elif job.status == FineTuningJob.Status.RUNNING and not job.cancel_requested:
         job.cancel_requested = True
         job.save(update_fields=["cancel_requested", "updated_at"])
@@ -224,7 +258,7 @@ def training_job_claim(*, job_id: int, worker: str) -> bool:
     """queued -> running; a duplicate delivery finds nothing to claim."""
     return bool(
         FineTuningJob.objects.filter(pk=job_id, status=FineTuningJob.Status.QUEUED, cancel_requested=False).update(
-            status=FineTuningJob.Status.RUNNING, started_at=timezone.now(), updated_at=timezone.now(),
+            status=FineTuningJob.Status.RUNNING, pause_requested=False, started_at=timezone.now(), updated_at=timezone.now(),
             worker=worker,
         )
     )
@@ -263,10 +297,12 @@ class _JobHooks:
                    f"lr {metrics['learning_rate']:.2e} {metrics['tokens_per_second']:.0f} tok/s",
                    type=JobEvent.Type.METRIC, data=metrics)
 
-    def should_stop(self) -> bool:
-        # Stop on a cancel request, and also when the job was ended elsewhere (reaped as stale).
-        return not FineTuningJob.objects.filter(pk=self.job.pk, status=FineTuningJob.Status.RUNNING,
-                                                cancel_requested=False).exists()
+    def should_stop(self) -> str | None:
+        # Cancel also when the job was ended elsewhere (reaped as stale); pause keeps a checkpoint.
+        row = FineTuningJob.objects.filter(pk=self.job.pk).values("status", "cancel_requested", "pause_requested").first()
+        if row is None or row["status"] != FineTuningJob.Status.RUNNING or row["cancel_requested"]:
+            return "cancel"
+        return "pause" if row["pause_requested"] else None
 
 
 def training_job_output_dir(job: FineTuningJob) -> Path:
@@ -287,6 +323,13 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
         result = train(model_dir=job.base_model.hf_path, records=records, config=config, output_dir=output_dir,
                        hooks=_JobHooks(job))
         job.refresh_from_db()
+        if result.status == "paused":
+            with transaction.atomic():
+                if FineTuningJob.objects.filter(pk=job.pk, status=FineTuningJob.Status.RUNNING).update(
+                        status=FineTuningJob.Status.PAUSED, pause_requested=False, updated_at=timezone.now()):
+                    _status_event(job.pk, "paused", f"Paused at step {result.steps} of {result.total_steps}")
+            job.refresh_from_db()
+            return job
         if result.status == "cancelled":
             if job.status != FineTuningJob.Status.RUNNING:
                 return job  # ended elsewhere while training (reaped): keep that outcome
@@ -341,15 +384,29 @@ def training_jobs_requeue() -> list[int]:
 
 
 def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_AFTER_SECONDS) -> list[int]:
-    """Fail running jobs whose worker is gone: those of a restarting `worker`, or silent for too long."""
+    """Jobs whose worker is gone (those of a restarting `worker`, or silent for too long) resume from
+    their last checkpoint, or fail visibly when they have none."""
     qs = FineTuningJob.objects.filter(status=FineTuningJob.Status.RUNNING)
     if worker:
         qs = qs.filter(worker=worker)
     else:
         qs = qs.filter(updated_at__lt=timezone.now() - timezone.timedelta(seconds=stale_after_s))
+    from training_app.engine.trainer import latest_checkpoint
+    from training_app.tasks import run_training_job
+
     reaped = []
-    for job_id in qs.values_list("pk", flat=True):
-        training_job_fail(job_id=job_id, error="The worker running this job stopped (restart or crash); its logs are kept. "
-                                               "Start a new job to train again.")
-        reaped.append(job_id)
+    for job in qs:
+        checkpoint = latest_checkpoint(training_job_output_dir(job))
+        if checkpoint is not None:
+            with transaction.atomic():
+                if FineTuningJob.objects.filter(pk=job.pk, status=FineTuningJob.Status.RUNNING).update(
+                        status=FineTuningJob.Status.QUEUED, updated_at=timezone.now()):
+                    _status_event(job.pk, "queued", f"The worker running this job stopped; resuming from the checkpoint "
+                                                    f"at step {checkpoint.name.split('-')[-1]}", level="warning")
+                    enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc, pk=job.pk: _event(
+                        pk, QUEUE_ERROR.format(error=exc, status="queued"), level="error"))
+        else:
+            training_job_fail(job_id=job.pk, error="The worker running this job stopped (restart or crash) before its "
+                                                   "first checkpoint; its logs are kept. Start a new job to train again.")
+        reaped.append(job.pk)
     return reaped

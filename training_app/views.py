@@ -12,7 +12,7 @@ from nexus.models import BaseModel
 from nexus.teams import resolve_team
 from training_app.engine.config import LoRAConfig, TrainingConfig
 from training_app.selectors import training_job_events, training_job_get, training_job_list, training_job_loss_curve
-from training_app.services import training_job_cancel, training_job_create
+from training_app.services import training_job_cancel, training_job_create, training_job_pause, training_job_resume
 
 _LORA, _TRAIN = LoRAConfig(), TrainingConfig()
 
@@ -91,3 +91,26 @@ def job_detail_page(request, job_id: int):
 def job_cancel_page(request, job_id: int):
     training_job_cancel(job=training_job_get(user=request.user, pk=job_id, write=True))
     return redirect("job-detail", job_id=job_id)
+
+
+@require_POST
+@login_required
+def job_pause_page(request, job_id: int):
+    _control(request, job_id, training_job_pause)
+    return redirect("job-detail", job_id=job_id)
+
+
+@require_POST
+@login_required
+def job_resume_page(request, job_id: int):
+    _control(request, job_id, training_job_resume)
+    return redirect("job-detail", job_id=job_id)
+
+
+def _control(request, job_id: int, action) -> None:  # noqa: ANN001
+    from django.contrib import messages
+
+    try:
+        action(job=training_job_get(user=request.user, pk=job_id, write=True))
+    except NexusError as exc:
+        messages.error(request, exc.message)

@@ -10,7 +10,7 @@
   const points = JSON.parse(document.getElementById("loss-curve-data").textContent);
   let chart = null;
   const initial = document.getElementById("job-status");
-  let finished = !!initial && ["completed", "failed", "cancelled"].includes(initial.textContent.trim());
+  let finished = !!initial && ["completed", "failed", "cancelled", "paused"].includes(initial.textContent.trim());
 
   function setState(s, text) { wsState.dataset.state = s; wsState.textContent = text; }
 
@@ -50,7 +50,12 @@
     if (e.type === "metric") {
       const m = e.data;
       drawChart();
-      if (chart) { chart.data.datasets[0].data.push({ x: m.step, y: m.loss }); chart.update("none"); }
+      if (chart) {
+        const data = chart.data.datasets[0].data;
+        while (data.length && data[data.length - 1].x >= m.step) data.pop();  // resumed from a checkpoint
+        data.push({ x: m.step, y: m.loss });
+        chart.update("none");
+      }
       const progress = document.getElementById("job-progress");
       if (progress && m.total_steps) progress.value = (100 * m.step) / m.total_steps;
       const steps = document.getElementById("job-steps");
@@ -61,7 +66,7 @@
       if (tps) tps.textContent = Math.round(m.tokens_per_second);
     } else if (e.type === "status") {
       refreshSummary();
-      if (["completed", "failed", "cancelled"].includes(e.data.status)) {
+      if (["completed", "failed", "cancelled", "paused"].includes(e.data.status)) {
         finished = true;
         if (window.nexusJobSocket) window.nexusJobSocket.close();
       }

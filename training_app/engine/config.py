@@ -40,6 +40,8 @@ class TrainingConfig:
     seed: int = 42
     logging_steps: int = 1
     gradient_checkpointing: bool = False
+    save_steps: int = 0  # checkpoint every N optimizer steps; 0 picks about ten per run (at least every 50)
+    save_total_limit: int = 2  # checkpoints kept (the last ones)
 
 
 @dataclass
@@ -134,6 +136,8 @@ def parse_job_config(lora: Any = None, training: Any = None, qlora: Any = None) 
     _check(errors, "training_config.lr_scheduler_type", tc.lr_scheduler_type in LR_SCHEDULERS, f"must be one of {', '.join(LR_SCHEDULERS)}")
     _check(errors, "training_config.max_grad_norm", tc.max_grad_norm > 0, "must be greater than 0")
     _check(errors, "training_config.logging_steps", tc.logging_steps >= 1, "must be at least 1")
+    _check(errors, "training_config.save_steps", tc.save_steps >= 0, "must be 0 (automatic) or a positive number of steps")
+    _check(errors, "training_config.save_total_limit", 1 <= tc.save_total_limit <= 100, "must be between 1 and 100")
 
     _check(errors, "qlora_config.bits", qc.bits == 4, "only 4-bit quantization is supported")
     _check(errors, "qlora_config.quant_type", qc.quant_type in ("nf4", "fp4"), "must be nf4 or fp4")

@@ -20,12 +20,12 @@ class TrainingHooks(Protocol):
     def log(self, message: str, level: str = "info") -> None: ...
     def on_start(self, *, total_steps: int, num_examples: int) -> None: ...
     def on_step(self, metrics: dict[str, Any]) -> None: ...
-    def should_stop(self) -> bool: ...
+    def should_stop(self) -> str | None: ...  # None, "cancel" or "pause"
 
 
 @dataclass
 class TrainResult:
-    status: str  # completed | cancelled
+    status: str  # completed | cancelled | paused
     adapter_dir: Path | None
     steps: int
     total_steps: int
@@ -44,6 +44,18 @@ def _memory_in_use() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (those with trainer state), oldest first."""
+    folder = Path(output_dir) / "trainer"
+    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def device_summary() -> str:
@@ -126,7 +138,7 @@ def train(
     hooks.on_start(total_steps=total_steps, num_examples=len(examples))
 
     collator = PaddingCollator(tokenizer.pad_token_id)
-    state: dict[str, Any] = {"cancelled": False, "best": None, "last": None, "t": time.monotonic(), "tokens": 0, "seen": 0}
+    state: dict[str, Any] = {"stop": None, "best": None, "last": None, "t": time.monotonic(), "tokens": 0, "seen": 0}
 
     class _Hooks(TrainerCallback):
         def on_log(self, args, tstate, control, logs=None, **kw):
@@ -157,12 +169,16 @@ def train(
             )
 
         def on_step_end(self, args, tstate, control, **kw):
-            if hooks.should_stop():
-                state["cancelled"] = True
+            request = hooks.should_stop()
+            if request:
+                state["stop"] = request
                 control.should_training_stop = True
-                control.should_save = False
+                # pausing keeps a checkpoint of this very step to resume from; cancelling keeps nothing new
+                control.should_save = request == "pause"
 
     use_cuda = torch.cuda.is_available()
+    save_steps = tc.save_steps or max(1, min(50, total_steps // 10))
+    checkpoint = latest_checkpoint(output_dir)
     args = TrainingArguments(
         output_dir=str(output_dir / "trainer"),
         per_device_train_batch_size=tc.batch_size,
@@ -175,7 +191,9 @@ def train(
         lr_scheduler_type=tc.lr_scheduler_type,
         max_grad_norm=tc.max_grad_norm,
         logging_steps=tc.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=tc.save_total_limit,
         report_to="none",
         seed=tc.seed,
         use_cpu=not use_cuda,
@@ -193,12 +211,19 @@ def train(
     trainer = _CountingTrainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[_Hooks()])
     trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
-    output = trainer.train()
+    if checkpoint is not None:
+        step = int(checkpoint.name.split("-")[-1])
+        hooks.log(f"Resuming from checkpoint at step {step} (adapter, optimizer, scheduler and RNG state)")
+        state["last_step"] = step
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     runtime = time.monotonic() - started
     steps = int(output.global_step)
-    if state["cancelled"]:
+    if state["stop"] == "cancel":
         hooks.log(f"Stopped at step {steps} of {total_steps} on request", "warning")
         return TrainResult("cancelled", None, steps, total_steps, state["last"], state["best"], runtime, state["seen"])
+    if state["stop"] == "pause":
+        hooks.log(f"Paused at step {steps} of {total_steps}; checkpoint saved", "warning")
+        return TrainResult("paused", None, steps, total_steps, state["last"], state["best"], runtime, state["seen"])
     adapter_dir = output_dir / "adapter"
     model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))

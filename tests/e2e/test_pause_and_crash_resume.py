@@ -1,0 +1,63 @@
+"""Pause/resume and crash safety with real worker processes: a paused job and a job whose worker
+was killed with SIGKILL both continue from their last checkpoint, without duplicate steps."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_finetune_e2e import create_job, upload_and_wait_ready, wait_for
+from tests.factories import pirate_records
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def get(api, job_id: int) -> dict:
+    return api.get(f"/api/v1/finetune/jobs/{job_id}").json()
+
+
+def finished(api, job_id: int, timeout: float = 300) -> dict:
+    return wait_for(lambda: get(api, job_id), lambda j: j["status"] in ("completed", "failed", "cancelled"), timeout,
+                    "the job to finish")
+
+
+def test_pause_saves_a_checkpoint_and_resume_continues_from_it(celery_worker_process, base_model, api):
+    dataset = upload_and_wait_ready(api, pirate_records(8))
+    job = create_job(api, dataset["id"], max_steps=10, save_steps=100, learning_rate=1e-4)
+    wait_for(lambda: get(api, job["id"]), lambda j: j["current_step"] >= 3 or j["status"] != "running"
+             and j["status"] != "queued", 180, "three steps")
+    r = api.post(f"/api/v1/finetune/jobs/{job['id']}/pause")
+    assert r.status_code == 202 and r.json()["pause_requested"] is True
+    paused = wait_for(lambda: get(api, job["id"]), lambda j: j["status"] != "running", 60, "the pause")
+    assert paused["status"] == "paused" and paused["adapter_id"] is None
+    at = paused["current_step"]
+    assert 3 <= at < 10
+    assert api.post(f"/api/v1/finetune/jobs/{job['id']}/pause").status_code == 409
+    assert api.post(f"/api/v1/finetune/jobs/{job['id']}/resume").json()["status"] == "queued"
+    done = finished(api, job["id"])
+    assert done["status"] == "completed", done["error"]
+    messages = [e["message"] for e in api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]]
+    assert f"Resuming from checkpoint at step {at} (adapter, optimizer, scheduler and RNG state)" in messages
+    steps = [m["step"] for m in api.get(f"/api/v1/finetune/jobs/{job['id']}/metrics").json()["results"]]
+    assert steps == list(range(1, 11))
+    assert done["adapter_id"] is not None
+
+
+def test_a_job_whose_worker_is_killed_resumes_from_its_last_checkpoint(celery_worker_process, base_model, api):
+    dataset = upload_and_wait_ready(api, pirate_records(8))
+    job = create_job(api, dataset["id"], max_steps=14, save_steps=3, learning_rate=1e-4)
+    running = wait_for(lambda: get(api, job["id"]), lambda j: j["current_step"] >= 7 or j["status"] not in ("queued", "running"),
+                       180, "seven steps")
+    assert running["status"] == "running"
+    celery_worker_process.kill9()
+    lost_at = get(api, job["id"])["current_step"]
+    assert get(api, job["id"])["status"] == "running"  # nobody is left to say otherwise
+    celery_worker_process.start()  # same name: on start it finds its orphaned job and resumes it
+    done = finished(api, job["id"])
+    assert done["status"] == "completed", done["error"]
+    events = api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]
+    resumed = [e["message"] for e in events if e["message"].startswith("Resuming from checkpoint at step")]
+    assert len(resumed) == 1
+    checkpoint_step = int(resumed[0].split("step ")[1].split(" ")[0])
+    assert checkpoint_step % 3 == 0 and lost_at - checkpoint_step <= 3  # at most one checkpoint interval lost
+    steps = [m["step"] for m in api.get(f"/api/v1/finetune/jobs/{job['id']}/metrics").json()["results"]]
+    assert steps == list(range(1, 15))  # the curve continues without duplicate steps
+    assert done["adapter_id"] is not None
