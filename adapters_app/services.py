@@ -11,20 +11,22 @@ from nexus.storage import local_path, storage_save_folder
 
 
 @transaction.atomic
-def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None) -> LoRAAdapter:
-    """Store a trained PEFT adapter folder and record it as the next version of the job's name."""
+def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None, name: str | None = None) -> LoRAAdapter:
+    """Store a trained PEFT adapter folder and record it as the next version of its name (the job's by default)."""
+    name = name or job.name
     # Versions are per (team, name): lock the team row so two jobs finishing together get distinct versions.
     Team.objects.select_for_update().get(pk=job.team_id)
-    latest = LoRAAdapter.objects.filter(team=job.team, name=job.name).aggregate(v=Max("version"))["v"] or 0
+    latest = LoRAAdapter.objects.filter(team=job.team, name=name).aggregate(v=Max("version"))["v"] or 0
     version = latest + 1
-    prefix = storage_save_folder(f"adapters/team-{job.team_id}/job-{job.pk}-v{version}", adapter_dir)
+    slug = "".join(c if c.isalnum() else "-" for c in name)[:60]
+    prefix = storage_save_folder(f"adapters/team-{job.team_id}/job-{job.pk}-{slug}-v{version}", adapter_dir)
     size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
     adapter = LoRAAdapter(
         team=job.team,
-        name=job.name,
+        name=name,
         version=version,
         base_model=job.base_model,
-        job=job,
+        job=job if name == job.name else None,
         path=prefix,
         size_bytes=size,
         lora_config=job.lora_config,

@@ -13,6 +13,7 @@ from training_app.models import FineTuningJob
 from training_app.selectors import (
     preset_list,
     training_job_events,
+    training_job_checkpoints,
     training_job_get,
     training_job_list,
     training_job_logs,
@@ -24,6 +25,7 @@ from training_app.services import (
     training_estimate,
     training_job_cancel,
     training_job_create,
+    training_job_checkpoint_to_adapter,
     training_job_pause,
     training_job_resume,
 )
@@ -187,3 +189,18 @@ class JobResumeApi(APIView):
     def post(self, request, job_id: int):
         job = training_job_resume(job=training_job_get(user=request.user, pk=job_id, write=True))
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobCheckpointsApi(APIView):
+    def get(self, request, job_id: int):
+        return Response({"results": training_job_checkpoints(job=training_job_get(user=request.user, pk=job_id))})
+
+
+class JobCheckpointAdapterApi(APIView):
+    @extend_schema(request=None, description="Turn the checkpoint at this step into an adapter.")
+    def post(self, request, job_id: int, step: int):
+        from adapters_app.apis import AdapterOutputSerializer
+
+        job = training_job_get(user=request.user, pk=job_id, write=True)
+        adapter = training_job_checkpoint_to_adapter(job=job, step=step)
+        return Response(AdapterOutputSerializer(adapter).data, status=status.HTTP_201_CREATED)

@@ -70,3 +70,18 @@ def training_job_logs(*, job: FineTuningJob, offset: int, limit: int, level: str
     total = qs.count()
     return {"count": total, "offset": offset, "limit": limit,
             "results": [e.as_message() for e in qs.order_by("seq")[offset:offset + limit]]}
+
+
+def training_job_checkpoints(*, job: FineTuningJob) -> list[dict]:
+    from datetime import datetime, timezone as tz
+
+    from training_app.engine.trainer import checkpoints
+    from training_app.services import training_job_output_dir
+
+    out = []
+    for path in checkpoints(training_job_output_dir(job)):
+        files = [p for p in path.iterdir() if p.is_file()]
+        out.append({"step": int(path.name.split("-")[-1]), "size_bytes": sum(p.stat().st_size for p in files),
+                    "created_at": datetime.fromtimestamp(path.stat().st_mtime, tz=tz.utc).isoformat(),
+                    "has_optimizer_state": (path / "optimizer.pt").is_file()})
+    return out

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import traceback
 from dataclasses import asdict
@@ -410,3 +411,25 @@ def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_
                                                    "first checkpoint; its logs are kept. Start a new job to train again.")
         reaped.append(job.pk)
     return reaped
+
+
+def training_job_checkpoint_to_adapter(*, job: FineTuningJob, step: int):
+    """Turn a saved checkpoint into an adapter of its own (`<job name>@step<N>`)."""
+    import tempfile
+
+    from adapters_app.services import adapter_create_from_job
+    from training_app.engine.trainer import checkpoints
+
+    found = {int(p.name.split("-")[-1]): p for p in checkpoints(training_job_output_dir(job))}
+    if step not in found:
+        raise NexusError(f"No checkpoint at step {step}; available: {sorted(found) or 'none'}", code="not_found", status_code=404)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            (folder / name).write_bytes((found[step] / name).read_bytes())
+        state = json.loads((found[step] / "trainer_state.json").read_text())
+        losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
+        adapter = adapter_create_from_job(job=job, adapter_dir=folder, final_loss=losses[-1] if losses else None,
+                                          name=f"{job.name}@step{step}")
+    _event(job.pk, f"Checkpoint at step {step} saved as adapter '{adapter.name}' v{adapter.version}", data={"adapter_id": adapter.pk})
+    return adapter

@@ -31,6 +31,8 @@ def test_pause_saves_a_checkpoint_and_resume_continues_from_it(celery_worker_pro
     at = paused["current_step"]
     assert 3 <= at < 10
     assert api.post(f"/api/v1/finetune/jobs/{job['id']}/pause").status_code == 409
+    saved = api.get(f"/api/v1/finetune/jobs/{job['id']}/checkpoints").json()["results"]
+    assert [c["step"] for c in saved] == [at] and saved[0]["has_optimizer_state"]
     assert api.post(f"/api/v1/finetune/jobs/{job['id']}/resume").json()["status"] == "queued"
     done = finished(api, job["id"])
     assert done["status"] == "completed", done["error"]
@@ -39,6 +41,16 @@ def test_pause_saves_a_checkpoint_and_resume_continues_from_it(celery_worker_pro
     steps = [m["step"] for m in api.get(f"/api/v1/finetune/jobs/{job['id']}/metrics").json()["results"]]
     assert steps == list(range(1, 11))
     assert done["adapter_id"] is not None
+    r = api.post(f"/api/v1/finetune/jobs/{job['id']}/checkpoints/{at}/adapter")
+    assert r.status_code == 201 and r.json()["name"] == f"pirate-e2e@step{at}"
+    assert api.post(f"/api/v1/finetune/jobs/{job['id']}/checkpoints/9999/adapter").status_code == 404
+    from adapters_app.models import LoRAAdapter
+    from adapters_app.services import adapter_local_dir
+
+    with adapter_local_dir(LoRAAdapter.objects.get(pk=r.json()["id"])) as folder:
+        from peft import PeftConfig
+
+        assert PeftConfig.from_pretrained(str(folder)).r == 8
 
 
 def test_a_job_whose_worker_is_killed_resumes_from_its_last_checkpoint(celery_worker_process, base_model, api):

@@ -38,6 +38,7 @@ def test_new_user_gets_a_personal_team_they_own(user):
         ("job", "/api/v1/finetune/jobs/{id}/events"),
         ("job", "/api/v1/finetune/jobs/{id}/metrics"),
         ("job", "/api/v1/finetune/jobs/{id}/logs"),
+        ("job", "/api/v1/finetune/jobs/{id}/checkpoints"),
         ("adapter", "/api/v1/finetune/adapters/{id}"),
     ],
 )
