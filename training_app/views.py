@@ -11,7 +11,14 @@ from nexus.errors import NexusError
 from nexus.models import BaseModel
 from nexus.teams import resolve_team
 from training_app.engine.config import LoRAConfig, TrainingConfig
-from training_app.selectors import training_job_events, training_job_get, training_job_list, training_job_loss_curve
+from training_app.selectors import (
+    training_job_checkpoints,
+    training_job_events,
+    training_job_get,
+    training_job_list,
+    training_job_loss_curve,
+    training_job_metrics,
+)
 from training_app.services import training_job_cancel, training_job_create, training_job_pause, training_job_resume
 
 _LORA, _TRAIN = LoRAConfig(), TrainingConfig()
@@ -80,6 +87,8 @@ def job_detail_page(request, job_id: int):
     events = training_job_events(job=job)
     return render(request, "training/detail.html", {
         "job": job,
+        "checkpoints": training_job_checkpoints(job=job),
+        "eta": training_job_metrics(job=job)["eta_seconds"],
         "events": events,
         "last_seq": events[-1].seq if events else 0,
         "loss_curve": training_job_loss_curve(job=job),
@@ -114,3 +123,30 @@ def _control(request, job_id: int, action) -> None:  # noqa: ANN001
         action(job=training_job_get(user=request.user, pk=job_id, write=True))
     except NexusError as exc:
         messages.error(request, exc.message)
+
+
+@login_required
+def job_log_export_page(request, job_id: int):
+    from django.http import HttpResponse
+
+    job = training_job_get(user=request.user, pk=job_id)
+    lines = [f"{e.created_at:%Y-%m-%d %H:%M:%S} #{e.seq} {e.level.upper():7} {e.message}" for e in training_job_events(job=job)]
+    response = HttpResponse("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="job-{job.pk}-log.txt"'
+    return response
+
+
+@require_POST
+@login_required
+def job_checkpoint_adapter_page(request, job_id: int, step: int):
+    from django.contrib import messages
+
+    from training_app.services import training_job_checkpoint_to_adapter
+
+    job = training_job_get(user=request.user, pk=job_id, write=True)
+    try:
+        adapter = training_job_checkpoint_to_adapter(job=job, step=step)
+    except NexusError as exc:
+        messages.error(request, exc.message)
+        return redirect("job-detail", job_id=job_id)
+    return redirect("adapter-detail", adapter_id=adapter.pk)

@@ -143,3 +143,14 @@ def test_viewer_gets_403_on_write_pages_and_uploads(owned, user):
     assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
     owned["job"].refresh_from_db()
     assert owned["job"].cancel_requested is False
+
+
+@pytest.mark.django_db
+def test_log_export_is_for_members_only(owned, user, outsider):
+    from tests.factories import record_event
+
+    record_event(owned["job"], "secret step log")
+    r = _login(user).get(f"/finetune/training/{owned['job'].pk}/log.txt")
+    assert r.status_code == 200 and b"secret step log" in r.content
+    assert _login(outsider).get(f"/finetune/training/{owned['job'].pk}/log.txt").status_code == 404
+    assert _login(outsider).post(f"/finetune/training/{owned['job'].pk}/checkpoints/1/adapter/").status_code == 404
