@@ -119,12 +119,15 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [env.REDIS_URL]},
-    }
-}
+def channel_layer(url: str) -> dict:
+    # channels_redis waits in BZPOPMIN for 5 s; redis-py 8 also defaults its socket read timeout to
+    # 5 s, so an idle websocket's receive loop died with "Timeout reading from ...". Give the
+    # socket more time than the blocking pop.
+    return {"BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}]}}
+
+
+CHANNEL_LAYERS = {"default": channel_layer(env.REDIS_URL)}
 
 # Celery: the two queues are declared once here; routing lives here, not at call sites.
 CELERY_BROKER_URL = env.REDIS_URL

@@ -10,6 +10,4 @@ NEXUS_DATA_DIR = env.NEXUS_DATA_DIR / "test"
 MEDIA_ROOT = NEXUS_DATA_DIR / "media"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_BROKER_URL = env.TEST_REDIS_URL
-CHANNEL_LAYERS = {
-    "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [env.TEST_REDIS_URL]}}
-}
+CHANNEL_LAYERS = {"default": channel_layer(env.TEST_REDIS_URL)}  # noqa: F405

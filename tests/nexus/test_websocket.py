@@ -164,3 +164,19 @@ def test_outsider_cannot_follow_anothers_dataset_processing(user, base_model):
         assert not connected
 
     async_to_sync(scenario)()
+
+
+def test_an_idle_websocket_stays_open_longer_than_the_redis_read_timeout(user, base_model):
+    job = make_job(user, base_model)
+    headers = _headers(user)
+
+    async def scenario():
+        comm = WebsocketCommunicator(_app(), f"/ws/finetune/training/{job.pk}/", headers=headers)
+        assert (await comm.connect())[0]
+        assert await comm.receive_nothing(timeout=12, interval=0.5)  # a slow training step
+        await sync_to_async(record_event)(job, "after a quiet while")
+        event = await comm.receive_json_from(timeout=10)
+        assert event["message"] == "after a quiet while"
+        await comm.disconnect()
+
+    async_to_sync(scenario)()
