@@ -21,7 +21,6 @@ from datasets_app.engine.readers import DatasetFileError, read_raw_records
 
 FORMATS = ("alpaca", "sharegpt", "chatml", "completion")
 FORMAT_CHOICES = ("auto", *FORMATS)
-SUPPORTED_FORMATS = FORMATS
 DETECT_SAMPLE = 500
 
 ROLE_ALIASES = {
@@ -264,6 +263,3 @@ def parse_dataset_file(path: str | Path, *, format: str = "auto", name: str | No
         )
     return result
 
-
-def dumps_record(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False)
