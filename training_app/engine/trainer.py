@@ -66,6 +66,21 @@ def device_summary() -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def compute_dtype_for(config: JobConfig) -> tuple[str, str | None]:
+    """The QLoRA compute dtype to use here, and a message when the requested one is not used."""
+    import torch
+
+    wanted = config.qlora.compute_dtype
+    if wanted == "float32":
+        return wanted, None
+    if not torch.cuda.is_available():
+        return "float32", (f"{wanted} compute is not supported at speed on this CPU; QLoRA computes in float32 "
+                           "(the weights stay 4-bit NF4)")
+    if wanted == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "float16", "this GPU has no bfloat16; QLoRA computes in float16"
+    return wanted, None
+
+
 def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -82,7 +97,7 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
             load_in_4bit=True,
             bnb_4bit_quant_type=config.qlora.quant_type,
             bnb_4bit_use_double_quant=config.qlora.double_quant,
-            bnb_4bit_compute_dtype=getattr(torch, config.qlora.compute_dtype),
+            bnb_4bit_compute_dtype=getattr(torch, compute_dtype_for(config)[0]),
         )
     elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         kwargs["dtype"] = torch.bfloat16
@@ -123,6 +138,12 @@ def train(
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(tc.seed)
     hooks.log(f"Loading base model from {model_dir} on {device_summary()}")
+    if config.qlora.enabled:
+        dtype, note = compute_dtype_for(config)
+        hooks.log(f"QLoRA: 4-bit {config.qlora.quant_type}{' with double quantization' if config.qlora.double_quant else ''}, "
+                  f"{dtype} compute")
+        if note:
+            hooks.log(note, "warning")
     model, tokenizer = load_model_for_training(model_dir, config)
     trainable, total = model.get_nb_trainable_parameters()
     hooks.log(f"LoRA r={config.lora.r} alpha={config.lora.lora_alpha}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
