@@ -49,10 +49,14 @@ def storage_delete_prefix(prefix: str) -> None:
 def local_path(name: str) -> Iterator[Path]:
     """A local filesystem path for a stored file or folder (a temporary copy for remote storage)."""
     try:
-        yield Path(default_storage.path(name))
+        local = Path(default_storage.path(name))
+    except NotImplementedError:  # remote storage has no local path
+        local = None
+    if local is not None:
+        # yield outside the try: an error raised by the caller's block must not be taken for
+        # "remote storage" and make the context manager yield a second time
+        yield local
         return
-    except NotImplementedError:
-        pass
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / Path(name).name
         with default_storage.open(name, "rb") as src, target.open("wb") as dst:
