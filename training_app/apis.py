@@ -27,6 +27,7 @@ from training_app.services import (
     training_job_create,
     training_job_checkpoint_to_adapter,
     training_job_pause,
+    training_job_request_checkpoint,
     training_job_resume,
 )
 
@@ -35,13 +36,15 @@ class JobOutputSerializer(serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id")
     base_model = serializers.CharField(source="base_model.name")
     dataset_id = serializers.IntegerField()
+    eval_dataset_id = serializers.IntegerField(allow_null=True)
     adapter_id = serializers.SerializerMethodField()
 
     class Meta:
         model = FineTuningJob
         fields = ["id", "team", "name", "description", "base_model", "dataset_id", "lora_config", "training_config",
                   "qlora_config", "status", "progress", "current_step", "total_steps", "current_epoch", "current_loss",
-                  "best_loss", "tokens_per_second", "metrics", "adapter_id", "error", "cancel_requested", "pause_requested",
+                  "best_loss", "current_eval_loss", "best_eval_loss", "best_checkpoint_step", "tokens_per_second", "metrics",
+                  "adapter_id", "error", "cancel_requested", "pause_requested", "checkpoint_requested", "eval_dataset_id",
                   "created_at", "updated_at", "started_at", "finished_at"]
 
     def get_adapter_id(self, job: FineTuningJob) -> int | None:
@@ -64,6 +67,8 @@ class JobListCreateApi(APIView):
         description = serializers.CharField(required=False, allow_blank=True, default="")
         base_model = serializers.CharField(help_text="Catalog name or id")
         dataset_id = serializers.IntegerField()
+        eval_dataset_id = serializers.IntegerField(required=False, allow_null=True,
+                                                   help_text="validation data (e.g. the val split); or training_config.validation_split")
         lora_config = serializers.JSONField(required=False, default=dict)
         training_config = serializers.JSONField(required=False, default=dict)
         qlora_config = serializers.JSONField(required=False, default=dict)
@@ -85,7 +90,7 @@ class JobListCreateApi(APIView):
         job = training_job_create(team=team, user=request.user, name=v["name"], description=v["description"],
                                   base_model=v["base_model"], dataset_id=v["dataset_id"], lora_config=v["lora_config"],
                                   training_config=v["training_config"], qlora_config=v["qlora_config"],
-                                  preset=v.get("preset"))
+                                  preset=v.get("preset"), eval_dataset_id=v.get("eval_dataset_id"))
         return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
 
 
@@ -185,9 +190,17 @@ class JobPauseApi(APIView):
 
 class JobResumeApi(APIView):
     @extend_schema(request=None, responses={202: JobOutputSerializer},
-                   description="Resume a paused job from its last checkpoint.")
+                   description="Resume a paused job from its last checkpoint, or withdraw a pause that has not taken effect yet.")
     def post(self, request, job_id: int):
         job = training_job_resume(job=training_job_get(user=request.user, pk=job_id, write=True))
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobCheckpointRequestApi(APIView):
+    @extend_schema(request=None, responses={202: JobOutputSerializer},
+                   description="Save a checkpoint (adapter, optimizer, scheduler, RNG) after the current step.")
+    def post(self, request, job_id: int):
+        job = training_job_request_checkpoint(job=training_job_get(user=request.user, pk=job_id, write=True))
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -24,13 +24,18 @@ def default_qlora_config() -> dict:
 class FineTuningJob(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
+        PREPARING = "preparing", "Preparing"  # loading the model, encoding the data
+        TRAINING = "training", "Training"
+        EVALUATING = "evaluating", "Evaluating"  # validation loss on the held-out data
+        EXPORTING = "exporting", "Exporting"  # saving the adapter
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
         PAUSED = "paused", "Paused"
 
-    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.PAUSED)
+    # a worker holds the job in any of these; the reaper looks for them when a worker is gone
+    RUNNING = (Status.PREPARING, Status.TRAINING, Status.EVALUATING, Status.EXPORTING)
+    ACTIVE = (Status.QUEUED, *RUNNING, Status.PAUSED)
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="finetuning_jobs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -38,6 +43,8 @@ class FineTuningJob(models.Model):
     description = models.TextField(blank=True)
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="finetuning_jobs")
     dataset = models.ForeignKey("datasets_app.Dataset", on_delete=models.PROTECT, related_name="finetuning_jobs")
+    eval_dataset = models.ForeignKey("datasets_app.Dataset", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="evaluating_jobs", help_text="validation data (else a held-out split)")
     lora_config = models.JSONField(default=default_lora_config)
     training_config = models.JSONField(default=default_training_config)
     qlora_config = models.JSONField(default=default_qlora_config)
@@ -48,11 +55,15 @@ class FineTuningJob(models.Model):
     current_epoch = models.FloatField(default=0.0)
     current_loss = models.FloatField(null=True, blank=True)
     best_loss = models.FloatField(null=True, blank=True)
+    current_eval_loss = models.FloatField(null=True, blank=True)
+    best_eval_loss = models.FloatField(null=True, blank=True)
+    best_checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     pause_requested = models.BooleanField(default=False)
+    checkpoint_requested = models.BooleanField(default=False)
     worker = models.CharField(max_length=255, blank=True)
     output_dir = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -69,6 +80,10 @@ class FineTuningJob(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+    @property
+    def is_running(self) -> bool:
+        return self.status in self.RUNNING
 
 
 class TrainingPreset(models.Model):

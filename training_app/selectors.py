@@ -21,14 +21,20 @@ def training_job_events(*, job: FineTuningJob, after: int = 0, limit: int | None
     return job_events_after(kind=JobEvent.Kind.TRAINING, job_id=job.pk, after=after, limit=limit)
 
 
-def training_job_loss_curve(*, job: FineTuningJob) -> list[dict]:
-    """One point per step: after a resume from a checkpoint, steps trained again replace the old ones."""
-    points: list[dict] = []
+def training_job_curves(*, job: FineTuningJob) -> dict[str, list[dict]]:
+    """Training loss per step and validation loss per evaluation, one point per step: after a
+    resume from a checkpoint, steps trained again replace the old ones."""
+    curves: dict[str, list[dict]] = {"train": [], "eval": []}
     for e in JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk, type=JobEvent.Type.METRIC).order_by("seq"):
+        points = curves["eval" if "eval_loss" in e.data else "train"]
         while points and points[-1]["step"] >= e.data["step"]:
             points.pop()
         points.append(e.data)
-    return points
+    return curves
+
+
+def training_job_loss_curve(*, job: FineTuningJob) -> list[dict]:
+    return training_job_curves(job=job)["train"]
 
 
 def preset_list(*, user) -> list[dict]:
@@ -52,15 +58,18 @@ def measured_throughput(*, model) -> tuple[float | None, list[int]]:
 
 
 def training_job_metrics(*, job: FineTuningJob) -> dict:
-    """Per-step metrics with an ETA from the recent step time."""
-    points = training_job_loss_curve(job=job)
+    """Per-step metrics and validation losses, with an ETA from the recent step time."""
+    curves = training_job_curves(job=job)
+    points = curves["train"]
     eta = None
-    if points and job.status == FineTuningJob.Status.RUNNING:
+    if points and job.status in FineTuningJob.RUNNING:
         recent = [p.get("seconds_per_step") for p in points[-10:] if p.get("seconds_per_step")]
         if recent:
             eta = round((job.total_steps - job.current_step) * sum(recent) / len(recent))
     return {"status": job.status, "current_step": job.current_step, "total_steps": job.total_steps,
-            "eta_seconds": eta, "results": points}
+            "eta_seconds": eta, "current_loss": job.current_loss, "current_eval_loss": job.current_eval_loss,
+            "best_eval_loss": job.best_eval_loss, "best_checkpoint_step": job.best_checkpoint_step,
+            "peak_memory_bytes": job.metrics.get("peak_memory_bytes"), "results": points, "eval": curves["eval"]}
 
 
 def training_job_logs(*, job: FineTuningJob, offset: int, limit: int, level: str | None = None) -> dict:
@@ -73,15 +82,24 @@ def training_job_logs(*, job: FineTuningJob, offset: int, limit: int, level: str
 
 
 def training_job_checkpoints(*, job: FineTuningJob) -> list[dict]:
+    """Saved checkpoints, oldest first; `is_best` marks the one with the lowest validation loss."""
+    import json
     from datetime import datetime, timezone as tz
 
     from training_app.engine.trainer import checkpoints
     from training_app.services import training_job_output_dir
 
+    found = checkpoints(training_job_output_dir(job))
+    best = None
+    if found:
+        state = json.loads((found[-1] / "trainer_state.json").read_text())
+        best = state.get("best_model_checkpoint")
+        best = int(str(best).rsplit("-", 1)[-1]) if best else None
     out = []
-    for path in checkpoints(training_job_output_dir(job)):
+    for path in found:
         files = [p for p in path.iterdir() if p.is_file()]
-        out.append({"step": int(path.name.split("-")[-1]), "size_bytes": sum(p.stat().st_size for p in files),
+        step = int(path.name.split("-")[-1])
+        out.append({"step": step, "size_bytes": sum(p.stat().st_size for p in files),
                     "created_at": datetime.fromtimestamp(path.stat().st_mtime, tz=tz.utc).isoformat(),
-                    "has_optimizer_state": (path / "optimizer.pt").is_file()})
+                    "has_optimizer_state": (path / "optimizer.pt").is_file(), "is_best": step == best})
     return out

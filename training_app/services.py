@@ -14,6 +14,7 @@ from django.utils import timezone
 from datasets_app.models import Dataset
 from datasets_app.selectors import dataset_get
 from datasets_app.services import dataset_load_records
+from nexus.control import control_clear, control_receive, control_send
 from nexus.errors import NexusError
 from nexus.events import job_event_record
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
@@ -22,6 +23,8 @@ from training_app.engine.config import ConfigError, parse_job_config
 from training_app.models import FineTuningJob
 
 STALE_AFTER_SECONDS = 15 * 60
+DB_POLL_SECONDS = 5.0  # the worker re-reads the job's row this often, in case a control message was lost
+RUNNING = FineTuningJob.RUNNING
 
 
 def _event(job_id: int, message: str, level: str = "info", type: str = JobEvent.Type.LOG, data: dict | None = None) -> None:
@@ -30,6 +33,11 @@ def _event(job_id: int, message: str, level: str = "info", type: str = JobEvent.
 
 def _status_event(job_id: int, status: str, message: str, level: str = "info") -> None:
     _event(job_id, message, level=level, type=JobEvent.Type.STATUS, data={"status": status})
+
+
+def _control(job_id: int, command: str) -> None:
+    # after commit: the worker must find the row's flag set when the signal reaches it
+    transaction.on_commit(lambda: control_send(kind=JobEvent.Kind.TRAINING, job_id=job_id, command=command))
 
 
 def _resolve_base_model(value: Any) -> BaseModel:
@@ -119,6 +127,7 @@ def training_job_create(
     training_config: dict | None = None,
     qlora_config: dict | None = None,
     preset: Any = None,
+    eval_dataset_id: int | None = None,
 ) -> FineTuningJob:
     lora_config, training_config, qlora_config = _with_preset(user, preset, lora_config, training_config, qlora_config)
     try:
@@ -128,15 +137,26 @@ def training_job_create(
     model = _resolve_base_model(base_model)
     config, _ = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
                                      qlora_config=qlora_config)
-    dataset = dataset_get(user=user, pk=dataset_id)
-    if dataset.team_id != team.pk:
-        raise NexusError("dataset_id: the dataset belongs to another team", code="validation_error",
-                         details={"dataset_id": "belongs to another team"})
-    if dataset.status != Dataset.Status.READY:
-        raise NexusError(f"dataset_id: dataset '{dataset.name}' is not ready (status: {dataset.status})",
-                         code="dataset_not_ready", details={"dataset_id": dataset.status})
+    dataset = _usable_dataset(user=user, team=team, pk=dataset_id, field="dataset_id")
+    eval_dataset = _usable_dataset(user=user, team=team, pk=eval_dataset_id, field="eval_dataset_id") \
+        if eval_dataset_id else None
+    tc = config.training
+    if eval_dataset is not None and tc.validation_split:
+        raise NexusError("eval_dataset_id: give either a validation dataset or training_config.validation_split, not both",
+                         code="validation_error", details={"eval_dataset_id": "conflicts with validation_split"})
+    if eval_dataset is not None and eval_dataset.pk == dataset.pk:
+        raise NexusError("eval_dataset_id: the validation dataset must not be the training dataset", code="validation_error",
+                         details={"eval_dataset_id": "same as dataset_id"})
+    if tc.early_stopping_patience and eval_dataset is None and not tc.validation_split:
+        message = ("training_config.early_stopping_patience: early stopping needs validation data (eval_dataset_id or "
+                   "training_config.validation_split)")
+        raise NexusError(message, code="validation_error", details={"training_config.early_stopping_patience": message})
+    if tc.early_stopping_patience and not tc.load_best_model_at_end:
+        message = ("training_config.early_stopping_patience: early stopping keeps the best checkpoint, so it needs "
+                   "training_config.load_best_model_at_end")
+        raise NexusError(message, code="validation_error", details={"training_config.early_stopping_patience": message})
     job = FineTuningJob(team=team, created_by=user, name=name.strip(), description=description, base_model=model,
-                        dataset=dataset, **config.as_dicts())
+                        dataset=dataset, eval_dataset=eval_dataset, **config.as_dicts())
     job.full_clean()
     job.save()
     _status_event(job.pk, "queued", f"Queued: {model.name} on '{dataset.name}' ({dataset.num_examples} examples)")
@@ -147,6 +167,17 @@ def training_job_create(
     return job
 
 
+def _usable_dataset(*, user, team: Team, pk: int, field: str) -> Dataset:
+    dataset = dataset_get(user=user, pk=pk)
+    if dataset.team_id != team.pk:
+        raise NexusError(f"{field}: the dataset belongs to another team", code="validation_error",
+                         details={field: "belongs to another team"})
+    if dataset.status != Dataset.Status.READY:
+        raise NexusError(f"{field}: dataset '{dataset.name}' is not ready (status: {dataset.status})",
+                         code="dataset_not_ready", details={field: dataset.status})
+    return dataset
+
+
 @transaction.atomic
 def training_job_pause(*, job: FineTuningJob) -> FineTuningJob:
     """Running: the trainer saves a checkpoint after the current step and stops. Queued: paused at once."""
@@ -155,21 +186,29 @@ def training_job_pause(*, job: FineTuningJob) -> FineTuningJob:
         job.status = FineTuningJob.Status.PAUSED
         job.save(update_fields=["status", "updated_at"])
         _status_event(job.pk, "paused", "Paused before it started")
-    elif job.status == FineTuningJob.Status.RUNNING and not job.pause_requested:
+    elif job.status in RUNNING and not job.pause_requested:
         job.pause_requested = True
         job.save(update_fields=["pause_requested", "updated_at"])
         _event(job.pk, "Pause requested; the trainer saves a checkpoint after the current step", level="warning")
-    elif job.status != FineTuningJob.Status.RUNNING:
+        _control(job.pk, "pause")
+    elif job.status not in RUNNING:
         raise NexusError(f"A {job.status} job cannot be paused.", code="invalid_state", status_code=409)
     return job
 
 
 @transaction.atomic
 def training_job_resume(*, job: FineTuningJob) -> FineTuningJob:
-    """paused -> queued; the worker continues from the last checkpoint."""
+    """paused -> queued; the worker continues from the last checkpoint. A running job whose pause
+    has not taken effect yet keeps training (the request is withdrawn)."""
     from training_app.tasks import run_training_job
 
     job = FineTuningJob.objects.select_for_update().get(pk=job.pk)
+    if job.status in RUNNING and job.pause_requested:
+        job.pause_requested = False
+        job.save(update_fields=["pause_requested", "updated_at"])
+        _event(job.pk, "Pause withdrawn; training continues")
+        _control(job.pk, "resume")
+        return job
     if job.status != FineTuningJob.Status.PAUSED:
         raise NexusError(f"Only a paused job can be resumed; this one is {job.status}.", code="invalid_state", status_code=409)
     job.status = FineTuningJob.Status.QUEUED
@@ -190,10 +229,26 @@ def training_job_cancel(*, job: FineTuningJob) -> FineTuningJob:
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "cancel_requested", "finished_at", "updated_at"])
         _status_event(job.pk, "cancelled", "Cancelled before it (re)started")
-    elif job.status == FineTuningJob.Status.RUNNING and not job.cancel_requested:
+    elif job.status in RUNNING and not job.cancel_requested:
         job.cancel_requested = True
         job.save(update_fields=["cancel_requested", "updated_at"])
         _event(job.pk, "Cancel requested; the trainer stops after the current step", level="warning")
+        _control(job.pk, "stop")
+    return job
+
+
+@transaction.atomic
+def training_job_request_checkpoint(*, job: FineTuningJob) -> FineTuningJob:
+    """A training job saves a checkpoint (adapter, optimizer, scheduler, RNG) after the current step."""
+    job = FineTuningJob.objects.select_for_update().get(pk=job.pk)
+    if job.status not in RUNNING or job.cancel_requested:
+        raise NexusError(f"Only a running job can save a checkpoint on request; this one is {job.status}.",
+                         code="invalid_state", status_code=409)
+    if not job.checkpoint_requested:
+        job.checkpoint_requested = True
+        job.save(update_fields=["checkpoint_requested", "updated_at"])
+        _event(job.pk, "Checkpoint requested; the trainer saves one after the current step")
+        _control(job.pk, "checkpoint")
     return job
 
 
@@ -256,30 +311,51 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
 
 
 def training_job_claim(*, job_id: int, worker: str) -> bool:
-    """queued -> running; a duplicate delivery finds nothing to claim."""
-    return bool(
+    """queued -> preparing; a duplicate delivery finds nothing to claim."""
+    claimed = bool(
         FineTuningJob.objects.filter(pk=job_id, status=FineTuningJob.Status.QUEUED, cancel_requested=False).update(
-            status=FineTuningJob.Status.RUNNING, pause_requested=False, started_at=timezone.now(), updated_at=timezone.now(),
-            worker=worker,
+            status=FineTuningJob.Status.PREPARING, pause_requested=False, checkpoint_requested=False,
+            started_at=timezone.now(), updated_at=timezone.now(), worker=worker,
         )
     )
+    if claimed:
+        # signals sent while it waited were answered by the row (pause/cancel of a queued job)
+        control_clear(kind=JobEvent.Kind.TRAINING, job_id=job_id)
+        _status_event(job_id, "preparing", f"Preparing on {worker}: loading the base model and encoding the data")
+    return claimed
 
 
 class _JobHooks:
-    """Bridges engine callbacks to the database (the source of truth) and the job's group."""
+    """Bridges engine callbacks to the database (the source of truth) and the job's group, and
+    reads the job's control channel after every step."""
 
     def __init__(self, job: FineTuningJob):
         self.job = job
+        self._db_polled = 0.0
 
     def log(self, message: str, level: str = "info") -> None:
         _event(self.job.pk, message, level=level)
         # every log line is also a heartbeat for the stale-job reaper
         FineTuningJob.objects.filter(pk=self.job.pk).update(updated_at=timezone.now())
 
-    def on_start(self, *, total_steps: int, num_examples: int) -> None:
+    def on_start(self, *, total_steps: int, num_examples: int, num_eval_examples: int) -> None:
         self.job.total_steps = total_steps
         self.job.save(update_fields=["total_steps", "updated_at"])
-        _status_event(self.job.pk, "running", f"Training started: {total_steps} steps over {num_examples} examples")
+        validation = f" (validation: {num_eval_examples} examples)" if num_eval_examples else ""
+        self._set_status(FineTuningJob.Status.TRAINING, f"Training started: {total_steps} steps over {num_examples} examples{validation}")
+
+    def on_phase(self, phase: str) -> None:
+        messages = {"training": "Training", "evaluating": f"Evaluating: validation loss at step {self.job.current_step}",
+                    "exporting": "Exporting: saving the adapter"}
+        self._set_status(phase, messages[phase])
+
+    def _set_status(self, status: str, message: str) -> None:
+        with transaction.atomic():
+            changed = FineTuningJob.objects.filter(pk=self.job.pk, status__in=RUNNING).exclude(status=status).update(
+                status=status, updated_at=timezone.now())
+            if changed:
+                self.job.status = status
+                _status_event(self.job.pk, status, message)
 
     def on_step(self, metrics: dict[str, Any]) -> None:
         job = self.job
@@ -291,19 +367,58 @@ class _JobHooks:
             job.current_loss = metrics["loss"]
             job.best_loss = metrics["loss"] if job.best_loss is None else min(job.best_loss, metrics["loss"])
             job.tokens_per_second = metrics["tokens_per_second"]
-            job.metrics = {**job.metrics, "last": metrics, "tokens_seen": metrics["tokens_seen"]}
+            peak = max(metrics["peak_memory_bytes"], job.metrics.get("peak_memory_bytes") or 0)
+            job.metrics = {**job.metrics, "last": metrics, "tokens_seen": metrics["tokens_seen"],
+                           "supervised_tokens_seen": metrics["supervised_tokens_seen"], "peak_memory_bytes": peak}
             job.save(update_fields=["current_step", "total_steps", "progress", "current_epoch", "current_loss", "best_loss",
                                     "tokens_per_second", "metrics", "updated_at"])
             _event(job.pk, f"step {metrics['step']}/{metrics['total_steps']} loss {metrics['loss']:.4f} "
                    f"lr {metrics['learning_rate']:.2e} {metrics['tokens_per_second']:.0f} tok/s",
                    type=JobEvent.Type.METRIC, data=metrics)
 
-    def should_stop(self) -> str | None:
-        # Cancel also when the job was ended elsewhere (reaped as stale); pause keeps a checkpoint.
-        row = FineTuningJob.objects.filter(pk=self.job.pk).values("status", "cancel_requested", "pause_requested").first()
-        if row is None or row["status"] != FineTuningJob.Status.RUNNING or row["cancel_requested"]:
-            return "cancel"
-        return "pause" if row["pause_requested"] else None
+    def on_evaluate(self, metrics: dict[str, Any]) -> None:
+        job = self.job
+        with transaction.atomic():
+            job.current_eval_loss = metrics["eval_loss"]
+            job.best_eval_loss = metrics["best_eval_loss"]
+            job.best_checkpoint_step = metrics["best_step"]
+            job.save(update_fields=["current_eval_loss", "best_eval_loss", "best_checkpoint_step", "updated_at"])
+            _event(job.pk, f"step {metrics['step']} validation loss {metrics['eval_loss']:.4f} "
+                   f"(best {metrics['best_eval_loss']:.4f} at step {metrics['best_step']})",
+                   type=JobEvent.Type.METRIC, data=metrics)
+
+    def on_checkpoint(self, step: int, *, reason: str) -> None:
+        why = {"request": " on request", "pause": " to pause"}.get(reason, "")
+        with transaction.atomic():
+            if reason == "request":
+                FineTuningJob.objects.filter(pk=self.job.pk).update(checkpoint_requested=False)
+            _event(self.job.pk, f"Checkpoint saved at step {step}{why}", data={"checkpoint_step": step, "reason": reason})
+
+    def poll(self) -> set[str]:
+        """Commands for this step: the Redis channel every step, the row every few seconds (or
+        whenever Redis cannot be reached). The row wins: a job ended elsewhere (reaped) stops."""
+        import time
+
+        commands: set[str] = set()
+        received = control_receive(kind=JobEvent.Kind.TRAINING, job_id=self.job.pk)
+        for command in received or []:
+            if command == "resume":
+                commands.discard("pause")
+            else:
+                commands.add(command)
+        if received is None or time.monotonic() - self._db_polled >= DB_POLL_SECONDS or commands:
+            self._db_polled = time.monotonic()
+            row = FineTuningJob.objects.filter(pk=self.job.pk).values(
+                "status", "cancel_requested", "pause_requested", "checkpoint_requested").first()
+            if row is None or row["status"] not in RUNNING or row["cancel_requested"]:
+                return {"stop"}
+            # the row decides pause (a withdrawn pause may still be on the channel), and adds lost signals
+            commands.discard("pause")
+            if row["pause_requested"]:
+                commands.add("pause")
+            if row["checkpoint_requested"]:
+                commands.add("checkpoint")
+        return commands
 
 
 def training_job_output_dir(job: FineTuningJob) -> Path:
@@ -311,38 +426,43 @@ def training_job_output_dir(job: FineTuningJob) -> Path:
 
 
 def training_job_run(*, job_id: int) -> FineTuningJob:
-    """Train a claimed job to the end; records completed / cancelled / failed with its logs kept."""
+    """Train a claimed job to the end; records completed / paused / cancelled / failed with its logs kept."""
     from adapters_app.services import adapter_create_from_job
     from training_app.engine.trainer import train
 
-    job = FineTuningJob.objects.select_related("base_model", "dataset", "team").get(pk=job_id)
+    job = FineTuningJob.objects.select_related("base_model", "dataset", "eval_dataset", "team").get(pk=job_id)
     output_dir = training_job_output_dir(job)
     FineTuningJob.objects.filter(pk=job.pk).update(output_dir=str(output_dir))
     try:
         config = parse_job_config(job.lora_config, job.training_config, job.qlora_config)
         records = dataset_load_records(dataset=job.dataset)
-        result = train(model_dir=job.base_model.hf_path, records=records, config=config, output_dir=output_dir,
-                       hooks=_JobHooks(job))
+        eval_records = dataset_load_records(dataset=job.eval_dataset) if job.eval_dataset_id else None
+        result = train(model_dir=job.base_model.hf_path, records=records, eval_records=eval_records, config=config,
+                       output_dir=output_dir, hooks=_JobHooks(job))
         job.refresh_from_db()
         if result.status == "paused":
             with transaction.atomic():
-                if FineTuningJob.objects.filter(pk=job.pk, status=FineTuningJob.Status.RUNNING).update(
+                if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(
                         status=FineTuningJob.Status.PAUSED, pause_requested=False, updated_at=timezone.now()):
                     _status_event(job.pk, "paused", f"Paused at step {result.steps} of {result.total_steps}")
             job.refresh_from_db()
             return job
         if result.status == "cancelled":
-            if job.status != FineTuningJob.Status.RUNNING:
+            if job.status not in RUNNING:
                 return job  # ended elsewhere while training (reaped): keep that outcome
             return _finish(job, FineTuningJob.Status.CANCELLED, f"Cancelled at step {result.steps} of {result.total_steps}")
         adapter = adapter_create_from_job(job=job, adapter_dir=result.adapter_dir, final_loss=result.final_loss)
         job.metrics = {**job.metrics, "train_runtime_s": round(result.runtime_s, 2), "tokens_seen": result.tokens_seen,
-                       "config": asdict(config.training)}
+                       "supervised_tokens_seen": result.supervised_tokens,
+                       "peak_memory_bytes": max(result.peak_memory_bytes, job.metrics.get("peak_memory_bytes") or 0),
+                       "best_eval_loss": result.best_eval_loss, "best_step": result.best_step,
+                       "stopped_early": result.stopped_early, "config": asdict(config.training)}
         job.save(update_fields=["metrics", "updated_at"])
         _event(job.pk, f"Adapter '{adapter.name}' v{adapter.version} saved ({adapter.size_bytes / 1e6:.1f} MB)",
                data={"adapter_id": adapter.pk})
+        early = " (stopped early)" if result.stopped_early else ""
         return _finish(job, FineTuningJob.Status.COMPLETED,
-                       f"Completed {result.steps} steps in {result.runtime_s:.0f}s; final loss {result.final_loss:.4f}")
+                       f"Completed {result.steps} steps in {result.runtime_s:.0f}s{early}; final loss {result.final_loss:.4f}")
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job with its traceback
         _event(job.pk, traceback.format_exc(), level="error")
         return training_job_fail(job_id=job.pk, error=f"{type(exc).__name__}: {exc}")
@@ -354,7 +474,7 @@ def _finish(job: FineTuningJob, status: str, message: str) -> FineTuningJob:
         fields = {"status": status, "finished_at": timezone.now(), "updated_at": timezone.now()}
         if status == FineTuningJob.Status.COMPLETED:
             fields["progress"] = 100.0
-        if FineTuningJob.objects.filter(pk=job.pk, status=FineTuningJob.Status.RUNNING).update(**fields):
+        if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(**fields):
             _status_event(job.pk, status, message, level="info" if status == FineTuningJob.Status.COMPLETED else "warning")
     job.refresh_from_db()
     return job
@@ -387,7 +507,7 @@ def training_jobs_requeue() -> list[int]:
 def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_AFTER_SECONDS) -> list[int]:
     """Jobs whose worker is gone (those of a restarting `worker`, or silent for too long) resume from
     their last checkpoint, or fail visibly when they have none."""
-    qs = FineTuningJob.objects.filter(status=FineTuningJob.Status.RUNNING)
+    qs = FineTuningJob.objects.filter(status__in=RUNNING)
     if worker:
         qs = qs.filter(worker=worker)
     else:
@@ -400,7 +520,7 @@ def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_
         checkpoint = latest_checkpoint(training_job_output_dir(job))
         if checkpoint is not None:
             with transaction.atomic():
-                if FineTuningJob.objects.filter(pk=job.pk, status=FineTuningJob.Status.RUNNING).update(
+                if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(
                         status=FineTuningJob.Status.QUEUED, updated_at=timezone.now()):
                     _status_event(job.pk, "queued", f"The worker running this job stopped; resuming from the checkpoint "
                                                     f"at step {checkpoint.name.split('-')[-1]}", level="warning")

@@ -16,10 +16,16 @@ from training_app.selectors import (
     training_job_events,
     training_job_get,
     training_job_list,
-    training_job_loss_curve,
+    training_job_curves,
     training_job_metrics,
 )
-from training_app.services import training_job_cancel, training_job_create, training_job_pause, training_job_resume
+from training_app.services import (
+    training_job_cancel,
+    training_job_create,
+    training_job_pause,
+    training_job_request_checkpoint,
+    training_job_resume,
+)
 
 _LORA, _TRAIN = LoRAConfig(), TrainingConfig()
 
@@ -82,47 +88,66 @@ def job_new_page(request):
 @login_required
 def job_detail_page(request, job_id: int):
     job = training_job_get(user=request.user, pk=job_id)
+    eta = training_job_metrics(job=job)["eta_seconds"]
     if request.htmx:
-        return render(request, "training/_summary.html", {"job": job})
+        return render(request, "training/_summary.html", {"job": job, "eta": eta})
     events = training_job_events(job=job)
     return render(request, "training/detail.html", {
         "job": job,
         "checkpoints": training_job_checkpoints(job=job),
-        "eta": training_job_metrics(job=job)["eta_seconds"],
+        "eta": eta,
         "events": events,
         "last_seq": events[-1].seq if events else 0,
-        "loss_curve": training_job_loss_curve(job=job),
+        "curves": training_job_curves(job=job),
     })
+
+
+@login_required
+def job_checkpoints_partial(request, job_id: int):
+    job = training_job_get(user=request.user, pk=job_id)
+    return render(request, "training/_checkpoints.html", {"job": job, "checkpoints": training_job_checkpoints(job=job)})
 
 
 @require_POST
 @login_required
 def job_cancel_page(request, job_id: int):
-    training_job_cancel(job=training_job_get(user=request.user, pk=job_id, write=True))
-    return redirect("job-detail", job_id=job_id)
+    return _control(request, job_id, training_job_cancel)
 
 
 @require_POST
 @login_required
 def job_pause_page(request, job_id: int):
-    _control(request, job_id, training_job_pause)
-    return redirect("job-detail", job_id=job_id)
+    return _control(request, job_id, training_job_pause)
 
 
 @require_POST
 @login_required
 def job_resume_page(request, job_id: int):
-    _control(request, job_id, training_job_resume)
-    return redirect("job-detail", job_id=job_id)
+    return _control(request, job_id, training_job_resume)
 
 
-def _control(request, job_id: int, action) -> None:  # noqa: ANN001
+@require_POST
+@login_required
+def job_checkpoint_page(request, job_id: int):
+    return _control(request, job_id, training_job_request_checkpoint)
+
+
+def _control(request, job_id: int, action):  # noqa: ANN001
+    """Stop, pause, resume or checkpoint; htmx gets the summary back, a plain form a redirect."""
     from django.contrib import messages
 
+    job = training_job_get(user=request.user, pk=job_id, write=True)
+    error = None
     try:
-        action(job=training_job_get(user=request.user, pk=job_id, write=True))
+        job = action(job=job)
     except NexusError as exc:
-        messages.error(request, exc.message)
+        error = exc.message
+    if request.htmx:
+        return render(request, "training/_summary.html",
+                      {"job": job, "eta": training_job_metrics(job=job)["eta_seconds"], "control_error": error})
+    if error:
+        messages.error(request, error)
+    return redirect("job-detail", job_id=job_id)
 
 
 @login_required

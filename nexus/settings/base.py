@@ -128,6 +128,8 @@ def channel_layer(url: str) -> dict:
 
 
 CHANNEL_LAYERS = {"default": channel_layer(env.REDIS_URL)}
+# Per-job control channels (stop, pause, resume, checkpoint) that running jobs read every step.
+NEXUS_CONTROL_REDIS_URL = env.REDIS_URL
 
 # Celery: the two queues are declared once here; routing lives here, not at call sites.
 CELERY_BROKER_URL = env.REDIS_URL

@@ -11,3 +11,4 @@ MEDIA_ROOT = NEXUS_DATA_DIR / "media"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_BROKER_URL = env.TEST_REDIS_URL
 CHANNEL_LAYERS = {"default": channel_layer(env.TEST_REDIS_URL)}  # noqa: F405
+NEXUS_CONTROL_REDIS_URL = env.TEST_REDIS_URL

@@ -7,10 +7,11 @@
   let lastSeq = parseInt(cfg.dataset.lastSeq || "0", 10);
   const log = document.getElementById("job-log");
   const wsState = document.getElementById("ws-state");
-  const points = JSON.parse(document.getElementById("loss-curve-data").textContent);
+  const curves = JSON.parse(document.getElementById("loss-curve-data").textContent);
+  const ENDED = ["completed", "failed", "cancelled", "paused"];
   let chart = null;
   const initial = document.getElementById("job-status");
-  let finished = !!initial && ["completed", "failed", "cancelled", "paused"].includes(initial.textContent.trim());
+  let finished = !!initial && ENDED.includes(initial.textContent.trim());
 
   function setState(s, text) { wsState.dataset.state = s; wsState.textContent = text; }
 
@@ -19,7 +20,9 @@
     chart = new Chart(document.getElementById("loss-chart"), {
       type: "line",
       data: { datasets: [
-        { label: "training loss", data: points.map(p => ({ x: p.step, y: p.loss })), borderColor: "#4f7cff", tension: 0.2, pointRadius: 2 },
+        { label: "training loss", data: curves.train.map(p => ({ x: p.step, y: p.loss })), borderColor: "#4f7cff", tension: 0.2, pointRadius: 2 },
+        { label: "validation loss", data: curves.eval.map(p => ({ x: p.step, y: p.eval_loss })), borderColor: "#e8833a",
+          backgroundColor: "#e8833a", tension: 0.2, pointRadius: 4, hidden: false },
       ] },
       options: { animation: false, maintainAspectRatio: false, parsing: false,
                  scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "loss" } } } },
@@ -42,20 +45,31 @@
 
   let lastHeard = Date.now();
 
+  function plot(series, x, y) {
+    drawChart();
+    if (!chart) return;
+    const data = chart.data.datasets[series].data;
+    while (data.length && data[data.length - 1].x >= x) data.pop();  // resumed from a checkpoint
+    data.push({ x: x, y: y });
+    chart.update("none");
+  }
+
+  function setText(id, text) { const el = document.getElementById(id); if (el) el.textContent = text; }
+
   function handle(e) {
     lastHeard = Date.now();
     if (e.seq <= lastSeq) return;  // already shown
     lastSeq = e.seq;
     appendLog(e);
-    if (e.type === "metric") {
+    if (e.type === "metric" && e.data.eval_loss !== undefined) {
+      plot(1, e.data.step, e.data.eval_loss);
+      setText("job-eval-loss", e.data.eval_loss.toFixed(4));
+      setText("job-best-eval", e.data.best_eval_loss.toFixed(4));
+    } else if (e.type === "metric") {
       const m = e.data;
-      drawChart();
-      if (chart) {
-        const data = chart.data.datasets[0].data;
-        while (data.length && data[data.length - 1].x >= m.step) data.pop();  // resumed from a checkpoint
-        data.push({ x: m.step, y: m.loss });
-        chart.update("none");
-      }
+      plot(0, m.step, m.loss);
+      setText("job-lr", m.learning_rate.toExponential(2));
+      if (m.seconds_per_step && m.total_steps) setText("job-eta", `${Math.round((m.total_steps - m.step) * m.seconds_per_step)} s`);
       const progress = document.getElementById("job-progress");
       if (progress && m.total_steps) progress.value = (100 * m.step) / m.total_steps;
       const steps = document.getElementById("job-steps");
@@ -64,9 +78,12 @@
       if (loss) loss.textContent = m.loss.toFixed(4);
       const tps = document.getElementById("job-tps");
       if (tps) tps.textContent = Math.round(m.tokens_per_second);
+    } else if (e.data && e.data.checkpoint_step !== undefined) {
+      if (window.htmx) htmx.trigger(document.body, "nexus:checkpoint");  // the checkpoints table reloads itself
+      refreshSummary();
     } else if (e.type === "status") {
       refreshSummary();
-      if (["completed", "failed", "cancelled", "paused"].includes(e.data.status)) {
+      if (ENDED.includes(e.data.status)) {
         finished = true;
         if (window.nexusJobSocket) window.nexusJobSocket.close();
       }
@@ -96,6 +113,15 @@
       .then(body => body.results.forEach(handle))
       .catch(() => {});
   }, 5000);
+
+  // Resume on a paused job (or any control) swaps the summary in: follow the job again if it is live.
+  document.body.addEventListener("htmx:afterSwap", () => {
+    const status = document.getElementById("job-status");
+    if (finished && status && !ENDED.includes(status.textContent.trim())) {
+      finished = false;
+      connect(500);
+    }
+  });
 
   window.addEventListener("load", () => {
     drawChart();

@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 from training_app.engine.config import parse_job_config
-from training_app.engine.trainer import train
+from training_app.engine.trainer import NullHooks, train
 
 
-class Hooks:
-    def __init__(self):
-        self.logs, self.steps = [], []
+class Hooks(NullHooks):
+    @property
+    def logs(self):
+        return self.messages
 
-    def log(self, message, level="info"):
-        self.logs.append((level, message))
-
-    def on_start(self, **kw):
-        pass
-
-    def on_step(self, metrics):
-        self.steps.append(metrics)
-
-    def should_stop(self):
-        return None
+    @property
+    def steps(self):
+        return self.metrics
 
 
 def test_qlora_trains_a_4bit_model_and_says_which_compute_dtype_it_used(demo_model_files, tmp_path):

@@ -7,6 +7,10 @@ from typing import Any
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# adamw_torch everywhere; the bitsandbytes ones need CUDA and fall back (said in the job's log)
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+PACKING = ("padding_free", "none")
 
 
 class ConfigError(Exception):
@@ -41,7 +45,18 @@ class TrainingConfig:
     logging_steps: int = 1
     gradient_checkpointing: bool = False
     save_steps: int = 0  # checkpoint every N optimizer steps; 0 picks about ten per run (at least every 50)
-    save_total_limit: int = 2  # checkpoints kept (the last ones)
+    save_total_limit: int = 2  # checkpoints kept (the last ones; the best by eval loss is kept as well)
+    # padding_free: each micro-batch's examples are packed into as few rows as its longest one
+    # needs, attention kept within each example; none: right-padded rows
+    packing: str = "padding_free"
+    optim: str = "adamw_torch"
+    precision: str = "auto"  # auto: bf16 where the GPU has it, else fp32 (fp16 only when asked)
+    # validation: a held-out fraction of the dataset, or a separate dataset given with the job
+    validation_split: float = 0.0
+    eval_steps: int = 0  # evaluate every N optimizer steps; 0: at every checkpoint
+    early_stopping_patience: int = 0  # stop after N evaluations without improvement; 0: off
+    early_stopping_threshold: float = 0.0  # an improvement must lower eval loss by more than this
+    load_best_model_at_end: bool = True  # with validation: the adapter is the best checkpoint's
 
 
 @dataclass
@@ -139,6 +154,18 @@ def parse_job_config(lora: Any = None, training: Any = None, qlora: Any = None) 
     _check(errors, "training_config.save_steps", tc.save_steps >= 0, "must be 0 (automatic) or a positive number of steps")
     _check(errors, "training_config.save_total_limit", 1 <= tc.save_total_limit <= 100, "must be between 1 and 100")
 
+    _check(errors, "training_config.packing", tc.packing in PACKING, f"must be one of {', '.join(PACKING)}")
+    _check(errors, "training_config.optim", tc.optim in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}")
+    _check(errors, "training_config.precision", tc.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")
+    _check(errors, "training_config.validation_split", 0 <= tc.validation_split <= 0.5, "must be in [0, 0.5]")
+    _check(errors, "training_config.eval_steps", tc.eval_steps >= 0, "must be 0 (at every checkpoint) or a positive number of steps")
+    _check(errors, "training_config.early_stopping_patience", 0 <= tc.early_stopping_patience <= 1000,
+           "must be 0 (off) or a number of evaluations up to 1000")
+    _check(errors, "training_config.early_stopping_threshold", tc.early_stopping_threshold >= 0, "must be 0 or more")
+    if tc.save_steps and tc.eval_steps and tc.load_best_model_at_end:
+        _check(errors, "training_config.save_steps", tc.save_steps % tc.eval_steps == 0,
+               f"must be a multiple of eval_steps ({tc.eval_steps}) so that the best evaluated step has a checkpoint "
+               "(or set load_best_model_at_end to false)")
     _check(errors, "qlora_config.bits", qc.bits == 4, "only 4-bit quantization is supported")
     _check(errors, "qlora_config.quant_type", qc.quant_type in ("nf4", "fp4"), "must be nf4 or fp4")
     _check(errors, "qlora_config.compute_dtype", qc.compute_dtype in COMPUTE_DTYPES, f"must be one of {', '.join(COMPUTE_DTYPES)}")

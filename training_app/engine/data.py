@@ -72,6 +72,17 @@ def encode_records(tokenizer: Any, records: Iterable[dict], max_seq_length: int)
     return examples, skipped
 
 
+def _extras(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+    """Counts the trainer reads and removes before the forward pass: real tokens and supervised ones."""
+    import torch
+
+    return {"num_tokens": torch.tensor(sum(len(x["input_ids"]) for x in batch)),
+            "num_supervised": torch.tensor(sum(sum(1 for t in x["labels"][1:] if t != IGNORE_INDEX) for x in batch))}
+
+
+COUNT_KEYS = ("num_tokens", "num_supervised")
+
+
 class PaddingCollator:
     """Right-pads a batch; labels of padding are ignored."""
 
@@ -92,4 +103,76 @@ class PaddingCollator:
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(attention, dtype=torch.long),
+            **_extras(batch),
         }
+
+
+def pack_rows(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: indices grouped into rows no longer than the longest example."""
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, space in enumerate(free):
+            if lengths[i] <= space:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
+
+
+class PackingCollator:
+    """Padding-free packing within a micro-batch: its examples share rows as long as its longest
+    example, each with position ids from 0, and no attention mask, so transformers builds a
+    block-diagonal causal mask (attention never crosses examples). The first label of every
+    example is ignored, so no example learns to predict the next one's start. The same examples
+    make a step as without packing; only the padding is gone."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        lengths = [len(x["input_ids"]) for x in batch]
+        width = max(lengths)
+        input_ids, labels, positions = [], [], []
+        for row in pack_rows(lengths):
+            ids: list[int] = []
+            lab: list[int] = []
+            pos: list[int] = []
+            for i in row:
+                ids += batch[i]["input_ids"]
+                lab += [IGNORE_INDEX] + list(batch[i]["labels"][1:])
+                pos += range(lengths[i])
+            pad = width - len(ids)
+            # the tail is a padding "example" of its own (positions from 0): nothing attends to it
+            input_ids.append(ids + [self.pad_token_id] * pad)
+            labels.append(lab + [IGNORE_INDEX] * pad)
+            positions.append(pos + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+            **_extras(batch),
+        }
+
+
+def make_collator(packing: str, pad_token_id: int) -> PaddingCollator | PackingCollator:
+    return PackingCollator(pad_token_id) if packing == "padding_free" else PaddingCollator(pad_token_id)
+
+
+def split_validation(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded held-out fraction (at least one example, never all of them); the same on every resume."""
+    import random
+
+    if fraction <= 0 or len(examples) < 2:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    k = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
+    held = set(order[:k])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]

@@ -13,14 +13,48 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 from training_app.engine.config import JobConfig
-from training_app.engine.data import PaddingCollator, encode_records
+from training_app.engine.data import encode_records
 
 
 class TrainingHooks(Protocol):
     def log(self, message: str, level: str = "info") -> None: ...
-    def on_start(self, *, total_steps: int, num_examples: int) -> None: ...
+    def on_start(self, *, total_steps: int, num_examples: int, num_eval_examples: int) -> None: ...
+    def on_phase(self, phase: str) -> None: ...  # training | evaluating | exporting
     def on_step(self, metrics: dict[str, Any]) -> None: ...
-    def should_stop(self) -> str | None: ...  # None, "cancel" or "pause"
+    def on_evaluate(self, metrics: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, step: int, *, reason: str) -> None: ...
+    def poll(self) -> set[str]: ...  # control commands since the last poll: stop, pause, checkpoint
+
+
+class NullHooks:
+    """Hooks that only collect metrics (benchmarks, engine tests)."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict] = []
+        self.evaluations: list[dict] = []
+        self.messages: list[tuple[str, str]] = []
+        self.commands: list[set[str]] = []  # what poll() returns, one entry per step (tests script it)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.messages.append((level, message))
+
+    def on_start(self, **kw: Any) -> None:
+        pass
+
+    def on_phase(self, phase: str) -> None:
+        pass
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        self.metrics.append(metrics)
+
+    def on_evaluate(self, metrics: dict[str, Any]) -> None:
+        self.evaluations.append(metrics)
+
+    def on_checkpoint(self, step: int, *, reason: str) -> None:
+        pass
+
+    def poll(self) -> set[str]:
+        return self.commands.pop(0) if self.commands else set()
 
 
 @dataclass
@@ -33,17 +67,57 @@ class TrainResult:
     best_loss: float | None
     runtime_s: float
     tokens_seen: int
+    supervised_tokens: int = 0
+    peak_memory_bytes: int = 0
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
 
 
-def _memory_in_use() -> int:
-    """Peak GPU memory allocated so far, or this process's resident memory on the CPU."""
-    import torch
+class MemoryMeter:
+    """Memory in use and its peak since `reset()`: allocated GPU memory on CUDA; on the CPU the
+    process's resident set, whose high-water mark Linux resets through /proc/self/clear_refs."""
 
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    import psutil
+    def __init__(self) -> None:
+        import torch
 
-    return int(psutil.Process().memory_info().rss)
+        self.cuda = torch.cuda.is_available()
+        self._floor = 0
+
+    def reset(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:  # not Linux, or not allowed: the lifetime peak is the best we have
+            pass
+
+    def current(self) -> int:
+        import torch
+
+        if self.cuda:
+            return int(torch.cuda.memory_allocated())
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+    def peak(self) -> int:
+        import torch
+
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated())
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -81,6 +155,45 @@ def compute_dtype_for(config: JobConfig) -> tuple[str, str | None]:
     return wanted, None
 
 
+def precision_for(config: JobConfig) -> tuple[str, str | None]:
+    """bf16 / fp16 / fp32 for the training loop, and a message when the requested one is not used."""
+    import torch
+
+    wanted = config.training.precision
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if wanted == "auto":
+        return ("bf16" if bf16 else "fp16" if cuda else "fp32"), None
+    if wanted == "fp32":
+        return "fp32", None
+    if not cuda:
+        return "fp32", f"{wanted} training is not supported at speed on this CPU; training in fp32"
+    if wanted == "bf16" and not bf16:
+        return "fp16", f"this GPU ({torch.cuda.get_device_name(0)}) has no bfloat16; training in fp16"
+    return wanted, None
+
+
+def optimizer_for(config: JobConfig) -> tuple[str, str | None]:
+    """The transformers `optim` name for the chosen optimizer, and a message when it falls back.
+    bitsandbytes' 8-bit AdamW runs on CUDA and on the CPU; paging needs CUDA unified memory."""
+    import torch
+
+    wanted = config.training.optim
+    if wanted == "adamw_torch":
+        return "adamw_torch", None
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken install is a reason to fall back, not to fail
+        return "adamw_torch", f"{wanted} needs bitsandbytes, which cannot be loaded here ({exc}); using 32-bit AdamW (adamw_torch)"
+    if wanted == "adamw_8bit":
+        return "adamw_bnb_8bit", None
+    if torch.cuda.is_available():
+        return wanted, None
+    if wanted == "paged_adamw_8bit":
+        return "adamw_bnb_8bit", "paged optimizers need a CUDA GPU; on this CPU paged_adamw_8bit runs as adamw_8bit (not paged)"
+    return "adamw_torch", "paged optimizers need a CUDA GPU; on this CPU paged_adamw_32bit runs as adamw_torch (not paged)"
+
+
 def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -90,6 +203,7 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {}
+    precision = precision_for(config)[0]
     if config.qlora.enabled:
         from transformers import BitsAndBytesConfig
 
@@ -99,10 +213,8 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
             bnb_4bit_use_double_quant=config.qlora.double_quant,
             bnb_4bit_compute_dtype=getattr(torch, compute_dtype_for(config)[0]),
         )
-    elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        kwargs["dtype"] = torch.bfloat16
     else:
-        kwargs["dtype"] = torch.float32
+        kwargs["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
@@ -122,6 +234,14 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
     return get_peft_model(model, lora), tokenizer
 
 
+def schedule_for(config: JobConfig, total_steps: int, has_eval: bool) -> tuple[int, int]:
+    """(save_steps, eval_steps): about ten checkpoints a run unless set; evaluation at every
+    checkpoint unless eval_steps is set (then checkpoints follow it)."""
+    tc = config.training
+    save = tc.save_steps or (tc.eval_steps if has_eval and tc.eval_steps else max(1, min(50, total_steps // 10)))
+    return save, (tc.eval_steps or save)
+
+
 def train(
     *,
     model_dir: str | Path,
@@ -129,37 +249,64 @@ def train(
     config: JobConfig,
     output_dir: str | Path,
     hooks: TrainingHooks,
+    eval_records: Iterable[dict] | None = None,
 ) -> TrainResult:
     import torch
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    from training_app.engine.data import COUNT_KEYS, make_collator, split_validation
 
     tc = config.training
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    memory = MemoryMeter()
+    memory.reset()
     set_seed(tc.seed)
     hooks.log(f"Loading base model from {model_dir} on {device_summary()}")
+    precision, note = precision_for(config)
+    if note:
+        hooks.log(note, "warning")
     if config.qlora.enabled:
         dtype, note = compute_dtype_for(config)
         hooks.log(f"QLoRA: 4-bit {config.qlora.quant_type}{' with double quantization' if config.qlora.double_quant else ''}, "
                   f"{dtype} compute")
         if note:
             hooks.log(note, "warning")
+    optim, note = optimizer_for(config)
+    if note:
+        hooks.log(note, "warning")
     model, tokenizer = load_model_for_training(model_dir, config)
     trainable, total = model.get_nb_trainable_parameters()
-    hooks.log(f"LoRA r={config.lora.r} alpha={config.lora.lora_alpha}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    hooks.log(f"LoRA r={config.lora.r} alpha={config.lora.lora_alpha}: {trainable:,} trainable of {total:,} parameters "
+              f"({100 * trainable / total:.2f}%); {precision}, {optim}, "
+              f"{'padding-free packing' if tc.packing == 'padding_free' else 'padded batches'}"
+              f"{', gradient checkpointing' if tc.gradient_checkpointing else ''}")
 
     examples, skipped = encode_records(tokenizer, records, tc.max_seq_length)
     if skipped:
         hooks.log(f"{skipped} example(s) had no response tokens within max_seq_length={tc.max_seq_length} and were skipped", "warning")
+    if eval_records is not None:
+        eval_examples, eval_skipped = encode_records(tokenizer, eval_records, tc.max_seq_length)
+        if eval_skipped:
+            hooks.log(f"{eval_skipped} validation example(s) had no response tokens within max_seq_length and were skipped", "warning")
+    else:
+        examples, eval_examples = split_validation(examples, tc.validation_split, tc.seed)
     if not examples:
         raise ValueError(f"No trainable examples: every response starts beyond max_seq_length={tc.max_seq_length}")
+    has_eval = bool(eval_examples)
+    if tc.early_stopping_patience and not has_eval:
+        raise ValueError("early stopping needs validation data: set training_config.validation_split or give an eval dataset")
     steps_per_epoch = max(1, math.ceil(len(examples) / (tc.batch_size * tc.gradient_accumulation_steps)))
     total_steps = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(steps_per_epoch * tc.num_epochs))
-    hooks.log(f"{len(examples)} examples, {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in total")
-    hooks.on_start(total_steps=total_steps, num_examples=len(examples))
+    save_steps, eval_steps = schedule_for(config, total_steps, has_eval)
+    hooks.log(f"{len(examples)} training examples, {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in total; "
+              f"checkpoint every {save_steps} steps"
+              + (f"; validation loss on {len(eval_examples)} examples every {eval_steps} steps" if has_eval else ""))
+    hooks.on_start(total_steps=total_steps, num_examples=len(examples), num_eval_examples=len(eval_examples))
 
-    collator = PaddingCollator(tokenizer.pad_token_id)
-    state: dict[str, Any] = {"stop": None, "best": None, "last": None, "t": time.monotonic(), "tokens": 0, "seen": 0}
+    collator = make_collator(tc.packing, tokenizer.pad_token_id)
+    state: dict[str, Any] = {"stop": None, "best": None, "last": None, "t": time.monotonic(), "tokens": 0, "seen": 0,
+                             "supervised": 0, "checkpoint_reason": None}
 
     class _Hooks(TrainerCallback):
         def on_log(self, args, tstate, control, logs=None, **kw):
@@ -184,25 +331,48 @@ def train(
                     "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
                     "tokens_per_second": round(tokens / elapsed, 1),
                     "tokens_seen": state["seen"],
+                    "supervised_tokens_seen": state["supervised"],
                     "seconds_per_step": round(elapsed / max(tstate.global_step - step_before, 1), 3),
-                    "memory_bytes": _memory_in_use(),
+                    "memory_bytes": memory.current(),
+                    "peak_memory_bytes": memory.peak(),
                 }
             )
 
-        def on_step_end(self, args, tstate, control, **kw):
-            request = hooks.should_stop()
-            if request:
-                state["stop"] = request
-                control.should_training_stop = True
-                # pausing keeps a checkpoint of this very step to resume from; cancelling keeps nothing new
-                control.should_save = request == "pause"
+        def on_evaluate(self, args, tstate, control, metrics=None, **kw):
+            if not metrics or "eval_loss" not in metrics:
+                return
+            # called before the Trainer records a new best: compare with the best so far here
+            loss = float(metrics["eval_loss"])
+            best, best_step = tstate.best_metric, tstate.best_global_step
+            if best is None or loss < best:
+                best, best_step = loss, tstate.global_step
+            hooks.on_evaluate({"step": tstate.global_step, "eval_loss": loss, "best_eval_loss": float(best),
+                               "best_step": best_step, "eval_seconds": round(float(metrics.get("eval_runtime", 0.0)), 3)})
 
-    use_cuda = torch.cuda.is_available()
-    save_steps = tc.save_steps or max(1, min(50, total_steps // 10))
+        def on_step_end(self, args, tstate, control, **kw):
+            commands = hooks.poll()
+            if "stop" in commands:
+                state["stop"] = "cancel"
+                control.should_training_stop = True
+                control.should_save = False  # cancelling keeps nothing new
+            elif "pause" in commands:
+                state["stop"] = "pause"
+                control.should_training_stop = True
+                control.should_save = True  # pausing keeps a checkpoint of this very step to resume from
+                state["checkpoint_reason"] = "pause"
+            elif "checkpoint" in commands:
+                control.should_save = True
+                state["checkpoint_reason"] = "request"
+
+        def on_save(self, args, tstate, control, **kw):
+            hooks.on_checkpoint(tstate.global_step, reason=state["checkpoint_reason"] or "schedule")
+            state["checkpoint_reason"] = None
+
     checkpoint = latest_checkpoint(output_dir)
     args = TrainingArguments(
         output_dir=str(output_dir / "trainer"),
         per_device_train_batch_size=tc.batch_size,
+        per_device_eval_batch_size=tc.batch_size,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         learning_rate=tc.learning_rate,
         num_train_epochs=tc.num_epochs,
@@ -211,42 +381,85 @@ def train(
         weight_decay=tc.weight_decay,
         lr_scheduler_type=tc.lr_scheduler_type,
         max_grad_norm=tc.max_grad_norm,
+        optim=optim,
         logging_steps=tc.logging_steps,
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=tc.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        load_best_model_at_end=has_eval and tc.load_best_model_at_end,
+        prediction_loss_only=True,
         report_to="none",
         seed=tc.seed,
-        use_cpu=not use_cuda,
-        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not torch.cuda.is_available(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    class _CountingTrainer(Trainer):
-        # Count tokens when a batch is trained on, not when the dataloader prefetches it.
+
+    class _NexusTrainer(Trainer):
         def training_step(self, model, inputs, *a, **kw):
-            state["seen"] += int(inputs["attention_mask"].sum())
+            # count tokens when a batch is trained on, not when the dataloader prefetches it
+            state["seen"] += int(inputs["num_tokens"])
+            state["supervised"] += int(inputs["num_supervised"])
             return super().training_step(model, inputs, *a, **kw)
 
-    trainer = _CountingTrainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[_Hooks()])
+        def compute_loss(self, model, inputs, *a, **kw):
+            return super().compute_loss(model, {k: v for k, v in inputs.items() if k not in COUNT_KEYS}, *a, **kw)
+
+        def evaluate(self, *a, **kw):
+            hooks.on_phase("evaluating")
+            try:
+                return super().evaluate(*a, **kw)
+            finally:
+                hooks.on_phase("training")
+
+    callbacks: list[Any] = [_Hooks()]
+    if tc.early_stopping_patience:
+        if not tc.load_best_model_at_end:
+            raise ValueError("early stopping keeps the best checkpoint: it needs training_config.load_best_model_at_end")
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience,
+                                               early_stopping_threshold=tc.early_stopping_threshold))
+    trainer = _NexusTrainer(model=model, args=args, train_dataset=examples, eval_dataset=eval_examples or None,
+                            data_collator=collator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     if checkpoint is not None:
         step = int(checkpoint.name.split("-")[-1])
         hooks.log(f"Resuming from checkpoint at step {step} (adapter, optimizer, scheduler and RNG state)")
         state["last_step"] = step
+    hooks.on_phase("training")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     runtime = time.monotonic() - started
     steps = int(output.global_step)
+    tstate = trainer.state
+    best_eval = float(tstate.best_metric) if has_eval and tstate.best_metric is not None else None
+    best_step = int(tstate.best_global_step) if has_eval and tstate.best_global_step else None
+
+    def result(status: str, adapter_dir: Path | None, stopped_early: bool = False) -> TrainResult:
+        return TrainResult(status, adapter_dir, steps, total_steps, state["last"], state["best"], runtime, state["seen"],
+                           state["supervised"], memory.peak(), best_eval, best_step, stopped_early)
+
     if state["stop"] == "cancel":
         hooks.log(f"Stopped at step {steps} of {total_steps} on request", "warning")
-        return TrainResult("cancelled", None, steps, total_steps, state["last"], state["best"], runtime, state["seen"])
-    if state["stop"] == "pause":
+        return result("cancelled", None)
+    if state["stop"] == "pause" and steps < total_steps:
         hooks.log(f"Paused at step {steps} of {total_steps}; checkpoint saved", "warning")
-        return TrainResult("paused", None, steps, total_steps, state["last"], state["best"], runtime, state["seen"])
+        return result("paused", None)
+    stopped_early = steps < total_steps and state["stop"] is None
+    if stopped_early:
+        hooks.log(f"Stopped early at step {steps} of {total_steps}: validation loss did not improve by more than "
+                  f"{tc.early_stopping_threshold} for {tc.early_stopping_patience} evaluations", "warning")
+    hooks.on_phase("exporting")
+    if args.load_best_model_at_end and best_step is not None:
+        hooks.log(f"The adapter is the best checkpoint's: step {best_step}, validation loss {best_eval:.4f}")
     adapter_dir = output_dir / "adapter"
     model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     hooks.log(f"Saved PEFT adapter to {adapter_dir} after {steps} steps in {runtime:.1f}s")
-    return TrainResult("completed", adapter_dir, steps, total_steps, state["last"], state["best"], runtime, state["seen"])
+    return result("completed", adapter_dir, stopped_early)
