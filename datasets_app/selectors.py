@@ -19,6 +19,14 @@ def dataset_get(*, user, pk: int, write: bool = False) -> Dataset:
     return get_for_user(Dataset.objects.select_related("team", "validated_with"), user, pk=pk, write=write)
 
 
+def dataset_validation_sibling(*, user, dataset: Dataset) -> Dataset | None:
+    """The ready "val" split made from the same parent as `dataset` (a "train" split), if any."""
+    if not dataset.parent_id:
+        return None
+    return (dataset_list(user=user).filter(parent_id=dataset.parent_id, split="val", status=Dataset.Status.READY)
+            .exclude(pk=dataset.pk).first())
+
+
 def page(items: list, offset: int, limit: int) -> dict[str, Any]:
     return {"count": len(items), "offset": offset, "limit": limit, "results": items[offset:offset + limit]}
 

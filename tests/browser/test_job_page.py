@@ -1,5 +1,5 @@
 """A real browser (Debian's headless Chromium, driven by Playwright) against the real ASGI
-server and Celery worker: upload a dataset, start a job from the form, watch it train live."""
+server and Celery worker: upload a dataset, start a job from the wizard, watch it train live."""
 from __future__ import annotations
 
 import shutil
@@ -66,18 +66,14 @@ def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_
     page.wait_for_function("() => !!(window.Chart && Chart.getChart('token-histogram'))")
 
     page.click("text=Fine-tune on this dataset")
-    page.fill("input[name=name]", "browser-job")
-    for field, value in {"max_steps": "14", "batch_size": "2", "gradient_accumulation_steps": "1",
-                         "learning_rate": "0.001", "max_seq_length": "96", "r": "8"}.items():
-        page.fill(f"input[name={field}]", value)
-    page.click("main button[type=submit]")
+    _walk_the_wizard(page)
     page.wait_for_url("**/finetune/training/*/")
     page.wait_for_selector("#ws-state[data-state=live]")
-    assert page.inner_text("#job-status") in ("queued", "running")
+    assert page.inner_text("#job-status") in ("queued", "preparing", "training")
 
     points = "() => { const c = Chart.getChart('loss-chart'); return c ? c.data.datasets[0].data.length : 0; }"
     page.wait_for_function(f"() => ({points})() >= 3", timeout=240_000)
-    assert page.inner_text("#job-status") == "running"  # seen live, not from a finished page
+    assert page.inner_text("#job-status") == "training"  # seen live, not from a finished page
     progress_mid = float(page.get_attribute("#job-progress", "value"))
     assert 0 < progress_mid < 100
 
@@ -99,3 +95,56 @@ def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_
     assert sum(losses[-3:]) < sum(losses[:3])
     Path("var/test-logs").mkdir(parents=True, exist_ok=True)
     page.screenshot(path="var/test-logs/job-page.png", full_page=True)
+
+
+def _walk_the_wizard(page) -> None:
+    """The new-job wizard, one step at a time, with a screenshot of each into var/test-logs/."""
+    import re
+
+    shots = Path("var/test-logs")
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def step(n: int) -> None:
+        page.wait_for_selector(f"fieldset.wizard-step[data-step='{n}']:not([hidden])")
+        assert page.locator("fieldset.wizard-step:not([hidden])").count() == 1
+        assert page.get_attribute(".wizard-steps li[aria-current=step]", "data-step") == str(n)
+
+    step(1)  # name and base model
+    page.fill("input[name=name]", "browser-job")
+    assert page.is_checked("input[name=base_model]")
+    page.screenshot(path=str(shots / "wizard-1-base-model.png"), full_page=True)
+    page.click("[data-wizard-next]")
+
+    step(2)  # the dataset from the dataset page, with its first conversations
+    page.wait_for_selector("#dataset-preview .conversation")
+    assert page.locator("#dataset-preview .conversation").count() == 3
+    assert "Pirates in the browser" in page.inner_text("#dataset-preview")
+    page.screenshot(path=str(shots / "wizard-2-dataset.png"), full_page=True)
+    page.click("[data-wizard-next]")
+
+    step(3)  # a preset fills the LoRA fields; the estimate panel follows the form
+    page.select_option("select[name=preset]", "quick-start")
+    assert page.input_value("input[name=r]") == "8" and page.input_value("input[name=lora_alpha]") == "16"
+    page.fill("input[name=lora_alpha]", "32")
+    page.wait_for_function("() => /[0-9.]+ GiB/.test(document.querySelector('#estimate').innerText)")
+    assert page.locator("#estimate .mem-bar span").count() == 10  # five parts, on the GPU and on the CPU
+    page.screenshot(path=str(shots / "wizard-3-lora.png"), full_page=True)
+    page.click("[data-wizard-next]")
+
+    step(4)  # training; the estimate now counts this run's steps
+    for field, value in {"max_steps": "14", "batch_size": "2", "gradient_accumulation_steps": "1",
+                         "learning_rate": "0.001", "max_seq_length": "96"}.items():
+        page.fill(f"input[name={field}]", value)
+    page.press("input[name=max_seq_length]", "Tab")  # a change event, as leaving the field gives
+    page.wait_for_function("() => / 14 (optimizer )?steps/.test(document.querySelector('#estimate').innerText)")
+    assert re.search(r"[0-9.]+ GiB", page.inner_text("#estimate"))
+    page.screenshot(path=str(shots / "wizard-4-training.png"), full_page=True)
+    page.click("[data-wizard-next]")
+
+    step(5)  # the server's review of the whole config, then start
+    page.wait_for_selector("#review-config")
+    assert page.inner_text("#review-config [data-key=learning_rate] td") == "0.001"
+    assert page.inner_text("#review-config [data-key=max_steps] td") == "14"
+    assert page.inner_text("#review-config [data-key=r] td") == "8"
+    page.screenshot(path=str(shots / "wizard-5-review.png"), full_page=True)
+    page.click("#start-training")
