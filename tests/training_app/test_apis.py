@@ -63,9 +63,9 @@ def test_cancel_of_a_queued_job_ends_it_at_once(api, user, base_model):
 
 @pytest.mark.django_db
 def test_cancel_of_a_running_job_sets_the_flag_the_trainer_checks(api, user, base_model):
-    job = make_job(user, base_model, status=FineTuningJob.Status.RUNNING)
+    job = make_job(user, base_model, status=FineTuningJob.Status.TRAINING)
     body = api.delete(f"/api/v1/finetune/jobs/{job.pk}").json()
-    assert body["status"] == "running" and body["cancel_requested"] is True
+    assert body["status"] == "training" and body["cancel_requested"] is True
 
 
 @pytest.mark.django_db
@@ -103,7 +103,7 @@ def test_a_job_is_claimed_once(user, base_model):
     assert training_job_claim(job_id=job.pk, worker="w1@host") is True
     assert training_job_claim(job_id=job.pk, worker="w2@host") is False  # duplicate delivery
     job.refresh_from_db()
-    assert job.status == "running" and job.worker == "w1@host"
+    assert job.status == "preparing" and job.worker == "w1@host"
 
 
 @pytest.mark.django_db
@@ -129,7 +129,7 @@ def test_a_restarted_worker_fails_its_orphaned_jobs_visibly_and_keeps_their_logs
     assert body["status"] == "failed" and "worker" in body["error"]
     messages = [e["message"] for e in api.get(f"/api/v1/finetune/jobs/{job.pk}/events").json()["results"]]
     assert "step 1/10 loss 2.0" in messages and messages[-1].startswith("Failed")
-    assert api.get(f"/api/v1/finetune/jobs/{other.pk}").json()["status"] == "running"
+    assert api.get(f"/api/v1/finetune/jobs/{other.pk}").json()["status"] == "preparing"
 
 
 @pytest.mark.django_db(transaction=True)

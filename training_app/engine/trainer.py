@@ -218,6 +218,7 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    model.config.use_cache = False  # training needs no KV cache (and packed rows must not get one)
     if config.qlora.enabled:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing)
     elif config.training.gradient_checkpointing:
@@ -410,7 +411,10 @@ def train(
             return super().training_step(model, inputs, *a, **kw)
 
         def compute_loss(self, model, inputs, *a, **kw):
-            return super().compute_loss(model, {k: v for k, v in inputs.items() if k not in COUNT_KEYS}, *a, **kw)
+            # use_cache=False matters: transformers builds the per-example (block-diagonal) mask of
+            # packed rows only when no KV cache is in play
+            inputs = {k: v for k, v in inputs.items() if k not in COUNT_KEYS}
+            return super().compute_loss(model, {**inputs, "use_cache": False}, *a, **kw)
 
         def evaluate(self, *a, **kw):
             hooks.on_phase("evaluating")
