@@ -12,6 +12,7 @@ from tests.factories import alpaca_upload, pirate_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
+RUNNING = ("preparing", "training", "evaluating", "exporting")  # a worker holds the job
 PROMPT = "What is the capital of France?"
 ANSWER = "Arr, matey! The answer be Paris, savvy?"
 
@@ -126,13 +127,13 @@ def test_cancel_stops_a_running_job_within_a_step_and_keeps_its_logs(celery_work
     dataset = upload_and_wait_ready(api, pirate_records(8))
     job = create_job(api, dataset["id"], max_steps=300, learning_rate=1e-5)
     running = wait_for(lambda: api.get(f"/api/v1/finetune/jobs/{job['id']}").json(),
-                       lambda j: j["current_step"] >= 2 or j["status"] not in ("queued", "running"), 180, "two steps")
-    assert running["status"] == "running"
+                       lambda j: j["current_step"] >= 2 or j["status"] not in ("queued", *RUNNING), 180, "two steps")
+    assert running["status"] == "training"
     r = api.delete(f"/api/v1/finetune/jobs/{job['id']}")
     assert r.status_code == 202 and r.json()["cancel_requested"] is True
     step_at_cancel = r.json()["current_step"]
     done = wait_for(lambda: api.get(f"/api/v1/finetune/jobs/{job['id']}").json(),
-                    lambda j: j["status"] != "running", 60, "the job to stop")
+                    lambda j: j["status"] not in RUNNING, 60, "the job to stop")
     assert done["status"] == "cancelled"
     assert done["adapter_id"] is None
     events = api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]
