@@ -422,7 +422,11 @@ class _JobHooks:
 
 
 def training_job_output_dir(job: FineTuningJob) -> Path:
-    return Path(settings.NEXUS_DATA_DIR) / "jobs" / f"job-{job.pk}"
+    """Where a job's checkpoints and adapter live. The creation time is part of the name, so a job
+    never picks up another's checkpoints (ids start again after a database is reset or restored)."""
+    if job.output_dir:
+        return Path(job.output_dir)
+    return Path(settings.NEXUS_DATA_DIR) / "jobs" / f"job-{job.pk}-{job.created_at:%Y%m%d%H%M%S%f}"
 
 
 def training_job_run(*, job_id: int) -> FineTuningJob:
@@ -461,8 +465,8 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
         _event(job.pk, f"Adapter '{adapter.name}' v{adapter.version} saved ({adapter.size_bytes / 1e6:.1f} MB)",
                data={"adapter_id": adapter.pk})
         early = " (stopped early)" if result.stopped_early else ""
-        return _finish(job, FineTuningJob.Status.COMPLETED,
-                       f"Completed {result.steps} steps in {result.runtime_s:.0f}s{early}; final loss {result.final_loss:.4f}")
+        loss = f"; final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+        return _finish(job, FineTuningJob.Status.COMPLETED, f"Completed {result.steps} steps in {result.runtime_s:.0f}s{early}{loss}")
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job with its traceback
         _event(job.pk, traceback.format_exc(), level="error")
         return training_job_fail(job_id=job.pk, error=f"{type(exc).__name__}: {exc}")

@@ -16,6 +16,12 @@ def get(api, job_id: int) -> dict:
     return api.get(f"/api/v1/finetune/jobs/{job_id}").json()
 
 
+def why(api, job: dict) -> str:
+    """The job's error with the traceback the worker logged, for a failed assertion."""
+    events = api.get(f"/api/v1/finetune/jobs/{job['id']}/logs", {"level": "error"}).json()["results"]
+    return "\n".join([job["error"], *(e["message"] for e in events)])
+
+
 def test_validation_early_stopping_best_checkpoint_and_phases(celery_worker_process, base_model, api):
     dataset = upload_and_wait_ready(api, pirate_records(16))
     # 12 to train, 4 held out; every evaluation must improve by more than 10 to count, so the
@@ -23,7 +29,7 @@ def test_validation_early_stopping_best_checkpoint_and_phases(celery_worker_proc
     job = create_job(api, dataset["id"], max_steps=12, save_steps=2, validation_split=0.25, early_stopping_patience=1,
                      early_stopping_threshold=10.0)
     done = wait_for(lambda: get(api, job["id"]), lambda j: j["status"] in ENDED, 300, "the job to end")
-    assert done["status"] == "completed", done["error"]
+    assert done["status"] == "completed", why(api, done)
     assert done["current_step"] == 4 and done["metrics"]["stopped_early"] is True
     metrics = api.get(f"/api/v1/finetune/jobs/{job['id']}/metrics").json()
     assert [p["step"] for p in metrics["eval"]] == [2, 4]
@@ -80,7 +86,7 @@ def test_the_memory_estimate_is_within_35_percent_of_the_measured_peak(celery_wo
     assert r.status_code == 201, r.content
     job = r.json()
     done = wait_for(lambda: get(api, job["id"]), lambda j: j["status"] in ENDED, 400, "the job to end")
-    assert done["status"] == "completed", done["error"]
+    assert done["status"] == "completed", why(api, done)
     measured = done["metrics"]["peak_memory_bytes"]
     estimate = api.post("/api/v1/finetune/estimate", {
         "base_model": "SmolLM2-135M-Instruct", "device": "cpu", "lora_config": done["lora_config"],
