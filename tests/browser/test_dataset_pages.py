@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.browser.test_job_page import browser_page  # noqa: F401 - shared fixture
+from tests.browser.test_job_page import browser_page, log_in  # noqa: F401 - shared fixture
 from tests.factories import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -25,9 +25,7 @@ def test_dataset_page_shows_problems_duplicates_and_a_paged_preview(celery_worke
     page = browser_page
     page.set_default_timeout(30_000)
     page.goto(f"{asgi_server}/accounts/login/")
-    page.fill("input[name=username]", "carol")
-    page.fill("input[name=password]", "carol-password-1")
-    page.click("main button[type=submit]")
+    log_in(page, "carol", "carol-password-1")
 
     page.goto(f"{asgi_server}/finetune/datasets/upload/")
     page.set_input_files("input[name=file]", str(data))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_job_page import browser_page  # noqa: F401 - the fixture
+from tests.browser.test_job_page import browser_page, log_in  # noqa: F401 - the fixture
 from tests.conftest import api_client_for
 from tests.factories import make_ready_dataset, make_user, pirate_records
 
@@ -34,9 +34,7 @@ def test_monitor_controls_checkpoints_and_validation_curve(celery_worker_process
     page = browser_page
     page.set_default_timeout(30_000)
     page.goto(f"{asgi_server}/accounts/login/")
-    page.fill("input[name=username]", "carol")
-    page.fill("input[name=password]", "carol-password-1")
-    page.click("main button[type=submit]")
+    log_in(page, "carol", "carol-password-1")
     page.goto(f"{asgi_server}/finetune/training/{carol_job['id']}/")
     page.wait_for_selector("#ws-state[data-state=live]")
     points = "(i) => { const c = Chart.getChart('loss-chart'); return c ? c.data.datasets[i].data.length : 0; }"

@@ -34,6 +34,13 @@ def browser_page(monkeypatch):
         browser.close()
 
 
+def log_in(page, username: str, password: str) -> None:
+    """Fill the login form the page shows (it redirected there, or was sent there)."""
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("main button[type=submit]")
+
+
 @pytest.fixture
 def bob(db):
     # Made before Playwright starts: ORM calls from inside its greenlets would open a second
@@ -52,9 +59,7 @@ def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_
 
     page.goto(f"{asgi_server}/finetune/training/")
     assert "/accounts/login/" in page.url
-    page.fill("input[name=username]", "bob")
-    page.fill("input[name=password]", "bob-password-1")
-    page.click("main button[type=submit]")
+    log_in(page, "bob", "bob-password-1")
 
     page.goto(f"{asgi_server}/finetune/datasets/upload/")
     page.set_input_files("input[name=file]", str(data))
