@@ -56,7 +56,7 @@ def test_monitor_controls_checkpoints_and_validation_curve(celery_worker_process
 
     page.click("#resume-button")  # the page follows the job again
     page.wait_for_selector("#ws-state[data-state=live]", timeout=60_000)
-    page.wait_for_function(f"(n) => Chart.getChart('loss-chart').data.datasets[0].data.length > n", arg=paused_at,
+    page.wait_for_function("(n) => Chart.getChart('loss-chart').data.datasets[0].data.length > n", arg=paused_at,
                            timeout=120_000)
     assert page.inner_text("#job-status") in ("queued", "preparing", "training", "evaluating")
     page.wait_for_function(f"() => ({points})(1) >= 3", timeout=240_000)
