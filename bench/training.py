@@ -11,7 +11,7 @@ settings and the same number of optimizer steps, it runs
 and prints supervised tokens per second for each and the ratios. Then it runs the engine for a
 few steps with QLoRA and with LoRA, each in a fresh subprocess, and prints both peak memories.
 
-    .venv/bin/python bench/training.py [--examples 32 --batch 4 --accum 1 --seq 1024]
+    .venv/bin/python bench/training.py [--examples 24 --batch 4 --accum 1 --seq 1024]
     .venv/bin/python bench/training.py --quick            # tiny sizes: checks that it all runs
     .venv/bin/python bench/training.py --skip-trl --skip-system --skip-memory   # development
 
@@ -26,7 +26,7 @@ Rules that keep the comparison fair:
 - Every run trains exactly one epoch over the same N examples with the same batch size, gradient
   accumulation and max_seq_length, so every run makes the same optimizer steps and sees every
   example once. N must be a multiple of batch * accum. All three use the Trainer's seeded sampler,
-  so the steps hold the same examples; the bench checks this for (a) against (b).
+  so the steps hold the same examples; the bench checks (a) and (c) against (b).
 - One count of work for all: the supervised (response, non-padding) tokens, computed once with
   our `encode_records` and printed; (b) and (c) must report the same number. TRL computes its
   loss on every token by default (its assistant-only loss needs a chat template with generation
@@ -43,8 +43,12 @@ Rules that keep the comparison fair:
   of SFTConfig is TRL's default, including gradient checkpointing on and no packing or padding-free
   batches; the bench prints what it overrode and why. The engine runs with its own defaults
   (padding-free packing, no gradient checkpointing, a checkpoint about every tenth of the run).
-- Order (a), (b), (c), each once. Model loading, tokenization and an untimed warm-up
-  forward/backward happen before any timed loop.
+- Order (a), (b), (c), each once. Model loading and tokenization are outside every timed loop,
+  and every process that trains has first trained one untimed optimizer step on the same data:
+  this process before (a), the Celery worker (a one-step job through the API) before (c). A fresh
+  process is measurably slower for its first steps, and (b) follows (a) in a warm process.
+- Other load on the machine skews wall times, so the bench also reports the trainer's CPU
+  seconds and the CPU that every other process used while it trained (from /proc).
 - The system run uses its own database (nexus_bench, dropped and migrated afresh), Redis database
   (12), data folder (a temp dir) and settings `nexus.settings.production`; the demo model is
   registered from the existing var/models folder, nothing is re-dequantized.
@@ -102,7 +106,7 @@ WARMUP_RATIO = 0.03
 BENCH_DB = "nexus_bench"
 BENCH_REDIS_DB = 12
 # Batch 4: padding-free packing shares rows within a micro-batch, so batch 2 could never save a row.
-FULL = {"examples": 32, "batch": 4, "accum": 1, "seq": 1024, "probe_steps": 2}
+FULL = {"examples": 24, "batch": 4, "accum": 1, "seq": 1024, "probe_steps": 2}
 QUICK = {"examples": 12, "batch": 4, "accum": 1, "seq": 256, "probe_steps": 2}
 
 
@@ -127,6 +131,9 @@ class Sizes:
         return {"num_epochs": 1, "batch_size": self.batch, "gradient_accumulation_steps": self.accum,
                 "max_seq_length": self.seq, "learning_rate": LEARNING_RATE, "lr_scheduler_type": SCHEDULER,
                 "warmup_ratio": WARMUP_RATIO, "seed": SEED}
+
+    def warm_up_config(self) -> dict[str, Any]:
+        return {**self.training_config(), "max_steps": 1}
 
 
 @dataclass
@@ -216,7 +223,7 @@ def generate_records(n: int, tokenizer: Any, max_seq_length: int, seed: int = DA
             over = len(encode_conversation(tokenizer, messages, 10**9)["input_ids"]) - max_seq_length
             if over <= 0:
                 break
-            response = response[:max(1, len(response) - max(4, over * 2 // 3))]  # ~1.4 tokens a word
+            response = response[:max(1, len(response) - max(4, over * 2 // 3))]  # this text has ~1.5 tokens a word
         records.append({"messages": messages})
     return records
 
@@ -251,16 +258,17 @@ class BatchRecorder:
         return batch
 
 
-def warm_up(sizes: Sizes) -> None:
-    """One untimed forward/backward of a LoRA model, so that no timed run pays the process's first-use costs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+def warm_up(records: list[dict], sizes: Sizes, workdir: Path) -> float:
+    """One untimed optimizer step of the engine on the same data. A fresh process trains its first steps
+    measurably slower (its allocator has not yet grown to the sizes training needs, e.g. about twice the
+    page faults); the system's worker gets the same warm-up as a one-step job. Returns its seconds."""
+    from training_app.engine.config import parse_job_config
+    from training_app.engine.trainer import train
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(MODEL_DIR), dtype=torch.float32),
-                           LoraConfig(task_type="CAUSAL_LM", **LORA))
-    ids = torch.randint(100, 1000, (sizes.batch, min(sizes.seq, 256)))
-    model(input_ids=ids, labels=ids).loss.backward()
+    started = time.monotonic()
+    config = parse_job_config(LORA, sizes.warm_up_config(), None)
+    train(model_dir=MODEL_DIR, records=records, config=config, output_dir=workdir / "warm-up", hooks=NullHooks())
+    return time.monotonic() - started
 
 
 def run_trl(records: list[dict], sizes: Sizes, supervised_by_ids: dict, workdir: Path) -> Run:
@@ -578,8 +586,21 @@ def run_system(records: list[dict], sizes: Sizes, workdir: Path, keep: bool) -> 
         if dataset["status"] != "ready" or dataset["num_usable"] != len(records):
             raise RuntimeError(f"dataset not ready with {len(records)} usable examples: {json.dumps(dataset)[:2000]}")
 
-        body = {"name": "training bench", "base_model": MODEL_NAME, "dataset_id": dataset["id"], "lora_config": LORA,
-                "training_config": sizes.training_config()}
+        body = {"name": "training bench warm-up", "base_model": MODEL_NAME, "dataset_id": dataset["id"], "lora_config": LORA,
+                "training_config": sizes.warm_up_config()}
+        warm_started = time.monotonic()
+        r = api.post(f"{url}/jobs", json=body)
+        if r.status_code != 201:
+            raise RuntimeError(f"warm-up job creation failed: {r.status_code} {r.text[:2000]}")
+        warm = r.json()
+        while warm["status"] not in ("completed", "failed", "cancelled") and time.monotonic() - warm_started < 1800:
+            time.sleep(0.5)
+            warm = api.get(f"{url}/jobs/{warm['id']}").json()
+        if warm["status"] != "completed":
+            raise RuntimeError(f"the warm-up job ended {warm['status']}: {warm.get('error')}")
+        warm_s = time.monotonic() - warm_started
+
+        body = {**body, "name": "training bench", "training_config": sizes.training_config()}
         posted = time.monotonic()
         r = api.post(f"{url}/jobs", json=body)
         if r.status_code != 201:
@@ -612,6 +633,7 @@ def run_system(records: list[dict], sizes: Sizes, workdir: Path, keep: bool) -> 
                    int(job["metrics"]["supervised_tokens_seen"]), per_step(seen), window(times, seen),
                    window_cpu=CpuUse.between(stream.cpu[0], stream.cpu[-1]) if cpu_ok else None, extra={
                        "optimizer_steps": job["current_step"], "end_to_end_s": ended - posted, "setup_s": setup_s,
+                       "warm_up_s": warm_s,
                        "metric_events": len(metrics), "events": len(stream.events), "first_metric_replayed": replayed,
                        "job_id": job_id, "peak_memory_bytes": job["metrics"].get("peak_memory_bytes")})
     finally:
@@ -820,8 +842,8 @@ def main() -> None:
     memory = None
     failed = True
     try:
-        print("Warm-up (untimed): one forward/backward of a LoRA model")
-        warm_up(sizes)
+        print("Warm-up (untimed): one optimizer step of the engine on the same data...")
+        print(f"    {warm_up(records, sizes, workdir):.1f} s")
         if not opts.skip_trl:
             print("(a) TRL SFTTrainer with its defaults...")
             runs["a"] = run_trl(records, sizes, supervised_by_ids, workdir)
@@ -839,7 +861,8 @@ def main() -> None:
             print("(c) Nexus through the API, Celery, Postgres and the websocket...")
             runs["c"] = run_system(records, sizes, workdir, opts.keep)
             c = runs["c"]
-            print(f"    set-up {c.extra['setup_s']:.1f} s (untimed); job #{c.extra['job_id']}: {c.seconds:.1f} s train_runtime_s, "
+            print(f"    set-up {c.extra['setup_s']:.1f} s and a one-step warm-up job {c.extra['warm_up_s']:.1f} s (untimed); "
+                  f"job #{c.extra['job_id']}: {c.seconds:.1f} s train_runtime_s, "
                   f"{c.extra['end_to_end_s']:.1f} s POST to completed, {c.extra['metric_events']} metric events of "
                   f"{c.extra['events']} on the websocket" + (" (the first metric came from the backlog replay: the "
                                                             "window is too short)" if c.extra["first_metric_replayed"] else ""))
