@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import json
 import random
 from pathlib import Path
@@ -115,11 +116,17 @@ def datasets_requeue(*, stale_after_s: int = 2400) -> list[int]:
     return ids
 
 
+_TRANSFORMERS_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    # transformers resolves its names lazily, and two threads doing that for the first time at once
+    # can get "cannot import name 'AutoTokenizer'" (the ASGI server runs views in a thread pool)
+    with _TRANSFORMERS_LOCK:
+        from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path)
 
 
 def _tokenizer_for(model: BaseModel | None):
