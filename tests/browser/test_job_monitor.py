@@ -9,18 +9,21 @@ import pytest
 
 from tests.browser.test_job_page import browser_page, log_in  # noqa: F401 - the fixture
 from tests.conftest import api_client_for
-from tests.factories import make_ready_dataset, make_user, pirate_records
+from tests.e2e.test_finetune_e2e import upload_and_wait_ready
+from tests.factories import make_user, pirate_records
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def carol_job(base_model):
+def carol_job(celery_worker_process, base_model):
     # made before Playwright starts (its greenlets must not open database connections)
     user = make_user("carol", password="carol-password-1")
-    dataset = make_ready_dataset(user, pirate_records(16))
-    r = api_client_for(user).post("/api/v1/finetune/jobs", {
-        "name": "monitored", "base_model": base_model.name, "dataset_id": dataset.pk,
+    api = api_client_for(user)
+    # through the running worker (a synchronous make_ready_dataset would race it for the claim)
+    dataset = upload_and_wait_ready(api, pirate_records(16))
+    r = api.post("/api/v1/finetune/jobs", {
+        "name": "monitored", "base_model": base_model.name, "dataset_id": dataset["id"],
         "lora_config": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
         "training_config": {"max_steps": 24, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
                             "max_seq_length": 96, "save_steps": 1000, "eval_steps": 4, "validation_split": 0.25,
