@@ -1,30 +1,66 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from adapters_app.models import LoRAAdapter
-from adapters_app.selectors import adapter_get, adapter_list
-from nexus.api_utils import request_team_filter
+from adapters_app.exports import export_create
+from adapters_app.models import AdapterExport, LoRAAdapter
+from adapters_app.selectors import adapter_get, adapter_list, export_get
+from adapters_app.downloads import adapter_download_response, export_download_response
+from adapters_app.services import adapter_delete
+from nexus.api_utils import int_query_param, request_team_filter
+from nexus.events import job_events_after
+from nexus.models import JobEvent
+
+
+class ExportOutputSerializer(serializers.ModelSerializer):
+    adapter_id = serializers.IntegerField()
+    filename = serializers.CharField()
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AdapterExport
+        fields = ["id", "adapter_id", "kind", "quantization", "status", "progress", "stage", "filename", "size_bytes",
+                  "sha256", "verified", "verification", "error", "download_url", "created_at", "started_at",
+                  "finished_at"]
+
+    def get_download_url(self, export: AdapterExport) -> str | None:
+        if export.status != AdapterExport.Status.COMPLETED:
+            return None
+        return f"/api/v1/finetune/exports/{export.pk}/download"
 
 
 class AdapterOutputSerializer(serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id")
     base_model = serializers.CharField(source="base_model.name")
     job_id = serializers.IntegerField(allow_null=True)
+    dataset_id = serializers.IntegerField(allow_null=True)
+    merged_model = serializers.CharField(source="merged_model.name", allow_null=True, default=None)
+    lineage = serializers.SerializerMethodField()
+    exports = ExportOutputSerializer(many=True)
+    download_url = serializers.SerializerMethodField()
 
     class Meta:
         model = LoRAAdapter
-        fields = ["id", "team", "name", "version", "base_model", "job_id", "path", "size_bytes", "lora_config",
-                  "final_loss", "created_at"]
+        fields = ["id", "team", "name", "version", "base_model", "job_id", "dataset_id", "source", "checkpoint_step",
+                  "lineage", "size_bytes", "sha256", "lora_config", "training_config", "metrics", "final_loss",
+                  "is_merged", "merged_model", "gguf_path", "exports", "download_url", "created_at"]
+
+    def get_lineage(self, adapter: LoRAAdapter) -> dict:
+        return {"job": adapter.job_id, "job_name": adapter.job.name if adapter.job_id else None,
+                "dataset": adapter.dataset_id, "dataset_name": adapter.dataset.name if adapter.dataset_id else None,
+                "checkpoint_step": adapter.checkpoint_step}
+
+    def get_download_url(self, adapter: LoRAAdapter) -> str:
+        return f"/api/v1/finetune/adapters/{adapter.pk}/download"
 
 
 class AdapterListApi(APIView):
     @extend_schema(responses=AdapterOutputSerializer(many=True))
     def get(self, request):
-        qs = adapter_list(user=request.user, team=request_team_filter(request))
+        qs = adapter_list(user=request.user, team=request_team_filter(request)).prefetch_related("exports")
         return Response({"results": AdapterOutputSerializer(qs, many=True).data})
 
 
@@ -32,3 +68,63 @@ class AdapterDetailApi(APIView):
     @extend_schema(responses=AdapterOutputSerializer)
     def get(self, request, adapter_id: int):
         return Response(AdapterOutputSerializer(adapter_get(user=request.user, pk=adapter_id)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, adapter_id: int):
+        adapter_delete(adapter=adapter_get(user=request.user, pk=adapter_id, write=True))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AdapterDownloadApi(APIView):
+    @extend_schema(responses={(200, "application/zip"): bytes})
+    def get(self, request, adapter_id: int):
+        return adapter_download_response(adapter=adapter_get(user=request.user, pk=adapter_id))
+
+
+class AdapterMergeApi(APIView):
+    @extend_schema(request=None, responses={202: ExportOutputSerializer})
+    def post(self, request, adapter_id: int):
+        adapter = adapter_get(user=request.user, pk=adapter_id, write=True)
+        export = export_create(adapter=adapter, user=request.user, kind=AdapterExport.Kind.MERGE)
+        return Response(ExportOutputSerializer(export).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AdapterExportApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=[AdapterExport.Kind.ADAPTER_GGUF, AdapterExport.Kind.MODEL_GGUF])
+        quantization = serializers.ChoiceField(choices=["f16", "q8_0", "q4_k_m"], required=False, default="q4_k_m")
+
+    @extend_schema(request=InputSerializer, responses={202: ExportOutputSerializer})
+    def post(self, request, adapter_id: int):
+        adapter = adapter_get(user=request.user, pk=adapter_id, write=True)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        export = export_create(adapter=adapter, user=request.user, kind=data.validated_data["kind"],
+                               quantization=data.validated_data["quantization"])
+        return Response(ExportOutputSerializer(export).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=ExportOutputSerializer(many=True))
+    def get(self, request, adapter_id: int):
+        adapter = adapter_get(user=request.user, pk=adapter_id)
+        return Response({"results": ExportOutputSerializer(adapter.exports.all(), many=True).data})
+
+
+class ExportDetailApi(APIView):
+    @extend_schema(responses=ExportOutputSerializer)
+    def get(self, request, export_id: int):
+        return Response(ExportOutputSerializer(export_get(user=request.user, pk=export_id)).data)
+
+
+class ExportEventsApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("after", int)])
+    def get(self, request, export_id: int):
+        export = export_get(user=request.user, pk=export_id)
+        after = int_query_param(request, "after", 0, hi=10**9)
+        events = job_events_after(kind=JobEvent.Kind.EXPORT, job_id=export.pk, after=after, limit=1000)
+        return Response({"results": [e.as_message() for e in events]})
+
+
+class ExportDownloadApi(APIView):
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request, export_id: int):
+        return export_download_response(export=export_get(user=request.user, pk=export_id))

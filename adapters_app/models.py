@@ -1,24 +1,45 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from nexus.models import BaseModel, Team
 
 
 class LoRAAdapter(models.Model):
-    """A trained adapter in PEFT's format (loadable with PeftModel.from_pretrained)."""
+    """A trained adapter in PEFT's format (loadable with PeftModel.from_pretrained).
+
+    Versioned per (team, name): a new run of the same name, or an adapter taken from a checkpoint
+    under that name, is the next version. Lineage is the job, its dataset and the checkpoint step."""
+
+    class Source(models.TextChoices):
+        JOB = "job", "Finished job"
+        CHECKPOINT = "checkpoint", "Checkpoint"
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="adapters")
     name = models.CharField(max_length=200)
     version = models.PositiveIntegerField(default=1)
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="adapters")
-    job = models.OneToOneField(
-        "training_app.FineTuningJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="adapter"
+    job = models.ForeignKey(
+        "training_app.FineTuningJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="adapters"
     )
+    dataset = models.ForeignKey(
+        "datasets_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="adapters"
+    )
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.JOB)
+    checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
     path = models.CharField(max_length=500, help_text="Folder holding adapter_config.json and adapter_model.safetensors")
     size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Of adapter_model.safetensors")
     lora_config = models.JSONField(default=dict, blank=True)
+    training_config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="final/best training and validation loss, steps, tokens")
     final_loss = models.FloatField(null=True, blank=True)
+    is_merged = models.BooleanField(default=False)
+    merged_model = models.ForeignKey(
+        BaseModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_from"
+    )
+    gguf_path = models.CharField(max_length=500, blank=True, help_text="The latest verified adapter GGUF")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -27,3 +48,136 @@ class LoRAAdapter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
+
+
+class AdapterExport(models.Model):
+    """A merge or GGUF export of an adapter: a `cpu` job with progress events (kind 'export')."""
+
+    class Kind(models.TextChoices):
+        MERGE = "merge", "Merged model (safetensors)"
+        ADAPTER_GGUF = "adapter_gguf", "LoRA adapter GGUF"
+        MODEL_GGUF = "model_gguf", "Merged model GGUF"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        VERIFYING = "verifying", "Verifying"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.VERIFYING)
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="adapter_exports")
+    adapter = models.ForeignKey(LoRAAdapter, on_delete=models.CASCADE, related_name="exports")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    quantization = models.CharField(max_length=16, blank=True, help_text="f16, q8_0 or q4_k_m (GGUF)")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0)
+    stage = models.CharField(max_length=200, blank=True)
+    path = models.CharField(max_length=500, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    verified = models.BooleanField(default=False)
+    verification = models.JSONField(default=dict, blank=True, help_text="prompt, greedy output, tokens/s")
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.quantization} of {self.adapter}"
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1] if self.path else ""
+
+
+class Deployment(models.Model):
+    """A managed llama.cpp server (or two, for an A/B split) behind one OpenAI-compatible endpoint.
+
+    Each arm is one llama.cpp server process serving the base GGUF, base GGUF + adapter GGUF, or a
+    merged GGUF export. Requests to the endpoint are routed to an arm by its traffic percentage."""
+
+    class Status(models.TextChoices):
+        STARTING = "starting", "Starting"
+        RUNNING = "running", "Running"
+        STOPPING = "stopping", "Stopping"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+
+    LIVE = (Status.STARTING, Status.RUNNING, Status.STOPPING)
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=200)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="deployments")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING)
+    # before `settings` below: that field's name shadows django.conf.settings in this class body
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    settings = models.JSONField(default=dict, blank=True, help_text="llama.cpp server options: n_ctx, threads, ...")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE
+
+
+class DeploymentArm(models.Model):
+    """One llama.cpp server process of a deployment and its share of the traffic."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="arms")
+    label = models.CharField(max_length=16, help_text="A or B")
+    adapter = models.ForeignKey(LoRAAdapter, null=True, blank=True, on_delete=models.PROTECT, related_name="arms")
+    export = models.ForeignKey(AdapterExport, null=True, blank=True, on_delete=models.PROTECT, related_name="arms",
+                               help_text="A merged GGUF export served alone")
+    weight = models.PositiveSmallIntegerField(default=100, help_text="Percent of requests")
+    model_path = models.CharField(max_length=1000, blank=True)
+    lora_path = models.CharField(max_length=1000, blank=True)
+    host = models.CharField(max_length=200, blank=True)
+    port = models.PositiveIntegerField(null=True, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    log_path = models.CharField(max_length=1000, blank=True)
+    healthy_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deployment", "label"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "label"], name="arm_unique_label")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}/{self.label}"
+
+    @property
+    def serves(self) -> str:
+        if self.export_id:
+            return f"merged {self.export.quantization} GGUF of {self.export.adapter}"
+        return f"{self.deployment.base_model.name} + {self.adapter}" if self.adapter_id else self.deployment.base_model.name
+
+
+class DeploymentRequest(models.Model):
+    """One request through a deployment's endpoint: which arm served it, and how fast."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="requests")
+    arm = models.ForeignKey(DeploymentArm, on_delete=models.CASCADE, related_name="requests")
+    endpoint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(default=200)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.PositiveIntegerField(default=0)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]

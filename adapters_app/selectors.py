@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from adapters_app.models import LoRAAdapter
+from adapters_app.models import AdapterExport, Deployment, LoRAAdapter
 from nexus.teams import get_for_user, visible_to
 
 
@@ -13,3 +13,22 @@ def adapter_list(*, user, team=None) -> QuerySet[LoRAAdapter]:
 
 def adapter_get(*, user, pk: int, write: bool = False) -> LoRAAdapter:
     return get_for_user(LoRAAdapter.objects.select_related("team", "base_model", "job"), user, pk=pk, write=write)
+
+
+def export_get(*, user, pk: int, write: bool = False) -> AdapterExport:
+    return get_for_user(AdapterExport.objects.select_related("team", "adapter", "adapter__base_model"), user, pk=pk,
+                        write=write)
+
+
+def export_list(*, adapter: LoRAAdapter) -> QuerySet[AdapterExport]:
+    return adapter.exports.all()
+
+
+def deployment_list(*, user, team=None) -> QuerySet[Deployment]:
+    qs = visible_to(Deployment.objects.select_related("team", "base_model").prefetch_related("arms"), user)
+    return qs.filter(team=team) if team is not None else qs
+
+
+def deployment_get(*, user, pk: int, write: bool = False) -> Deployment:
+    return get_for_user(Deployment.objects.select_related("team", "base_model").prefetch_related("arms"), user,
+                        pk=pk, write=write)

@@ -1,35 +1,58 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from django.db import transaction
 from django.db.models import Max
 
 from adapters_app.models import LoRAAdapter
+from nexus.errors import NexusError
 from nexus.models import Team
-from nexus.storage import local_path, storage_save_folder
+from nexus.storage import local_path, storage_delete_prefix, storage_save_folder
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @transaction.atomic
-def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None, name: str | None = None) -> LoRAAdapter:
+def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None, name: str | None = None,
+                            checkpoint_step: int | None = None, metrics: dict | None = None) -> LoRAAdapter:
     """Store a trained PEFT adapter folder and record it as the next version of its name (the job's by default)."""
     name = name or job.name
     # Versions are per (team, name): lock the team row so two jobs finishing together get distinct versions.
     Team.objects.select_for_update().get(pk=job.team_id)
     latest = LoRAAdapter.objects.filter(team=job.team, name=name).aggregate(v=Max("version"))["v"] or 0
     version = latest + 1
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file() or not (adapter_dir / "adapter_config.json").is_file():
+        raise NexusError(f"{adapter_dir} is not a PEFT adapter folder (adapter_config.json and "
+                         "adapter_model.safetensors are needed)", code="invalid_adapter")
+    # The key holds a random part: ids and versions are reused after a delete, stored files must not be.
+    token = hashlib.sha256(f"{job.pk}-{name}-{version}-{weights.stat().st_mtime_ns}".encode()).hexdigest()[:8]
     slug = "".join(c if c.isalnum() else "-" for c in name)[:60]
-    prefix = storage_save_folder(f"adapters/team-{job.team_id}/job-{job.pk}-{slug}-v{version}", adapter_dir)
+    prefix = storage_save_folder(f"adapters/team-{job.team_id}/{slug}-v{version}-{token}", adapter_dir)
     size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
     adapter = LoRAAdapter(
         team=job.team,
         name=name,
         version=version,
         base_model=job.base_model,
-        job=job if name == job.name else None,
+        job=job,
+        dataset_id=job.dataset_id,
+        source=LoRAAdapter.Source.CHECKPOINT if checkpoint_step is not None else LoRAAdapter.Source.JOB,
+        checkpoint_step=checkpoint_step,
         path=prefix,
         size_bytes=size,
+        sha256=file_sha256(weights),
         lora_config=job.lora_config,
+        training_config=job.training_config,
+        metrics={k: v for k, v in (metrics or {}).items() if v is not None},
         final_loss=final_loss,
     )
     adapter.full_clean()
@@ -40,3 +63,26 @@ def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None,
 def adapter_local_dir(adapter: LoRAAdapter):
     """Context manager yielding a local folder that PeftModel.from_pretrained can load."""
     return local_path(adapter.path)
+
+
+@transaction.atomic
+def adapter_delete(*, adapter: LoRAAdapter) -> None:
+    """Delete an adapter, its exports and their files; refused while a deployment serves it."""
+    from adapters_app.deployments import (  # noqa: PLC0415 - deployments import this module
+        deployments_delete_ended,
+        deployments_using,
+    )
+
+    adapter = LoRAAdapter.objects.select_for_update().get(pk=adapter.pk)
+    using = deployments_using(adapter=adapter)
+    if using:
+        names = ", ".join(f"'{d.name}' (#{d.pk})" for d in using)
+        raise NexusError(f"Adapter '{adapter}' is used by deployment {names}; stop that deployment first.",
+                         code="in_use", status_code=409)
+    if adapter.exports.filter(status__in=adapter.exports.model.ACTIVE).exists():
+        raise NexusError(f"Adapter '{adapter}' has an export or merge in progress; wait for it to finish.",
+                         code="in_use", status_code=409)
+    prefixes = [adapter.path] + [e.path for e in adapter.exports.all() if e.path]
+    deployments_delete_ended(adapter=adapter)
+    adapter.delete()
+    transaction.on_commit(lambda: [storage_delete_prefix(p) for p in prefixes])

@@ -33,6 +33,7 @@ from datasets_app.services import (
     dataset_split,
     dataset_update,
 )
+from nexus.catalog import base_models_visible
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 from nexus.errors import NexusError
 from nexus.models import BaseModel
@@ -149,7 +150,7 @@ class DatasetValidateApi(APIView):
         model = None
         if v.get("base_model"):
             key = v["base_model"]
-            model = BaseModel.objects.filter(**({"pk": int(key)} if key.isdecimal() and len(key) < 10 else {"name": key})).first()
+            model = base_models_visible(request.user).filter(**({"pk": int(key)} if key.isdecimal() and len(key) < 10 else {"name": key})).first()
             if model is None:
                 raise NexusError(f"base_model: unknown model '{key}'", code="validation_error", details={"base_model": key})
         dedup = {k: v[k] for k in ("threshold", "shingle_size") if k in v}

@@ -24,6 +24,7 @@ from datasets_app.services import (
     dataset_revalidate,
     dataset_split,
 )
+from nexus.catalog import base_models_visible
 from nexus.errors import NexusError
 from nexus.models import BaseModel
 from nexus.teams import resolve_team, team_ensure_personal, user_teams
@@ -95,7 +96,7 @@ def dataset_detail_page(request, dataset_id: int):
         "preview": dataset_preview(dataset=dataset, limit=PREVIEW_PAGE) if dataset.status == Dataset.Status.READY else None,
         "splits": dataset.splits.order_by("created_at"),
         "other_datasets": dataset_list(user=request.user).filter(status=Dataset.Status.READY).exclude(pk=dataset.pk),
-        "models": BaseModel.objects.exclude(hf_path=""),
+        "models": base_models_visible(request.user).exclude(hf_path=""),
         "formats": FORMATS,
         "file_types": FILE_TYPES,
     })
@@ -128,7 +129,7 @@ def dataset_action_page(request, dataset_id: int, action: str):
             splits = dataset_split(dataset=dataset, user=request.user, seed=int(request.POST.get("seed") or 42))
             messages.success(request, "Created " + ", ".join(f"{s.split} ({s.num_examples})" for s in splits))
         elif action == "validate":
-            model = BaseModel.objects.filter(pk=request.POST.get("base_model") or 0).first()
+            model = base_models_visible(request.user).filter(pk=request.POST.get("base_model") or 0).first()
             max_tokens = int(request.POST["max_tokens"]) if request.POST.get("max_tokens") else None
             dataset_revalidate(dataset=dataset, base_model=model, max_tokens=max_tokens)
         elif action == "contamination":

@@ -4,6 +4,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from nexus.catalog import base_models_visible
 from nexus.models import BaseModel
 
 
@@ -15,4 +16,4 @@ class BaseModelListApi(APIView):
                       "trainable", "has_gguf", "source", "created_at"]
 
     def get(self, request):
-        return Response({"results": self.OutputSerializer(BaseModel.objects.all(), many=True).data})
+        return Response({"results": self.OutputSerializer(base_models_visible(request.user), many=True).data})

@@ -74,7 +74,8 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
 
 
 @transaction.atomic
-def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_path: str | Path | None = None, source: str = "") -> BaseModel:
+def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_path: str | Path | None = None,
+                        source: str = "", team=None) -> BaseModel:
     """Create or update a catalog entry from a local HF folder and/or a GGUF file (idempotent)."""
     if not hf_path and not gguf_path:
         raise NexusError("Give a local HF folder, a GGUF file, or both.", code="invalid_model")
@@ -96,6 +97,7 @@ def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_pa
             "hf_path": str(hf_path or ""),
             "gguf_path": str(gguf_path or ""),
             "source": source,
+            "team": team,
         },
     )
     model.full_clean()
@@ -105,3 +107,12 @@ def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_pa
 def base_model_default() -> BaseModel | None:
     """The model whose tokenizer counts dataset tokens when the user names none: the first trainable one."""
     return BaseModel.objects.exclude(hf_path="").order_by("created_at").first()
+
+
+def base_models_visible(user) -> "QuerySet[BaseModel]":
+    """The operator's models and the user's teams' own (merged) models."""
+    from django.db.models import Q
+
+    from nexus.teams import user_teams
+
+    return BaseModel.objects.filter(Q(team__isnull=True) | Q(team__in=user_teams(user)))

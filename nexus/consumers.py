@@ -17,6 +17,8 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
     loaders = {
         JobEvent.Kind.TRAINING: ("training_app.selectors", "training_job_get"),
         JobEvent.Kind.DATASET: ("datasets_app.selectors", "dataset_get"),
+        JobEvent.Kind.EXPORT: ("adapters_app.selectors", "export_get"),
+        JobEvent.Kind.DEPLOYMENT: ("adapters_app.selectors", "deployment_get"),
     }
 
     async def connect(self):

@@ -10,7 +10,7 @@ from django.db.models import Max
 
 from nexus.models import JobEvent
 
-_KIND_LOCK = {JobEvent.Kind.DATASET: 1, JobEvent.Kind.TRAINING: 2}
+_KIND_LOCK = {JobEvent.Kind.DATASET: 1, JobEvent.Kind.TRAINING: 2, JobEvent.Kind.EXPORT: 3, JobEvent.Kind.DEPLOYMENT: 4}
 
 
 def job_group(kind: str, job_id: int) -> str:

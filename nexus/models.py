@@ -49,10 +49,13 @@ class Membership(models.Model):
 class BaseModel(models.Model):
     """A model that can be fine-tuned (HF folder) and/or served by llama.cpp (GGUF file).
 
-    The catalog is global: base models are provisioned by the operator, not owned by a team.
+    The operator's models are global; a merged adapter becomes a model of its team only.
     """
 
     name = models.CharField(max_length=200, unique=True)
+    # None: the operator's catalog, visible to everyone. A team's own models (merged adapters) are
+    # visible to that team only.
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.CASCADE, related_name="own_models")
     architecture = models.CharField(max_length=100, blank=True)
     parameter_count = models.BigIntegerField(default=0)
     context_length = models.PositiveIntegerField(default=0)
@@ -88,6 +91,8 @@ class JobEvent(models.Model):
     class Kind(models.TextChoices):
         DATASET = "dataset", "Dataset processing"
         TRAINING = "training", "Training"
+        EXPORT = "export", "Merge or GGUF export"
+        DEPLOYMENT = "deployment", "Deployment"
 
     class Type(models.TextChoices):
         LOG = "log", "Log"

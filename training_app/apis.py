@@ -48,7 +48,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
                   "created_at", "updated_at", "started_at", "finished_at"]
 
     def get_adapter_id(self, job: FineTuningJob) -> int | None:
-        adapter = getattr(job, "adapter", None)
+        adapter = job.adapter
         return adapter.pk if adapter else None
 
 

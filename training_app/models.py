@@ -85,6 +85,11 @@ class FineTuningJob(models.Model):
     def is_running(self) -> bool:
         return self.status in self.RUNNING
 
+    @property
+    def adapter(self):
+        """The adapter this job produced when it finished (checkpoint adapters are separate)."""
+        return self.adapters.filter(source="job").order_by("-version").first()
+
 
 class TrainingPreset(models.Model):
     """A team's own preset. The built-in ones (training_app/presets.py) live in code."""

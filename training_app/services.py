@@ -40,17 +40,24 @@ def _control(job_id: int, command: str) -> None:
     transaction.on_commit(lambda: control_send(kind=JobEvent.Kind.TRAINING, job_id=job_id, command=command))
 
 
-def _resolve_base_model(value: Any) -> BaseModel:
+def _resolve_base_model(value: Any, *, user, team: Team | None = None) -> BaseModel:
+    """A catalog model by id or name among those the user (or, given, the team) may use."""
+    from django.db.models import Q
+
+    from nexus.catalog import base_models_visible
+
+    visible = base_models_visible(user)
+    if team is not None:
+        visible = visible.filter(Q(team__isnull=True) | Q(team=team))
     if isinstance(value, BaseModel):
-        model = value
-    else:
-        text = str(value)
-        lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"name": text[:200]}
-        model = BaseModel.objects.filter(**lookup).first()
-        if model is None:
-            names = ", ".join(BaseModel.objects.values_list("name", flat=True)) or "none registered"
-            raise NexusError(f"base_model: unknown model '{value}' (available: {names})", code="validation_error",
-                             details={"base_model": f"unknown model '{value}'"})
+        value = value.pk
+    text = str(value)
+    lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"name": text[:200]}
+    model = visible.filter(**lookup).first()
+    if model is None:
+        names = ", ".join(visible.values_list("name", flat=True)) or "none registered"
+        raise NexusError(f"base_model: unknown model '{value}' (available: {names})", code="validation_error",
+                         details={"base_model": f"unknown model '{value}'"})
     if not model.trainable:
         raise NexusError(f"base_model: '{model.name}' has no local HF folder, so it cannot be fine-tuned",
                          code="validation_error", details={"base_model": "not trainable"})
@@ -134,7 +141,7 @@ def training_job_create(
         parse_job_config(lora_config, training_config, qlora_config)  # field errors first, before model checks
     except ConfigError as exc:
         raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
-    model = _resolve_base_model(base_model)
+    model = _resolve_base_model(base_model, user=user, team=team)
     config, _ = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
                                      qlora_config=qlora_config)
     dataset = _usable_dataset(user=user, team=team, pk=dataset_id, field="dataset_id")
@@ -283,7 +290,7 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
     from training_app.engine.estimate import estimate_memory, estimate_time
 
     lora_config, training_config, qlora_config = _with_preset(user, preset, lora_config, training_config, qlora_config)
-    model = _resolve_base_model(base_model)
+    model = _resolve_base_model(base_model, user=user)
     config, info = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
                                         qlora_config=qlora_config)
     memory = estimate_memory(info, model.parameter_count, config, device=device)
@@ -455,13 +462,16 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
             if job.status not in RUNNING:
                 return job  # ended elsewhere while training (reaped): keep that outcome
             return _finish(job, FineTuningJob.Status.CANCELLED, f"Cancelled at step {result.steps} of {result.total_steps}")
-        adapter = adapter_create_from_job(job=job, adapter_dir=result.adapter_dir, final_loss=result.final_loss)
         job.metrics = {**job.metrics, "train_runtime_s": round(result.runtime_s, 2), "tokens_seen": result.tokens_seen,
                        "supervised_tokens_seen": result.supervised_tokens,
                        "peak_memory_bytes": max(result.peak_memory_bytes, job.metrics.get("peak_memory_bytes") or 0),
                        "best_eval_loss": result.best_eval_loss, "best_step": result.best_step,
                        "stopped_early": result.stopped_early, "config": asdict(config.training)}
         job.save(update_fields=["metrics", "updated_at"])
+        adapter = adapter_create_from_job(job=job, adapter_dir=result.adapter_dir, final_loss=result.final_loss, metrics={
+            "steps": result.steps, "final_loss": result.final_loss, "best_eval_loss": result.best_eval_loss,
+            "best_step": result.best_step, "train_runtime_s": round(result.runtime_s, 2),
+            "tokens_seen": result.tokens_seen, "stopped_early": result.stopped_early})
         _event(job.pk, f"Adapter '{adapter.name}' v{adapter.version} saved ({adapter.size_bytes / 1e6:.1f} MB)",
                data={"adapter_id": adapter.pk})
         early = " (stopped early)" if result.stopped_early else ""
@@ -553,7 +563,10 @@ def training_job_checkpoint_to_adapter(*, job: FineTuningJob, step: int):
             (folder / name).write_bytes((found[step] / name).read_bytes())
         state = json.loads((found[step] / "trainer_state.json").read_text())
         losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
+        evals = [h["eval_loss"] for h in state.get("log_history", []) if "eval_loss" in h]
         adapter = adapter_create_from_job(job=job, adapter_dir=folder, final_loss=losses[-1] if losses else None,
-                                          name=f"{job.name}@step{step}")
+                                          name=f"{job.name}@step{step}", checkpoint_step=step,
+                                          metrics={"steps": step, "final_loss": losses[-1] if losses else None,
+                                                   "eval_loss": evals[-1] if evals else None})
     _event(job.pk, f"Checkpoint at step {step} saved as adapter '{adapter.name}' v{adapter.version}", data={"adapter_id": adapter.pk})
     return adapter

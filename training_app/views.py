@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 
 from datasets_app.models import Dataset
 from datasets_app.selectors import dataset_get, dataset_list, dataset_preview, dataset_validation_sibling
+from nexus.catalog import base_models_visible
 from nexus.errors import NexusError
 from nexus.models import BaseModel
 from nexus.teams import resolve_team
@@ -117,6 +118,7 @@ class JobForm(forms.Form):
         ready = dataset_list(user=user).filter(status=Dataset.Status.READY)
         self.fields["dataset"].queryset = ready
         self.fields["eval_dataset"].queryset = ready
+        self.fields["base_model"].queryset = base_models_visible(user).exclude(hf_path="")
         self.presets = preset_list(user=user)
         self.fields["preset"].choices = [("", "None: the defaults")] + [
             (str(p["id"]), p["name"] if p["builtin"] else f"{p['name']} (team preset)") for p in self.presets]
@@ -200,7 +202,7 @@ def job_new_page(request):
             return redirect("job-detail", job_id=job.pk)
     defaults = {f: form.fields[f].initial if f != "target_modules" else "" for f in JobForm.PRESET_FIELDS}
     return render(request, "training/new.html", {
-        "form": form, "defaults": defaults, "other_models": BaseModel.objects.filter(hf_path=""),
+        "form": form, "defaults": defaults, "other_models": base_models_visible(request.user).filter(hf_path=""),
         "initial_step": form.first_error_step() if form.is_bound else 1,
     })
 

@@ -25,7 +25,7 @@ def carol_job(celery_worker_process, base_model):
     r = api.post("/api/v1/finetune/jobs", {
         "name": "monitored", "base_model": base_model.name, "dataset_id": dataset["id"],
         "lora_config": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
-        "training_config": {"max_steps": 24, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
+        "training_config": {"max_steps": 400, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
                             "max_seq_length": 96, "save_steps": 1000, "eval_steps": 4, "validation_split": 0.25,
                             "load_best_model_at_end": False}}, format="json")
     assert r.status_code == 201, r.content
@@ -51,10 +51,14 @@ def test_monitor_controls_checkpoints_and_validation_curve(celery_worker_process
 
     page.wait_for_function(f"() => ({points})(1) >= 1", timeout=120_000)  # validation loss drawn at step 4
     page.click("#pause-button")
-    page.wait_for_selector("#job-status.paused", timeout=60_000)
+    try:
+        page.wait_for_selector("#job-status.paused", timeout=90_000)
+    except Exception as exc:  # say where the job was instead of only "timeout"
+        raise AssertionError(f"not paused: status {page.inner_text('#job-status')!r}, steps "
+                             f"{page.inner_text('#job-steps')!r}, log tail {page.inner_text('#job-log')[-1500:]!r}") from exc
     page.wait_for_selector("#ws-state[data-state=closed]")
     paused_at = int(page.inner_text("#job-steps").split("/")[0])
-    assert 2 <= paused_at < 24
+    assert 2 <= paused_at < 400
     assert page.locator("#checkpoints tbody tr").count() == 2  # the pause saved one too
 
     page.click("#resume-button")  # the page follows the job again

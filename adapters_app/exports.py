@@ -1,0 +1,320 @@
+"""Merges and GGUF exports of adapters: create (checks first), run on a `cpu` worker with
+progress events, verify in llama.cpp before the result is offered, reap after a worker died."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from adapters_app.engine import gguf as gguf_engine
+from adapters_app.models import AdapterExport, LoRAAdapter
+from adapters_app.services import adapter_local_dir, file_sha256
+from nexus.errors import NexusError
+from nexus.events import job_event_record
+from nexus.models import BaseModel, JobEvent
+from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
+from nexus.storage import local_path, storage_delete_prefix, storage_save_folder
+
+Kind = AdapterExport.Kind
+Status = AdapterExport.Status
+VERIFY_PROMPT = "What is the capital of France?"
+
+
+def _event(export_id: int, message: str, *, level: str = "info", type: str = JobEvent.Type.LOG,
+           data: dict | None = None) -> None:
+    job_event_record(kind=JobEvent.Kind.EXPORT, job_id=export_id, message=message, level=level, type=type, data=data)
+
+
+def _status(export_id: int, status: str, message: str, level: str = "info") -> None:
+    _event(export_id, message, level=level, type=JobEvent.Type.STATUS, data={"status": status})
+
+
+def _check_exportable(adapter: LoRAAdapter, kind: str, quantization: str) -> None:
+    """Everything that can be known before work starts: architecture, adapter kind, files."""
+    base = adapter.base_model
+    if not base.hf_path or not Path(base.hf_path, "config.json").is_file():
+        raise NexusError(f"Base model '{base.name}' has no local HF folder to merge into or export from.",
+                         code="unsupported", status_code=400)
+    try:
+        gguf_engine.check_model_exportable(Path(base.hf_path), base_gguf=_base_gguf(adapter))
+    except gguf_engine.UnsupportedModel as exc:
+        if kind != Kind.MERGE:  # merging works for any architecture transformers and PEFT load
+            raise NexusError(f"{exc}.", code="unsupported") from exc
+    if kind == Kind.ADAPTER_GGUF:
+        with adapter_local_dir(adapter) as folder:
+            try:
+                gguf_engine.check_adapter_exportable(json.loads((Path(folder) / "adapter_config.json").read_text()))
+            except gguf_engine.UnsupportedModel as exc:
+                raise NexusError(f"{exc}.", code="unsupported") from exc
+            except FileNotFoundError as exc:
+                raise NexusError(f"Adapter '{adapter}' has lost its files ({exc.filename}).", code="missing") from exc
+
+
+def export_create(*, adapter: LoRAAdapter, user, kind: str, quantization: str = "") -> AdapterExport:
+    """Queue a merge or GGUF export; an identical one already queued or running is returned instead."""
+    if kind not in Kind.values:
+        raise NexusError(f"kind must be one of {', '.join(Kind.values)}", code="validation_error",
+                         details={"kind": f"unknown kind {kind!r}"})
+    if kind == Kind.MODEL_GGUF:
+        quantization = quantization or "q4_k_m"
+        if quantization not in gguf_engine.QUANTIZATIONS:
+            raise NexusError(f"quantization must be one of {', '.join(gguf_engine.QUANTIZATIONS)}",
+                             code="validation_error", details={"quantization": f"unknown {quantization!r}"})
+    elif kind == Kind.ADAPTER_GGUF:
+        quantization = "f32"
+    else:
+        quantization = ""
+        if adapter.merged_model_id:
+            raise NexusError(f"Adapter '{adapter}' is already merged into '{adapter.merged_model.name}'.",
+                             code="already_merged", status_code=409)
+    _check_exportable(adapter, kind, quantization)
+    with transaction.atomic():
+        LoRAAdapter.objects.select_for_update().get(pk=adapter.pk)
+        running = adapter.exports.filter(kind=kind, quantization=quantization, status__in=AdapterExport.ACTIVE).first()
+        if running:
+            return running
+        export = AdapterExport(team=adapter.team, adapter=adapter, kind=kind, quantization=quantization)
+        export.full_clean()
+        export.save()
+        what = export.get_kind_display() + (f" ({quantization})" if kind == Kind.MODEL_GGUF else "")
+        _status(export.pk, Status.QUEUED, f"{what} of '{adapter}' queued by {getattr(user, 'username', 'system')}")
+        from adapters_app.tasks import run_adapter_export
+
+        enqueue_on_commit(run_adapter_export, export.pk, on_error=lambda exc: _event(
+            export.pk, QUEUE_ERROR.format(error=exc, status="queued"), level="warning"))
+    return export
+
+
+def export_claim(*, export_id: int, worker: str) -> bool:
+    claimed = bool(AdapterExport.objects.filter(pk=export_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, worker=worker, started_at=timezone.now(), heartbeat_at=timezone.now()))
+    if claimed:
+        _status(export_id, Status.RUNNING, f"Started on {worker}")
+    return claimed
+
+
+class _Progress:
+    """Progress of one export: the row's bar and stage, an event per stage."""
+
+    def __init__(self, export: AdapterExport, start: float = 0.0, end: float = 1.0):
+        self.export, self.start, self.end = export, start, end
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        value = round(self.start + (self.end - self.start) * max(0.0, min(1.0, fraction)), 4)
+        AdapterExport.objects.filter(pk=self.export.pk).update(progress=value, stage=stage[:200],
+                                                               heartbeat_at=timezone.now())
+        _event(self.export.pk, stage, type=JobEvent.Type.METRIC, data={"progress": value, "stage": stage})
+
+
+def export_run(*, export_id: int) -> AdapterExport:
+    """Do a claimed (running) export to the end: work, verification, the stored file, or a failure."""
+    export = AdapterExport.objects.select_related("adapter", "adapter__base_model", "team").get(pk=export_id)
+    if export.status != Status.RUNNING:
+        return export
+    started = time.perf_counter()
+    work_root = Path(settings.NEXUS_DATA_DIR) / "work" / "exports"
+    work_root.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=work_root, prefix=f"export-{export.pk}-") as tmp:
+            runner = {Kind.MERGE: _run_merge, Kind.ADAPTER_GGUF: _run_adapter_gguf, Kind.MODEL_GGUF: _run_model_gguf}
+            runner[export.kind](export, Path(tmp))
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the export with its traceback
+        _event(export.pk, traceback.format_exc(), level="error")
+        return export_fail(export_id=export.pk, error=f"{type(exc).__name__}: {exc}")
+    export.refresh_from_db()
+    _event(export.pk, f"Finished in {time.perf_counter() - started:.1f}s")
+    return export
+
+
+def export_fail(*, export_id: int, error: str) -> AdapterExport:
+    AdapterExport.objects.filter(pk=export_id, status__in=AdapterExport.ACTIVE).update(
+        status=Status.FAILED, error=error[:4000], finished_at=timezone.now())
+    _status(export_id, Status.FAILED, f"Failed: {error}", level="error")
+    return AdapterExport.objects.get(pk=export_id)
+
+
+def _store_file(export: AdapterExport, local: Path, filename: str) -> str:
+    name = f"exports/team-{export.team_id}/adapter-{export.adapter_id}/export-{export.pk}/{filename}"
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    with local.open("rb") as fh:
+        return default_storage.save(name, File(fh))
+
+
+def _complete(export: AdapterExport, *, path: str, size: int, sha256: str, verification: dict) -> None:
+    with transaction.atomic():
+        AdapterExport.objects.filter(pk=export.pk).update(
+            status=Status.COMPLETED, progress=1.0, stage="done", path=path, size_bytes=size, sha256=sha256,
+            verified=True, verification=verification, finished_at=timezone.now())
+        _status(export.pk, Status.COMPLETED, f"Completed: {Path(path).name}, {size / 1e6:.1f} MB, verified")
+
+
+def _slug(adapter: LoRAAdapter) -> str:
+    return "".join(c if c.isalnum() else "-" for c in adapter.name)[:60] + f"-v{adapter.version}"
+
+
+@contextmanager
+def _peft_model(adapter: LoRAAdapter) -> Iterator[tuple]:
+    """Base model (float32) with the adapter applied, and the tokenizer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = adapter.base_model.hf_path
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    with adapter_local_dir(adapter) as folder:
+        model = PeftModel.from_pretrained(model, str(folder))
+    model.eval()
+    yield model, tokenizer
+
+
+def _merged_folder(adapter: LoRAAdapter, out: Path, progress: _Progress) -> dict:
+    """Merge the adapter into the base weights, save a safetensors folder and check that the merged
+    model's logits equal base + adapter on a few prompts; returns the check."""
+    import torch
+
+    with _peft_model(adapter) as (model, tokenizer):
+        progress(0.2, "Loaded the base model and the adapter")
+        prompts = ["The capital of France is", "def fibonacci(n):", VERIFY_PROMPT]
+        batch = [tokenizer(p, return_tensors="pt") for p in prompts]
+        with torch.no_grad():
+            before = [model(**b).logits for b in batch]
+        merged = model.merge_and_unload()
+        progress(0.5, "Merged the LoRA weights into the base weights")
+        with torch.no_grad():
+            after = [merged(**b).logits for b in batch]
+        diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+        same_top1 = all(bool((a.argmax(-1) == b.argmax(-1)).all()) for a, b in zip(before, after))
+        if diff > 1e-3 or not same_top1:
+            raise RuntimeError(f"merged logits differ from base + adapter by up to {diff:.2e}; not offering it")
+        merged.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+    progress(0.7, f"Saved the merged model; its logits match base + adapter (max difference {diff:.1e})")
+    return {"prompts": prompts, "max_abs_logit_diff": diff, "same_greedy_tokens": same_top1}
+
+
+def _run_merge(export: AdapterExport, tmp: Path) -> None:
+    adapter = export.adapter
+    progress = _Progress(export)
+    folder = tmp / "merged"
+    check = _merged_folder(adapter, folder, progress)
+    prefix = storage_save_folder(f"exports/team-{export.team_id}/adapter-{adapter.pk}/export-{export.pk}/merged",
+                                 folder)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    weights = sorted(folder.glob("*.safetensors"))
+    with local_path(prefix) as stored:
+        model = _register_merged(adapter, Path(stored))
+    with transaction.atomic():
+        LoRAAdapter.objects.filter(pk=adapter.pk).update(is_merged=True, merged_model=model)
+        _complete(export, path=prefix, size=size, sha256=file_sha256(weights[0]) if weights else "",
+                  verification={**check, "model": model.name})
+    _event(export.pk, f"Registered '{model.name}' in the model catalog: it can be trained, exported and deployed")
+
+
+def _register_merged(adapter: LoRAAdapter, folder: Path) -> BaseModel:
+    from nexus.catalog import base_model_register
+
+    name = f"{adapter.team.slug}/{adapter.name}-v{adapter.version}-merged"
+    return base_model_register(name=name, hf_path=folder, source=f"merge of adapter #{adapter.pk} ({adapter})",
+                               team=adapter.team)
+
+
+def _base_gguf(adapter: LoRAAdapter) -> Path | None:
+    path = adapter.base_model.gguf_path
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def _verify(export: AdapterExport, progress: _Progress, model_path: Path, lora_path: Path | None = None) -> dict:
+    """Load the export in llama.cpp and run a short greedy generation; no output, no offer."""
+    from adapters_app.engine.llama import load_and_generate
+
+    AdapterExport.objects.filter(pk=export.pk).update(status=Status.VERIFYING)
+    _status(export.pk, Status.VERIFYING, "Verifying in llama.cpp: load and a short greedy generation")
+    gen = load_and_generate(model_path, VERIFY_PROMPT, lora_path=lora_path, max_tokens=24)
+    if gen.completion_tokens == 0 or not gen.text.strip():
+        raise RuntimeError(f"llama.cpp loaded the export but generated nothing for {VERIFY_PROMPT!r}")
+    progress(0.98, f"llama.cpp answered {gen.text.strip()[:80]!r} at {gen.tokens_per_s:.1f} tokens/s")
+    result = {"prompt": VERIFY_PROMPT, **gen.as_dict(), "passed": True,
+              "metadata": gguf_engine.read_metadata(lora_path or model_path)}
+    return result
+
+
+def _run_adapter_gguf(export: AdapterExport, tmp: Path) -> None:
+    adapter = export.adapter
+    progress = _Progress(export)
+    base = _base_gguf(adapter)
+    config = json.loads(Path(adapter.base_model.hf_path, "config.json").read_text())
+    out = tmp / f"{_slug(adapter)}.lora.gguf"
+    with adapter_local_dir(adapter) as folder:
+        gguf_engine.write_adapter_gguf(Path(folder), config, out, name=str(adapter),
+                                       progress=_Progress(export, 0.05, 0.4))
+    progress(0.4, f"Wrote the adapter GGUF ({out.stat().st_size / 1e6:.1f} MB)")
+    if base is None:
+        base = tmp / "base.f16.gguf"
+        gguf_engine.write_model_gguf(Path(adapter.base_model.hf_path), base, name=adapter.base_model.name,
+                                     progress=_Progress(export, 0.4, 0.8))
+        progress(0.8, "The base model has no GGUF: wrote an f16 one to verify against")
+    verification = _verify(export, progress, base, out)
+    verification["base_gguf"] = Path(adapter.base_model.gguf_path).name if adapter.base_model.gguf_path else "f16"
+    path = _store_file(export, out, out.name)
+    with transaction.atomic():
+        _complete(export, path=path, size=out.stat().st_size, sha256=file_sha256(out), verification=verification)
+        LoRAAdapter.objects.filter(pk=adapter.pk).update(gguf_path=path)
+
+
+def _run_model_gguf(export: AdapterExport, tmp: Path) -> None:
+    adapter = export.adapter
+    progress = _Progress(export, 0.0, 0.5)
+    merged = tmp / "merged"
+    check = _merged_folder(adapter, merged, progress)
+    f16 = tmp / f"{_slug(adapter)}.f16.gguf"
+    gguf_engine.write_model_gguf(merged, f16, name=f"{adapter} (merged)", base_gguf=_base_gguf(adapter),
+                                 progress=_Progress(export, 0.5, 0.6))
+    shutil.rmtree(merged, ignore_errors=True)
+    bar = _Progress(export)
+    bar(0.6, f"Wrote the f16 GGUF ({f16.stat().st_size / 1e6:.1f} MB)")
+    out = f16
+    if export.quantization != "f16":
+        out = tmp / f"{_slug(adapter)}.{export.quantization}.gguf"
+        gguf_engine.quantize(f16, out, export.quantization)
+        f16.unlink()
+        bar(0.85, f"Quantized with llama.cpp to {export.quantization} ({out.stat().st_size / 1e6:.1f} MB)")
+    verification = {**_verify(export, bar, out), "merge_check": check}
+    path = _store_file(export, out, out.name)
+    _complete(export, path=path, size=out.stat().st_size, sha256=file_sha256(out), verification=verification)
+
+
+def exports_reap(*, worker: str) -> list[int]:
+    """Exports left running by a worker that restarted start over (they are idempotent)."""
+    ids = list(AdapterExport.objects.filter(worker=worker, status__in=(Status.RUNNING, Status.VERIFYING))
+               .values_list("pk", flat=True))
+    for pk in ids:
+        AdapterExport.objects.filter(pk=pk).update(status=Status.QUEUED, progress=0.0, stage="")
+        _status(pk, Status.QUEUED, f"The worker {worker} restarted while this ran; queued again", level="warning")
+    return ids
+
+
+def exports_requeue() -> list[int]:
+    from adapters_app.tasks import run_adapter_export
+
+    ids = list(AdapterExport.objects.filter(status=Status.QUEUED).values_list("pk", flat=True))
+    for pk in ids:
+        run_adapter_export.delay(pk)
+    return ids
+
+
+def export_delete_files(export: AdapterExport) -> None:
+    if export.path:
+        storage_delete_prefix(export.path)
