@@ -7,6 +7,8 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from adapters_app import apis as adapter_apis
+from adapters_app import deployment_apis
+from adapters_app import deployment_views
 from adapters_app import views as adapter_views
 from datasets_app import apis as dataset_apis
 from datasets_app import views as dataset_views
@@ -45,6 +47,16 @@ api_v1 = [
     path("estimate", training_apis.EstimateApi.as_view(), name="api-estimate"),
     path("adapters", adapter_apis.AdapterListApi.as_view(), name="api-adapters"),
     path("adapters/<int:adapter_id>", adapter_apis.AdapterDetailApi.as_view(), name="api-adapter"),
+    path("adapters/<int:adapter_id>/deploy", deployment_apis.AdapterDeployApi.as_view(), name="api-adapter-deploy"),
+    path("adapters/<int:adapter_id>/compare", deployment_apis.AdapterCompareApi.as_view(), name="api-adapter-compare"),
+    path("deployments", deployment_apis.DeploymentListCreateApi.as_view(), name="api-deployments"),
+    path("deployments/<int:deployment_id>", deployment_apis.DeploymentDetailApi.as_view(), name="api-deployment"),
+    path("deployments/<int:deployment_id>/start", deployment_apis.DeploymentStartApi.as_view(), name="api-deployment-start"),
+    path("deployments/<int:deployment_id>/stop", deployment_apis.DeploymentStopApi.as_view(), name="api-deployment-stop"),
+    path("deployments/<int:deployment_id>/status", deployment_apis.DeploymentStatusApi.as_view(), name="api-deployment-status"),
+    path("deployments/<int:deployment_id>/logs", deployment_apis.DeploymentLogsApi.as_view(), name="api-deployment-logs"),
+    path("deployments/<int:deployment_id>/v1/<path:endpoint>", deployment_apis.DeploymentOpenAIApi.as_view(),
+         name="api-deployment-openai"),
 ]
 
 pages = [
@@ -69,6 +81,12 @@ pages = [
     path("training/<int:job_id>/checkpoints/", training_views.job_checkpoints_partial, name="job-checkpoints"),
     path("adapters/", adapter_views.adapter_list_page, name="adapter-list"),
     path("adapters/<int:adapter_id>/", adapter_views.adapter_detail_page, name="adapter-detail"),
+    path("deployments/", deployment_views.deployment_list_page, name="deployment-list"),
+    path("deployments/new/", deployment_views.deployment_new_page, name="deployment-new"),
+    path("deployments/<int:deployment_id>/", deployment_views.deployment_detail_page, name="deployment-detail"),
+    path("deployments/<int:deployment_id>/start/", deployment_views.deployment_start_page, name="deployment-start"),
+    path("deployments/<int:deployment_id>/stop/", deployment_views.deployment_stop_page, name="deployment-stop"),
+    path("deployments/<int:deployment_id>/chat/", deployment_views.deployment_chat_page, name="deployment-chat"),
     path("evaluation/", evaluation_views.evaluation_index_page, name="evaluation-index"),
 ]
 

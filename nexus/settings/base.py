@@ -141,6 +141,7 @@ CELERY_TASK_ROUTES = {
     "training_app.tasks.*": {"queue": "gpu"},
     "datasets_app.tasks.*": {"queue": "cpu"},
     "adapters_app.tasks.*": {"queue": "cpu"},
+    "adapters_app.deployment_tasks.*": {"queue": "cpu"},
 }
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True
