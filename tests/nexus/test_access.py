@@ -57,6 +57,7 @@ def test_outsider_gets_404_from_the_api(owned, outsider_api, api, kind, url):
         ("dataset", "/finetune/datasets/{id}/"),
         ("job", "/finetune/training/{id}/"),
         ("adapter", "/finetune/adapters/{id}/"),
+        ("adapter", "/finetune/adapters/{id}/exports/"),
     ],
 )
 def test_outsider_gets_404_from_the_pages(owned, user, outsider, kind, url):
