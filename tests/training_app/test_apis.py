@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+
+from nexus.errors import NexusError
 from django.test import TestCase
 
 from nexus.models import JobEvent
@@ -195,8 +197,17 @@ def test_an_unreachable_broker_leaves_the_job_queued_with_a_visible_reason(api, 
 def test_adapter_versions_count_up_per_team_and_name(user, base_model, tmp_path):
     from adapters_app.services import adapter_create_from_job
 
+    import hashlib
+
     (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
     a = make_job(user, base_model, name="same")
     b = make_job(user, base_model, dataset=a.dataset, name="same")
-    assert adapter_create_from_job(job=a, adapter_dir=tmp_path, final_loss=1.0).version == 1
-    assert adapter_create_from_job(job=b, adapter_dir=tmp_path, final_loss=0.5).version == 2
+    first = adapter_create_from_job(job=a, adapter_dir=tmp_path, final_loss=1.0)
+    second = adapter_create_from_job(job=b, adapter_dir=tmp_path, final_loss=0.5, metrics={"steps": 3})
+    assert (first.version, second.version) == (1, 2) and first.path != second.path
+    assert second.job == b and second.dataset == a.dataset and second.source == "job" and second.metrics == {"steps": 3}
+    assert second.sha256 == hashlib.sha256(b"weights").hexdigest()
+    (tmp_path / "adapter_model.safetensors").unlink()
+    with pytest.raises(NexusError, match="not a PEFT adapter folder"):
+        adapter_create_from_job(job=b, adapter_dir=tmp_path, final_loss=0.5)
