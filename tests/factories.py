@@ -60,6 +60,16 @@ def make_adapter(job):
                                       path=f"adapters/team-{job.team_id}/job-{job.pk}-v1")
 
 
+def make_deployment(user, base_model, *, adapter=None, status: str = "stopped"):
+    """A deployment row with one arm and no server behind it."""
+    from adapters_app.models import Deployment, DeploymentArm
+
+    deployment = Deployment.objects.create(team=personal_team(user), name="d", base_model=base_model, status=status,
+                                           created_by=user)
+    DeploymentArm.objects.create(deployment=deployment, label="A", adapter=adapter, weight=100, host="127.0.0.1")
+    return deployment
+
+
 def record_event(job, message: str, **kw) -> JobEvent:
     from nexus.events import job_event_record
 

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from adapters_app.engine import serving
 from tests.e2e.test_finetune_e2e import wait_for
-from tests.factories import make_adapter, make_job, personal_team
+from tests.factories import make_adapter, make_deployment, make_job
 
 API = "/api/v1/finetune"
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
@@ -231,17 +231,9 @@ def test_deploying_an_adapter_without_gguf_exports_it_first_then_splits_with_bas
 # ---- no server needed -----------------------------------------------------------------------------------
 
 
-def _deployment_row(user, base_model, adapter=None, status="running"):
-    from adapters_app.models import Deployment, DeploymentArm
-
-    d = Deployment.objects.create(team=personal_team(user), name="d", base_model=base_model, status=status)
-    DeploymentArm.objects.create(deployment=d, label="A", adapter=adapter, weight=100, host="127.0.0.1")
-    return d
-
-
 @pytest.mark.django_db
 def test_outsider_gets_404_from_every_deployment_endpoint(user, outsider, outsider_api, base_model):
-    d = _deployment_row(user, base_model, status="stopped")
+    d = make_deployment(user, base_model)
     adapter = make_adapter(make_job(user, base_model))
     bearer = bearer_client(outsider)
     for url in (f"{API}/deployments/{d.pk}", f"{API}/deployments/{d.pk}/status", f"{API}/deployments/{d.pk}/logs",
@@ -270,7 +262,7 @@ def test_outsider_gets_404_from_every_deployment_endpoint(user, outsider, outsid
 @pytest.mark.django_db
 def test_deleting_an_adapter_a_live_deployment_serves_is_409(user, api, base_model):
     adapter = make_adapter(make_job(user, base_model))
-    d = _deployment_row(user, base_model, adapter=adapter)
+    d = make_deployment(user, base_model, adapter=adapter, status="running")
     r = api.delete(f"{API}/adapters/{adapter.pk}")
     assert r.status_code == 409
     assert r.json()["error"]["message"] == (f"Adapter '{adapter}' is used by deployment 'd' (#{d.pk}); "

@@ -7,13 +7,13 @@ from django.test import Client
 from nexus.models import Membership
 from nexus.teams import team_member_add
 from tests.conftest import api_client_for
-from tests.factories import make_adapter, make_job, make_user, personal_team
+from tests.factories import make_adapter, make_deployment, make_job, make_user, personal_team
 
 
 @pytest.fixture
 def owned(user, base_model):
     job = make_job(user, base_model)
-    return {"dataset": job.dataset, "job": job, "adapter": make_adapter(job)}
+    return {"dataset": job.dataset, "job": job, "adapter": make_adapter(job), "deployment": make_deployment(user, base_model)}
 
 
 def _login(user) -> Client:
@@ -40,6 +40,9 @@ def test_new_user_gets_a_personal_team_they_own(user):
         ("job", "/api/v1/finetune/jobs/{id}/logs"),
         ("job", "/api/v1/finetune/jobs/{id}/checkpoints"),
         ("adapter", "/api/v1/finetune/adapters/{id}"),
+        ("deployment", "/api/v1/finetune/deployments/{id}"),
+        ("deployment", "/api/v1/finetune/deployments/{id}/status"),
+        ("deployment", "/api/v1/finetune/deployments/{id}/logs"),
     ],
 )
 def test_outsider_gets_404_from_the_api(owned, outsider_api, api, kind, url):
@@ -58,6 +61,8 @@ def test_outsider_gets_404_from_the_api(owned, outsider_api, api, kind, url):
         ("job", "/finetune/training/{id}/"),
         ("adapter", "/finetune/adapters/{id}/"),
         ("adapter", "/finetune/adapters/{id}/exports/"),
+        ("deployment", "/finetune/deployments/{id}/"),
+        ("deployment", "/finetune/deployments/{id}/chat/"),
     ],
 )
 def test_outsider_gets_404_from_the_pages(owned, user, outsider, kind, url):
