@@ -1,0 +1,143 @@
+"""GGUF export and llama.cpp speed on the demo model (SmolLM2-135M-Instruct), in one run:
+
+  1. adapter-GGUF export time (PEFT folder -> llama.cpp adapter GGUF),
+  2. merged-model export time: merge + f16 GGUF, then q8_0 and q4_k_m through llama.cpp's own
+     quantizer, with each file's size against the f16 one,
+  3. llama.cpp generation tokens/s for the base GGUF, base + adapter GGUF, and the merged
+     q4_k_m (and f16) GGUF, with the base as the baseline of the ratios.
+
+    .venv/bin/python bench/export.py [--tokens 128 --reps 3 --rank 16]
+
+The adapter is a LoRA on all linear layers (q,k,v,o,gate,up,down) with random non-zero weights,
+so base + adapter does the full extra work a trained adapter does. Generation is greedy from one
+chat prompt, max --tokens new tokens, n_threads = the machine's cores, each model loaded once
+and warmed with one short generation; tokens/s = completion tokens / generation wall time, the
+median of --reps runs. Nothing else should run on the machine meanwhile (the script prints the
+load average before and after).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "Explain in a few paragraphs how a river shapes the valley it flows through."
+
+
+def _demo_files() -> tuple[Path, Path]:
+    from nexus.demo_model import DEMO_MODEL_NAME
+
+    root = ROOT / "var" / "models" / DEMO_MODEL_NAME
+    ggufs = sorted(root.glob("*.gguf"))
+    if not (root / "hf" / "config.json").is_file() or not ggufs:
+        sys.exit(f"The demo model is not provisioned under {root}: run scripts/setup.sh first")
+    return root / "hf", ggufs[0]
+
+
+def _random_adapter(hf_dir: Path, out: Path, rank: int) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.01)
+    model.save_pretrained(str(out))
+
+
+def _merge(hf_dir: Path, adapter_dir: Path, out: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(hf_dir)).save_pretrained(str(out))
+
+
+def _timed(fn, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def _speed(model: Path, lora: Path | None, tokens: int, reps: int) -> tuple[float, int]:
+    from adapters_app.engine.llama import generate, load
+
+    llm = load(model, lora, n_ctx=1024)
+    try:
+        generate(llm, "Hi", max_tokens=8)  # warm-up
+        runs = [generate(llm, PROMPT, max_tokens=tokens) for _ in range(reps)]
+    finally:
+        llm.close()
+    return statistics.median(r.tokens_per_s for r in runs), runs[0].completion_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=16)
+    args = parser.parse_args()
+
+    import json
+
+    from adapters_app.engine import gguf as engine
+
+    hf_dir, base_gguf = _demo_files()
+    print(f"demo model: {hf_dir.parent.name}; base GGUF {base_gguf.name} ({base_gguf.stat().st_size / 1e6:.1f} MB); "
+          f"{os.cpu_count()} cores; load average before {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-export-") as tmp:
+        tmp = Path(tmp)
+        _random_adapter(hf_dir, tmp / "adapter", args.rank)
+        config = json.loads((hf_dir / "config.json").read_text())
+
+        t_adapter = _timed(engine.write_adapter_gguf, tmp / "adapter", config, tmp / "adapter.gguf", name="bench")
+        t_merge = _timed(_merge, hf_dir, tmp / "adapter", tmp / "merged")
+        t_f16 = _timed(engine.write_model_gguf, tmp / "merged", tmp / "merged.f16.gguf", name="bench merged",
+                       base_gguf=base_gguf)
+        t_q8 = _timed(engine.quantize, tmp / "merged.f16.gguf", tmp / "merged.q8_0.gguf", "q8_0")
+        t_q4 = _timed(engine.quantize, tmp / "merged.f16.gguf", tmp / "merged.q4_k_m.gguf", "q4_k_m")
+        size = {name: (tmp / f"merged.{name}.gguf").stat().st_size for name in ("f16", "q8_0", "q4_k_m")}
+
+        print("\n== export times (seconds) ==")
+        print(f"adapter GGUF (r={args.rank}, 7 modules x {config['num_hidden_layers']} layers): {t_adapter:6.2f}  "
+              f"({(tmp / 'adapter.gguf').stat().st_size / 1e6:.1f} MB)")
+        print(f"merge (PEFT merge_and_unload + save):          {t_merge:6.2f}")
+        print(f"merged f16 GGUF write:                         {t_f16:6.2f}")
+        print(f"quantize f16 -> q8_0 (llama.cpp):              {t_q8:6.2f}")
+        print(f"quantize f16 -> q4_k_m (llama.cpp):            {t_q4:6.2f}")
+        print(f"merged q4_k_m export in all (merge+f16+q4):    {t_merge + t_f16 + t_q4:6.2f}  "
+              f"= {(t_merge + t_f16 + t_q4) / t_adapter:.1f}x the adapter GGUF export")
+        print("\n== sizes against f16 ==")
+        for name, n in size.items():
+            print(f"merged {name:7s} {n / 1e6:8.1f} MB  ratio {n / size['f16']:.3f}")
+
+        print(f"\n== llama.cpp generation: greedy, {args.tokens} new tokens, median of {args.reps} ==")
+        rows = [("base GGUF (" + base_gguf.name.rsplit('.', 2)[-2] + ")", base_gguf, None),
+                ("base GGUF + adapter GGUF", base_gguf, tmp / "adapter.gguf"),
+                ("merged q4_k_m", tmp / "merged.q4_k_m.gguf", None),
+                ("merged q8_0", tmp / "merged.q8_0.gguf", None),
+                ("merged f16", tmp / "merged.f16.gguf", None)]
+        baseline = None
+        for label, model, lora in rows:
+            tps, n = _speed(model, lora, args.tokens, args.reps)
+            baseline = baseline or tps
+            print(f"{label:28s} {tps:8.1f} tokens/s  ({n} tokens)  ratio to base {tps / baseline:.2f}")
+    print(f"\nload average after {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
