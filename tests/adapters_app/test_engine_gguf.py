@@ -152,3 +152,40 @@ def test_unsupported_architectures_and_adapters_are_refused_before_work(demo_mod
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(engine.UnsupportedModel, match="pre-tokenization"):
         engine.write_model_gguf(folder, tmp_path / "weird.gguf", name="weird")
+
+
+def _tiny_model(kind: str, hf_dir: str, folder: Path):
+    """A small random model of another supported architecture, with the demo model's tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    if kind == "qwen2":  # q/k/v biases, NEOX rope (no row reordering), untied output
+        config = Qwen2Config(**common, tie_word_embeddings=False, rope_theta=1_000_000.0)
+    else:  # Llama 3.1 style long-context rope (llama.cpp reads per-dimension factors from rope_freqs)
+        config = LlamaConfig(**common, tie_word_embeddings=False, rope_theta=500_000.0, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64})
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.5)  # make a bias mistake visible
+            elif "q_proj" in name or "k_proj" in name:
+                param.normal_(0, 0.3)  # sharp attention, so a rope or row-order mistake changes the output
+    model.save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(hf_dir).save_pretrained(str(folder))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama3-rope"])
+def test_other_supported_architectures_compute_what_transformers_computes(kind, demo_model_files, tmp_path):
+    hf_dir, _ = demo_model_files
+    model = _tiny_model(kind, hf_dir, tmp_path / kind)
+    out = engine.write_model_gguf(tmp_path / kind, tmp_path / f"{kind}.gguf", name=kind, dtype="f32")
+    assert engine.read_metadata(out)["general.architecture"] == ("qwen2" if kind == "qwen2" else "llama")
+    tokens = list(range(1000, 1100))  # 100 positions: past the 64 of the scaled rope's original context
+    ours, theirs = _llama_logits(out, tokens), _hf_logits(model, tokens)
+    assert np.abs(ours - theirs).max() < 0.05, float(np.abs(ours - theirs).max())

@@ -84,3 +84,29 @@ class Command(BaseCommand):
             time.sleep(1)
         style = self.style.SUCCESS if job["status"] == "completed" else self.style.ERROR
         self.stdout.write(style(f"Job {job['status']}: best loss {job['best_loss']}, adapter #{job['adapter_id']} ({page})"))
+        if job["status"] == "completed":
+            self._export_and_compare(api, url, base_url, job["adapter_id"])
+
+    def _export_and_compare(self, api, url: str, base_url: str, adapter_id: int) -> None:
+        """Export the adapter to llama.cpp's GGUF (verified there), then ask base and adapter the same question."""
+        r = api.post(f"{url}/adapters/{adapter_id}/export", json={"kind": "adapter_gguf"})
+        if r.status_code != 202:
+            raise CommandError(f"export failed to start: {r.status_code} {r.text}")
+        export = r.json()
+        self.stdout.write("Exporting the adapter to GGUF for llama.cpp...")
+        for _ in range(600):
+            export = api.get(f"{url}/exports/{export['id']}").json()
+            if export["status"] in ("completed", "failed"):
+                break
+            time.sleep(1)
+        if export["status"] != "completed":
+            raise CommandError(f"export {export['status']}: {export.get('error')}")
+        self.stdout.write(f"  {export['filename']}: {export['size_bytes'] / 1e6:.1f} MB, verified in llama.cpp")
+        prompt = "What is the capital of France?"
+        cmp = api.get(f"{url}/adapters/{adapter_id}/compare", params={"prompt": prompt, "max_tokens": 40}).json()
+        self.stdout.write(f"\n  {prompt}")
+        for side in ("base", "adapter"):
+            if side in cmp:
+                self.stdout.write(f"  {side:8s} ({cmp[side]['tokens_per_s']:.0f} tokens/s): {cmp[side]['text'].strip()}")
+        self.stdout.write(self.style.SUCCESS(
+            f"\n  Adapter page (exports, merge, deploy): {base_url.rstrip('/')}/finetune/adapters/{adapter_id}/"))
