@@ -121,11 +121,13 @@ def adapter_exports_partial(request, adapter_id: int):
     adapter = adapter_get(user=request.user, pk=adapter_id, write=write)
     if not write:
         return render(request, "adapters/_exports.html", {"adapter": adapter, "exports": export_list(adapter=adapter)})
+    # a disabled quantization select (any kind but the merged GGUF) is not sent: keep the dialog's default
     form = {"kind": request.POST.get("kind", ""), "quantization": request.POST.get("quantization", "")}
     try:
         export = export_create(adapter=adapter, user=request.user, kind=form["kind"], quantization=form["quantization"])
     except NexusError as exc:
-        ctx = _detail_context(request, adapter, export_form=form, export_error=exc.message, dialog_open=True)
+        shown = {**form, "quantization": form["quantization"] or "q4_k_m"}
+        ctx = _detail_context(request, adapter, export_form=shown, export_error=exc.message, dialog_open=True)
         if request.htmx:
             return reswap(retarget(render(request, "adapters/_export_form.html", ctx), "#export-form"), "outerHTML")
         return render(request, "adapters/detail.html", ctx, status=exc.status_code)

@@ -164,6 +164,7 @@ def test_export_errors_show_in_the_dialog(user, adapter, base_model):
     html = r.content.decode()
     assert html.startswith('<form id="export-form"') and 'id="export-error"' in html and "is already merged into" in html
     assert 'value="merge" checked' in html  # the choice is kept
+    assert 'value="q4_k_m" selected' in html  # the (disabled, unsent) quantization keeps its default
     # an adapter whose files are gone cannot become a GGUF (and says so); without JavaScript the
     # page comes back with the dialog open and the message in it
     r = client.post(f"/finetune/adapters/{adapter.pk}/exports/", {"kind": "adapter_gguf"})
