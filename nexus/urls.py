@@ -57,6 +57,12 @@ api_v1 = [
     path("deployments/<int:deployment_id>/logs", deployment_apis.DeploymentLogsApi.as_view(), name="api-deployment-logs"),
     path("deployments/<int:deployment_id>/v1/<path:endpoint>", deployment_apis.DeploymentOpenAIApi.as_view(),
          name="api-deployment-openai"),
+    path("adapters/<int:adapter_id>/download", adapter_apis.AdapterDownloadApi.as_view(), name="api-adapter-download"),
+    path("adapters/<int:adapter_id>/merge", adapter_apis.AdapterMergeApi.as_view(), name="api-adapter-merge"),
+    path("adapters/<int:adapter_id>/export", adapter_apis.AdapterExportApi.as_view(), name="api-adapter-export"),
+    path("exports/<int:export_id>", adapter_apis.ExportDetailApi.as_view(), name="api-export"),
+    path("exports/<int:export_id>/events", adapter_apis.ExportEventsApi.as_view(), name="api-export-events"),
+    path("exports/<int:export_id>/download", adapter_apis.ExportDownloadApi.as_view(), name="api-export-download"),
 ]
 
 pages = [
