@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+LOG_ENV = "NEXUS_SERVER_LOG"  # set in each server's environment: its log file, which tells whose server it is
+
+
 class ServerFailed(RuntimeError):
     """The server exited or never became healthy; the message carries its log tail."""
 
@@ -68,7 +71,7 @@ def spawn(spec: ServerSpec) -> int:
         fh.write(f"$ {' '.join(spec.command())}\n".encode())
         fh.flush()
         proc = subprocess.Popen(spec.command(), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                start_new_session=True, close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1", LOG_ENV: str(log)})
     return proc.pid
 
 

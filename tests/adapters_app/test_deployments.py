@@ -24,11 +24,15 @@ worker_test = pytest.mark.django_db(transaction=True)
 
 
 def _server_pids() -> set[int]:
+    """llama.cpp servers started under this test run's data folder (not other runs' on this machine)."""
+    from django.conf import settings
+
+    mark = f"{serving.LOG_ENV}={settings.NEXUS_DATA_DIR}/".encode()
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"llama_cpp.server" in (entry / "cmdline").read_bytes():
+                if b"llama_cpp.server" in (entry / "cmdline").read_bytes() and mark in (entry / "environ").read_bytes():
                     pids.add(int(entry.name))
             except OSError:
                 pass
@@ -91,6 +95,7 @@ def test_base_deployment_starts_answers_plain_and_streamed_and_stops(celery_work
     d = wait_running(api, d["id"])
     arm = d["arms"][0]
     assert serving.is_alive(arm["pid"], arm["port"]) and d["endpoint"] == f"{API}/deployments/{d['id']}/v1"
+    assert arm["pid"] in _server_pids()  # the leak guard sees this run's servers
 
     status = api.get(f"{API}/deployments/{d['id']}/status").json()
     assert status["status"] == "running" and status["arms"][0]["healthy"] and status["arms"][0]["alive"]
