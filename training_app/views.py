@@ -286,12 +286,26 @@ def job_new_review_partial(request):
                   {"form": form, "config": _review_sections(config.as_dicts()) if config else None})
 
 
+def _summary(request, job, **extra):
+    """The summary partial, stamped with the last event seq read *before* the job's row: the page
+    knows it is stale when it has already shown a status event after that seq (a refresh that
+    raced a status change) and asks again."""
+    from django.db.models import Max
+
+    from nexus.models import JobEvent
+
+    seq = JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk).aggregate(m=Max("seq"))["m"] or 0
+    job.refresh_from_db()
+    return render(request, "training/_summary.html",
+                  {"job": job, "eta": training_job_metrics(job=job)["eta_seconds"], "summary_seq": seq, **extra})
+
+
 @login_required
 def job_detail_page(request, job_id: int):
     job = training_job_get(user=request.user, pk=job_id)
-    eta = training_job_metrics(job=job)["eta_seconds"]
     if request.htmx:
-        return render(request, "training/_summary.html", {"job": job, "eta": eta})
+        return _summary(request, job)
+    eta = training_job_metrics(job=job)["eta_seconds"]
     events = training_job_events(job=job)
     return render(request, "training/detail.html", {
         "job": job,
@@ -344,8 +358,7 @@ def _control(request, job_id: int, action):  # noqa: ANN001
     except NexusError as exc:
         error = exc.message
     if request.htmx:
-        return render(request, "training/_summary.html",
-                      {"job": job, "eta": training_job_metrics(job=job)["eta_seconds"], "control_error": error})
+        return _summary(request, job, control_error=error)
     if error:
         messages.error(request, error)
     return redirect("job-detail", job_id=job_id)

@@ -39,6 +39,8 @@
     log.scrollTop = log.scrollHeight;
   }
 
+  let statusSeq = 0;  // seq of the last status event shown
+
   function refreshSummary() {
     if (window.htmx) htmx.ajax("GET", cfg.dataset.summaryUrl, { target: "#job-summary", swap: "outerHTML" });
   }
@@ -82,6 +84,7 @@
       if (window.htmx) htmx.trigger(document.body, "nexus:checkpoint");  // the checkpoints table reloads itself
       refreshSummary();
     } else if (e.type === "status") {
+      statusSeq = e.seq;
       refreshSummary();
       if (ENDED.includes(e.data.status)) {
         finished = true;
@@ -116,6 +119,11 @@
 
   // Resume on a paused job (or any control) swaps the summary in: follow the job again if it is live.
   document.body.addEventListener("htmx:afterSwap", () => {
+    const summary = document.getElementById("job-summary");
+    if (summary && parseInt(summary.dataset.seq || "0", 10) < statusSeq) {
+      refreshSummary();  // rendered before a status change this page has already seen: ask again
+      return;
+    }
     const status = document.getElementById("job-status");
     if (finished && status && !ENDED.includes(status.textContent.trim())) {
       finished = false;
