@@ -196,6 +196,38 @@ def test_a_deployment_outlives_the_worker_that_launched_it(celery_worker_process
 
 
 @worker_test
+def test_a_slow_completion_through_the_web_server_does_not_hold_up_other_requests(
+        celery_worker_process, asgi_server, base_model, user, api):
+    import threading
+
+    import requests
+
+    d = wait_running(api, deploy(api)["id"])
+    key = Token.objects.get_or_create(user=user)[0].key
+    headers = {"Authorization": f"Bearer {key}"}  # as an OpenAI client sends it
+    done = {}
+
+    def slow() -> None:  # a long non-streamed completion through the real ASGI server
+        r = requests.post(f"{asgi_server}{d['endpoint']}/completions", headers=headers, timeout=300,
+                          json={"prompt": "1, 2, 3, 4, 5,", "max_tokens": 300, "temperature": 0,
+                                "logit_bias": {"0": -100, "1": -100, "2": -100}})  # no end-of-text: all 300
+        done["slow"] = (time.monotonic(), r.status_code, r.json()["usage"]["completion_tokens"])
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(1.0)  # it is generating now
+    r = requests.get(f"{asgi_server}{API}/deployments/{d['id']}", headers={"Authorization": f"Token {key}"},
+                     timeout=300)
+    other_done = time.monotonic()
+    thread.join(300)
+    assert r.status_code == 200 and r.json()["status"] == "running"
+    finished, code, tokens = done["slow"]
+    assert code == 200 and tokens == 300
+    assert other_done < finished  # the other request was answered while the completion still ran
+    stop(api, d["id"])
+
+
+@worker_test
 def test_deploying_an_adapter_without_gguf_exports_it_first_then_splits_with_base_and_compares(
         celery_worker_process, base_model, user, api):
     from adapters_app.models import LoRAAdapter
