@@ -102,7 +102,7 @@ class DeploymentListCreateApi(APIView):
         base_model = serializers.CharField(help_text="catalog name or id")
         arms = _ArmInputSerializer(many=True, required=False,
                                    help_text="one arm, or two for an A/B split; default: the base model alone")
-        settings = serializers.JSONField(required=False, default=dict, help_text="n_ctx, n_threads")
+        settings = serializers.JSONField(required=False, default=dict, help_text="n_ctx, n_threads, n_gpu_layers")
         team = serializers.CharField(required=False, allow_blank=True)
 
     @extend_schema(responses=DeploymentOutputSerializer(many=True))
@@ -132,7 +132,7 @@ class AdapterDeployApi(APIView):
                                            help_text="A/B: 'base' or another adapter's id as arm B")
         weight = serializers.IntegerField(min_value=0, max_value=100, required=False,
                                           help_text="percent of requests to this adapter (default 100, or 50 in A/B)")
-        settings = serializers.JSONField(required=False, default=dict, help_text="n_ctx, n_threads")
+        settings = serializers.JSONField(required=False, default=dict, help_text="n_ctx, n_threads, n_gpu_layers")
 
     @extend_schema(request=InputSerializer, responses={201: DeploymentOutputSerializer},
                    description="Start a llama.cpp server for base + this adapter (exported to GGUF first when needed), "

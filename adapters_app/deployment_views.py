@@ -20,7 +20,8 @@ from adapters_app.deployments import (
     deployment_stop,
     deployments_reap,
 )
-from adapters_app.selectors import adapter_get, adapter_list, deployment_get, deployment_list
+from adapters_app.models import AdapterExport
+from adapters_app.selectors import adapter_get, adapter_list, deployment_get, deployment_list, export_get
 from nexus.catalog import base_models_visible
 from nexus.errors import NexusError
 from nexus.teams import resolve_team
@@ -32,11 +33,17 @@ def deployment_list_page(request):
     deployments_reap(deployments=deployments)
     return render(request, "deployments/list.html", {
         "deployments": deployments, "adapters": adapter_list(user=request.user),
+        "merged_exports": AdapterExport.objects.filter(
+            adapter__in=adapter_list(user=request.user), kind=AdapterExport.Kind.MODEL_GGUF,
+            status=AdapterExport.Status.COMPLETED).select_related("adapter", "adapter__base_model"),
         "base_models": base_models_visible(request.user).exclude(gguf_path=""),
     })
 
 
 def _arm_from_form(request, value: str, weight: int) -> ArmInput:
+    """'' or 'base': the base model alone; '<id>': base + that adapter; 'export:<id>': a merged GGUF."""
+    if value.startswith("export:") and value[7:].isdigit():
+        return ArmInput(weight=weight, export=export_get(user=request.user, pk=int(value[7:])))
     return ArmInput(weight=weight, adapter=adapter_get(user=request.user, pk=int(value)) if value.isdigit() else None)
 
 
@@ -51,7 +58,7 @@ def deployment_new_page(request):
         arms = [_arm_from_form(request, post.get("arm_a", ""), weight if arm_b else 100)]
         if arm_b:
             arms.append(_arm_from_form(request, arm_b, 100 - weight))
-        first = next((a.adapter for a in arms if a.adapter), None)
+        first = next((a.adapter or a.export.adapter for a in arms if a.adapter or a.export), None)
         team = first.team if first else resolve_team(request.user, post.get("team"), write=True)
         base = first.base_model if first else deployment_base_model(user=request.user, value=post.get("base_model"))
         deployment = deployment_create(team=team, user=request.user, name=post.get("name", ""), base_model=base,

@@ -75,7 +75,8 @@ def gguf_local_path(name: str) -> str:
 def _settings(base_model: BaseModel, raw: dict | None) -> dict[str, int]:
     raw = dict(raw or {})
     out = {"n_ctx": min(base_model.context_length or 2048, 2048)}
-    limits = {"n_ctx": (128, 131072), "n_threads": (1, 256)}
+    # n_gpu_layers: layers llama.cpp offloads to the GPU (-1: all); needs a llama-cpp-python built with CUDA
+    limits = {"n_ctx": (128, 131072), "n_threads": (1, 256), "n_gpu_layers": (-1, 10_000)}
     for key, value in raw.items():
         if key not in limits:
             raise NexusError(f"settings: unknown setting '{key}' (known: {', '.join(limits)})",
@@ -238,7 +239,8 @@ def _spawn_arms(deployment_id: int) -> list[DeploymentArm]:
             taken.add(port)
             log = _log_path(arm)
             spec = serving.ServerSpec(model_path=model_path, lora_path=lora_path, port=port, log_path=str(log),
-                                      n_ctx=deployment.settings.get("n_ctx", 2048), n_threads=threads)
+                                      n_ctx=deployment.settings.get("n_ctx", 2048), n_threads=threads,
+                                      n_gpu_layers=deployment.settings.get("n_gpu_layers", 0))
             pid = serving.spawn(spec)
             arm.model_path, arm.lora_path, arm.host, arm.port, arm.pid = model_path, lora_path, spec.host, port, pid
             arm.log_path, arm.healthy_at = str(log), None

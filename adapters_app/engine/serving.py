@@ -34,6 +34,7 @@ class ServerSpec:
     lora_path: str = ""
     n_ctx: int = 2048
     n_threads: int | None = None
+    n_gpu_layers: int = 0
     verbose: bool = False  # llama.cpp's own load and per-request timing output; the HTTP access log stays
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -44,6 +45,8 @@ class ServerSpec:
             cmd += ["--lora_path", self.lora_path]
         if self.n_threads:
             cmd += ["--n_threads", str(self.n_threads)]
+        if self.n_gpu_layers:
+            cmd += ["--n_gpu_layers", str(self.n_gpu_layers)]
         for key, value in self.extra.items():
             cmd += [f"--{key}", str(value)]
         return cmd

@@ -320,6 +320,17 @@ def test_deployment_create_checks_weights_and_the_adapters_base_model(api, base_
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("settings.n_ctx")
     r = api.post(f"{API}/deployments", {"base_model": "no-such-model"}, format="json")
     assert r.status_code == 400 and "unknown model" in r.json()["error"]["message"]
+    r = api.post(f"{API}/deployments", {"base_model": base_model.name, "settings": {"n_gpu_layers": -2}}, format="json")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("settings.n_gpu_layers")
+    r = api.post(f"{API}/deployments", {"base_model": base_model.name, "settings": {"n_gpu_layers": -1}}, format="json")
+    assert r.status_code == 201 and r.json()["settings"]["n_gpu_layers"] == -1
+
+
+def test_gpu_offload_reaches_the_llama_cpp_server_command():
+    spec = serving.ServerSpec(model_path="m.gguf", log_path="x.log", port=9, n_gpu_layers=-1)
+    command = spec.command()
+    assert command[command.index("--n_gpu_layers") + 1] == "-1"
+    assert "--n_gpu_layers" not in serving.ServerSpec(model_path="m.gguf", log_path="x.log", port=9).command()
 
 
 def test_a_reused_pid_is_not_taken_for_the_server(tmp_path):

@@ -268,3 +268,24 @@ def test_pages_ask_for_a_login(adapter, client):
     for url in ("/finetune/adapters/", f"/finetune/adapters/{adapter.pk}/", f"/finetune/adapters/{adapter.pk}/download/"):
         r = client.get(url)
         assert r.status_code == 302 and r["Location"].startswith("/accounts/login/"), url
+
+
+def test_the_deploy_form_offers_merged_gguf_exports_and_deploys_one(user, outsider, adapter):
+    export = AdapterExport.objects.create(team=adapter.team, adapter=adapter, kind="model_gguf", quantization="q4_k_m",
+                                          status="completed", path="exports/x.q4_k_m.gguf", verified=True)
+    client = _client(user)
+    page = client.get("/finetune/deployments/").content.decode()
+    assert f'value="export:{export.pk}"' in page and "pirate-speak v1 merged q4_k_m GGUF" in page
+    assert f'value="export:{export.pk}"' not in _client(outsider).get("/finetune/deployments/").content.decode()
+
+    r = client.post("/finetune/deployments/new/", {"name": "merged", "arm_a": f"export:{export.pk}", "weight_a": "70",
+                                                   "arm_b": "base"})
+    deployment = Deployment.objects.get(name="merged")
+    assert r.status_code == 302 and r["Location"] == f"/finetune/deployments/{deployment.pk}/"
+    arms = {a.label: a for a in deployment.arms.all()}
+    assert (arms["A"].export_id, arms["A"].weight, arms["B"].export_id, arms["B"].adapter_id, arms["B"].weight) == (
+        export.pk, 70, None, None, 30)
+    assert deployment.base_model == adapter.base_model and deployment.team == adapter.team
+    # another team's export cannot be named
+    r = _client(outsider).post("/finetune/deployments/new/", {"arm_a": f"export:{export.pk}"})
+    assert r.status_code == 404 and Deployment.objects.count() == 1
