@@ -6,13 +6,14 @@
   3. llama.cpp generation tokens/s for the base GGUF, base + adapter GGUF, and the merged
      q4_k_m (and f16) GGUF, with the base as the baseline of the ratios.
 
-    .venv/bin/python bench/export.py [--tokens 128 --reps 3 --rank 16]
+    .venv/bin/python bench/export.py [--tokens 128 --reps 5 --rank 16]
 
 The adapter is a LoRA on all linear layers (q,k,v,o,gate,up,down) with random non-zero weights,
 so base + adapter does the full extra work a trained adapter does. Generation is greedy from one
-chat prompt, max --tokens new tokens, n_threads = the machine's cores, each model loaded once
-and warmed with one short generation; tokens/s = completion tokens / generation wall time, the
-median of --reps runs. Nothing else should run on the machine meanwhile (the script prints the
+chat prompt, max --tokens new tokens, n_threads = the machine's cores, every model loaded once
+and warmed with one short generation, then --reps rounds of one run each (interleaved, so a slow
+spell of a shared machine hits all alike); tokens/s = completion tokens / generation wall time,
+the median per model. Nothing else should run on the machine meanwhile (the script prints the
 load average before and after).
 """
 from __future__ import annotations
@@ -73,22 +74,30 @@ def _timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def _speed(model: Path, lora: Path | None, tokens: int, reps: int) -> tuple[float, int]:
+def _speeds(rows: list[tuple[str, Path, Path | None]], tokens: int, reps: int) -> dict[str, tuple[float, int]]:
+    """Median tokens/s per model. All are loaded first and the runs interleave (one of each per round),
+    so a slow spell of the machine falls on every model alike instead of on whichever ran then."""
     from adapters_app.engine.llama import generate, load
 
-    llm = load(model, lora, n_ctx=1024)
+    llms = {label: load(model, lora, n_ctx=1024) for label, model, lora in rows}
+    runs: dict[str, list] = {label: [] for label in llms}
     try:
-        generate(llm, "Hi", max_tokens=8)  # warm-up
-        runs = [generate(llm, PROMPT, max_tokens=tokens) for _ in range(reps)]
+        for llm in llms.values():
+            generate(llm, "Hi", max_tokens=8)  # warm-up
+        for _ in range(reps):
+            for label, llm in llms.items():
+                llm.reset()
+                runs[label].append(generate(llm, PROMPT, max_tokens=tokens))
     finally:
-        llm.close()
-    return statistics.median(r.tokens_per_s for r in runs), runs[0].completion_tokens
+        for llm in llms.values():
+            llm.close()
+    return {label: (statistics.median(r.tokens_per_s for r in rs), rs[0].completion_tokens) for label, rs in runs.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rank", type=int, default=16)
     args = parser.parse_args()
 
@@ -125,16 +134,15 @@ def main() -> None:
         for name, n in size.items():
             print(f"merged {name:7s} {n / 1e6:8.1f} MB  ratio {n / size['f16']:.3f}")
 
-        print(f"\n== llama.cpp generation: greedy, {args.tokens} new tokens, median of {args.reps} ==")
+        print(f"\n== llama.cpp generation: greedy, {args.tokens} new tokens, median of {args.reps} interleaved rounds ==")
         rows = [("base GGUF (" + base_gguf.name.rsplit('.', 2)[-2] + ")", base_gguf, None),
                 ("base GGUF + adapter GGUF", base_gguf, tmp / "adapter.gguf"),
                 ("merged q4_k_m", tmp / "merged.q4_k_m.gguf", None),
                 ("merged q8_0", tmp / "merged.q8_0.gguf", None),
                 ("merged f16", tmp / "merged.f16.gguf", None)]
-        baseline = None
-        for label, model, lora in rows:
-            tps, n = _speed(model, lora, args.tokens, args.reps)
-            baseline = baseline or tps
+        speeds = _speeds(rows, args.tokens, args.reps)
+        baseline = speeds[rows[0][0]][0]
+        for label, (tps, n) in speeds.items():
             print(f"{label:28s} {tps:8.1f} tokens/s  ({n} tokens)  ratio to base {tps / baseline:.2f}")
     print(f"\nload average after {os.getloadavg()[0]:.2f}")
 

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -322,50 +322,72 @@ def _add_tokenizer(writer, hf_folder: Path, base_gguf: Path | None, vocab_size: 
 
 # --- model and adapter writers -----------------------------------------------------------------
 
-def _safetensors_items(folder: Path) -> Iterator[tuple[str, "object"]]:
+def _safetensors_plan(folder: Path, hp: HParams, dtype: str) -> list[tuple[str, str, Path, tuple, "np.dtype"]]:
+    """(gguf name, HF name, file, shape, output dtype) of every tensor llama.cpp uses, in file order."""
     from safetensors import safe_open
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise UnsupportedModel(f"{folder} holds no .safetensors weights")
+    plan = []
     for file in files:
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                yield key, f.get_tensor(key)
+                target = gguf_tensor_name(key)
+                if target is None or (target == "output.weight" and hp.tied_embeddings):
+                    continue
+                shape = tuple(f.get_slice(key).get_shape())
+                out = np.dtype(np.float16 if len(shape) == 2 and dtype == "f16" else np.float32)
+                plan.append((target, key, file, shape, out))
+    expected = 2 + 9 * hp.n_layer
+    if len([p for p in plan if p[0].endswith(".weight")]) < expected:
+        raise UnsupportedModel(f"{folder} has {len(plan)} usable tensors, fewer than the {expected} a "
+                               f"{hp.hf_arch} with {hp.n_layer} layers needs")
+    return plan
 
 
 def write_model_gguf(model_dir: Path, out_path: Path, *, name: str, base_gguf: Path | None = None,
                      progress: Progress | None = None, dtype: str = "f16") -> Path:
-    """An f16 (or f32) GGUF of a Hugging Face model folder (norms and biases always f32)."""
+    """An f16 (or f32) GGUF of a Hugging Face model folder (norms and biases always f32).
+
+    Tensors stream from the safetensors files to the GGUF one at a time, so memory stays at about
+    one tensor whatever the model's size (the plan is read from the headers first)."""
     import gguf
     import torch
+    from safetensors import safe_open
 
     model_dir, out_path = Path(model_dir), Path(out_path)
     hp = HParams.from_folder(model_dir)
-    progress = progress or (lambda _f, _m: None)
-    writer = gguf.GGUFWriter(str(out_path), hp.arch)
-    _add_hparams(writer, hp, name)
     if dtype not in ("f16", "f32"):
         raise UnsupportedModel(f"unquantized GGUF dtype must be f16 or f32, not {dtype!r}")
+    progress = progress or (lambda _f, _m: None)
+    plan = _safetensors_plan(model_dir, hp, dtype)
+    writer = gguf.GGUFWriter(str(out_path), hp.arch)
+    _add_hparams(writer, hp, name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     _add_tokenizer(writer, model_dir, base_gguf, hp.vocab_size)
     freqs = _llama3_rope_freqs(hp)
     if freqs is not None:
-        writer.add_tensor("rope_freqs.weight", freqs)
-    names = []
-    for hf_name, tensor in _safetensors_items(model_dir):
-        target = gguf_tensor_name(hf_name)
-        if target is None or (target == "output.weight" and hp.tied_embeddings):
-            continue
-        array = _to_llama_layout(hp, target, tensor.to(torch.float32).numpy())
-        writer.add_tensor(target, array.astype(np.float16 if array.ndim == 2 and dtype == "f16" else np.float32))
-        names.append(target)
-    expected = 2 + 9 * hp.n_layer
-    if len([n for n in names if n.endswith(".weight")]) < expected:
-        raise UnsupportedModel(f"{model_dir} has {len(names)} usable tensors, fewer than the {expected} a "
-                               f"{hp.hf_arch} with {hp.n_layer} layers needs")
-    progress(0.5, "writing GGUF tensors")
-    _write(writer)
+        writer.add_tensor_info("rope_freqs.weight", freqs.shape, freqs.dtype, freqs.nbytes)
+    for target, _key, _file, shape, out in plan:
+        writer.add_tensor_info(target, shape, out, int(np.prod(shape)) * out.itemsize)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    if freqs is not None:
+        writer.write_tensor_data(freqs)
+    handles: dict[Path, object] = {}
+    try:
+        for i, (target, key, file, _shape, out) in enumerate(plan):
+            if file not in handles:
+                handles[file] = safe_open(str(file), framework="pt")
+            tensor = handles[file].get_tensor(key).to(torch.float32).numpy()
+            writer.write_tensor_data(_to_llama_layout(hp, target, tensor).astype(out))
+            if i % 16 == 0 or i == len(plan) - 1:
+                progress((i + 1) / len(plan), f"writing GGUF tensors ({i + 1}/{len(plan)})")
+    finally:
+        handles.clear()
+        writer.close()
     return out_path
 
 
