@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from django.db import transaction
@@ -10,6 +11,9 @@ from adapters_app.models import LoRAAdapter
 from nexus.errors import NexusError
 from nexus.models import Team
 from nexus.storage import local_path, storage_delete_prefix, storage_save_folder
+
+
+_LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -38,6 +42,11 @@ def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None,
     slug = "".join(c if c.isalnum() else "-" for c in name)[:60]
     prefix = storage_save_folder(f"adapters/team-{job.team_id}/{slug}-v{version}-{token}", adapter_dir)
     size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
+    # what PEFT actually trained (the job's config leaves out defaults such as the target modules)
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text() or "{}")
+    lora_config = {**job.lora_config, **{k: saved[k] for k in _LORA_KEYS if saved.get(k) is not None}}
+    if isinstance(lora_config.get("target_modules"), list):
+        lora_config["target_modules"] = sorted(lora_config["target_modules"])
     adapter = LoRAAdapter(
         team=job.team,
         name=name,
@@ -50,7 +59,7 @@ def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None,
         path=prefix,
         size_bytes=size,
         sha256=file_sha256(weights),
-        lora_config=job.lora_config,
+        lora_config=lora_config,
         training_config=job.training_config,
         metrics={k: v for k, v in (metrics or {}).items() if v is not None},
         final_loss=final_loss,

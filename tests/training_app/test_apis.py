@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import pytest
+import json
 
-from nexus.errors import NexusError
+import pytest
 from django.test import TestCase
 
+from nexus.errors import NexusError
 from nexus.models import JobEvent
 from tests.factories import make_job, make_ready_dataset, record_event
 from training_app.models import FineTuningJob
@@ -199,7 +200,8 @@ def test_adapter_versions_count_up_per_team_and_name(user, base_model, tmp_path)
 
     import hashlib
 
-    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["v_proj", "q_proj"], "use_rslora": False}))
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
     a = make_job(user, base_model, name="same")
     b = make_job(user, base_model, dataset=a.dataset, name="same")
@@ -208,6 +210,9 @@ def test_adapter_versions_count_up_per_team_and_name(user, base_model, tmp_path)
     assert (first.version, second.version) == (1, 2) and first.path != second.path
     assert second.job == b and second.dataset == a.dataset and second.source == "job" and second.metrics == {"steps": 3}
     assert second.sha256 == hashlib.sha256(b"weights").hexdigest()
+    # the config PEFT saved, defaults included (the job only named some of it)
+    assert second.lora_config == {**b.lora_config, "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                  "target_modules": ["q_proj", "v_proj"], "use_rslora": False}
     (tmp_path / "adapter_model.safetensors").unlink()
     with pytest.raises(NexusError, match="not a PEFT adapter folder"):
         adapter_create_from_job(job=b, adapter_dir=tmp_path, final_loss=0.5)
