@@ -17,7 +17,6 @@ from adapters_app.deployments import (
     ArmInput,
     ProxyResult,
     deployment_arm_stats,
-    deployment_base_model,
     deployment_call,
     deployment_create,
     deployment_delete,
@@ -33,6 +32,7 @@ from adapters_app.deployments import (
 from adapters_app.models import Deployment, DeploymentArm, DeploymentRequest
 from adapters_app.selectors import adapter_get, deployment_get, deployment_list, export_get
 from nexus.api_utils import int_query_param, request_team, request_team_filter
+from nexus.catalog import base_model_lookup
 from nexus.errors import NexusError
 
 
@@ -119,7 +119,7 @@ class DeploymentListCreateApi(APIView):
         v = data.validated_data
         arms = [_arm_input(request, a) for a in v.get("arms") or [{"weight": 100}]]
         deployment = deployment_create(team=team, user=request.user, name=v["name"], arms=arms, settings=v["settings"],
-                                       base_model=deployment_base_model(user=request.user, value=v["base_model"]))
+                                       base_model=base_model_lookup(user=request.user, value=v["base_model"]))
         return Response(_detail(deployment), status=status.HTTP_201_CREATED)
 
 

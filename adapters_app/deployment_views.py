@@ -9,7 +9,6 @@ from django.views.decorators.http import require_POST
 from adapters_app.deployments import (
     ArmInput,
     deployment_arm_stats,
-    deployment_base_model,
     deployment_create,
     deployment_health,
     deployment_log_tail,
@@ -22,7 +21,7 @@ from adapters_app.deployments import (
 )
 from adapters_app.models import AdapterExport
 from adapters_app.selectors import adapter_get, adapter_list, deployment_get, deployment_list, export_get
-from nexus.catalog import base_models_visible
+from nexus.catalog import base_model_lookup, base_models_visible
 from nexus.errors import NexusError
 from nexus.teams import resolve_team
 
@@ -60,7 +59,7 @@ def deployment_new_page(request):
             arms.append(_arm_from_form(request, arm_b, 100 - weight))
         first = next((a.adapter or a.export.adapter for a in arms if a.adapter or a.export), None)
         team = first.team if first else resolve_team(request.user, post.get("team"), write=True)
-        base = first.base_model if first else deployment_base_model(user=request.user, value=post.get("base_model"))
+        base = first.base_model if first else base_model_lookup(user=request.user, value=post.get("base_model"))
         deployment = deployment_create(team=team, user=request.user, name=post.get("name", ""), base_model=base,
                                        arms=arms)
     except (NexusError, ValueError) as exc:

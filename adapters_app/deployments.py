@@ -111,19 +111,6 @@ def _check_arm(team: Team, base_model: BaseModel, arm: ArmInput, label: str) -> 
             raise bad(f"export #{arm.export.pk} is of a {arm.export.adapter.base_model.name} adapter, not {base_model.name}")
 
 
-def deployment_base_model(*, user, value: Any) -> BaseModel:
-    """A base model the user may deploy, by catalog name or id."""
-    from nexus.catalog import base_models_visible  # noqa: PLC0415
-
-    text = str(value or "")
-    lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"name": text[:200]}
-    model = base_models_visible(user).filter(**lookup).first()
-    if model is None:
-        raise NexusError(f"base_model: unknown model '{value}'", code="validation_error",
-                         details={"base_model": f"unknown model '{value}'"})
-    return model
-
-
 @transaction.atomic
 def deployment_create(*, team: Team, user, name: str, base_model: BaseModel, arms: list[ArmInput],
                       settings: dict | None = None) -> Deployment:

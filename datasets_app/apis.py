@@ -33,10 +33,8 @@ from datasets_app.services import (
     dataset_split,
     dataset_update,
 )
-from nexus.catalog import base_models_visible
+from nexus.catalog import base_model_lookup
 from nexus.api_utils import int_query_param, request_team, request_team_filter
-from nexus.errors import NexusError
-from nexus.models import BaseModel
 
 
 class DatasetOutputSerializer(serializers.ModelSerializer):
@@ -147,12 +145,7 @@ class DatasetValidateApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        model = None
-        if v.get("base_model"):
-            key = v["base_model"]
-            model = base_models_visible(request.user).filter(**({"pk": int(key)} if key.isdecimal() and len(key) < 10 else {"name": key})).first()
-            if model is None:
-                raise NexusError(f"base_model: unknown model '{key}'", code="validation_error", details={"base_model": key})
+        model = base_model_lookup(user=request.user, value=v["base_model"]) if v.get("base_model") else None
         dedup = {k: v[k] for k in ("threshold", "shingle_size") if k in v}
         dataset = dataset_revalidate(dataset=dataset, base_model=model, max_tokens=v.get("max_tokens"),
                                      min_tokens=v.get("min_tokens"), dedup=dedup, languages=v.get("languages"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,23 @@ def base_models_visible(user) -> "QuerySet[BaseModel]":
     from nexus.teams import user_teams
 
     return BaseModel.objects.filter(Q(team__isnull=True) | Q(team__in=user_teams(user)))
+
+
+def base_model_lookup(*, user, value: Any, team=None) -> BaseModel:
+    """A model by id or name among those the user may use (and, given a team, that team may use);
+    a 400 naming the available ones otherwise."""
+    from django.db.models import Q
+
+    visible = base_models_visible(user)
+    if team is not None:
+        visible = visible.filter(Q(team__isnull=True) | Q(team=team))
+    if isinstance(value, BaseModel):
+        value = value.pk
+    text = str(value or "")
+    lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"name": text[:200]}
+    model = visible.filter(**lookup).first()
+    if model is None:
+        names = ", ".join(visible.values_list("name", flat=True)) or "none registered"
+        raise NexusError(f"base_model: unknown model '{value}' (available: {names})", code="validation_error",
+                         details={"base_model": f"unknown model '{value}'"})
+    return model

@@ -41,23 +41,10 @@ def _control(job_id: int, command: str) -> None:
 
 
 def _resolve_base_model(value: Any, *, user, team: Team | None = None) -> BaseModel:
-    """A catalog model by id or name among those the user (or, given, the team) may use."""
-    from django.db.models import Q
+    """A catalog model the user (or, given, the team) may use, that can be fine-tuned."""
+    from nexus.catalog import base_model_lookup
 
-    from nexus.catalog import base_models_visible
-
-    visible = base_models_visible(user)
-    if team is not None:
-        visible = visible.filter(Q(team__isnull=True) | Q(team=team))
-    if isinstance(value, BaseModel):
-        value = value.pk
-    text = str(value)
-    lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"name": text[:200]}
-    model = visible.filter(**lookup).first()
-    if model is None:
-        names = ", ".join(visible.values_list("name", flat=True)) or "none registered"
-        raise NexusError(f"base_model: unknown model '{value}' (available: {names})", code="validation_error",
-                         details={"base_model": f"unknown model '{value}'"})
+    model = base_model_lookup(user=user, value=value, team=team)
     if not model.trainable:
         raise NexusError(f"base_model: '{model.name}' has no local HF folder, so it cannot be fine-tuned",
                          code="validation_error", details={"base_model": "not trainable"})
