@@ -10,6 +10,7 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse
 
 from adapters_app.models import AdapterExport, LoRAAdapter
+from adapters_app.services import adapter_slug
 from nexus.errors import NexusError
 from nexus.storage import local_path
 
@@ -26,12 +27,8 @@ def _zip_folder(prefix: str, arc_root: str) -> tempfile.SpooledTemporaryFile:
     return spool
 
 
-def _slug(adapter: LoRAAdapter) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in adapter.name)[:80] + f"-v{adapter.version}"
-
-
 def adapter_download_response(*, adapter: LoRAAdapter) -> FileResponse:
-    name = _slug(adapter)
+    name = adapter_slug(adapter)
     return FileResponse(_zip_folder(adapter.path, name), as_attachment=True, filename=f"{name}.zip",
                         content_type="application/zip")
 
@@ -41,7 +38,7 @@ def export_download_response(*, export: AdapterExport) -> FileResponse:
         raise NexusError(f"Export #{export.pk} is {export.status}; only a completed, verified export can be "
                          "downloaded.", code="not_ready", status_code=409)
     if export.kind == AdapterExport.Kind.MERGE:
-        name = f"{_slug(export.adapter)}-merged"
+        name = f"{adapter_slug(export.adapter)}-merged"
         return FileResponse(_zip_folder(export.path, name), as_attachment=True, filename=f"{name}.zip",
                             content_type="application/zip")
     if not default_storage.exists(export.path):

@@ -12,19 +12,17 @@ from pathlib import Path
 from typing import Iterator
 
 from django.conf import settings
-from django.core.files import File
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
 from adapters_app.engine import gguf as gguf_engine
 from adapters_app.models import AdapterExport, LoRAAdapter
-from adapters_app.services import adapter_local_dir, file_sha256
+from adapters_app.services import adapter_local_dir, adapter_slug, file_sha256
 from nexus.errors import NexusError
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
-from nexus.storage import local_path, storage_delete_prefix, storage_save_folder
+from nexus.storage import local_path, storage_save_file, storage_save_folder
 
 Kind = AdapterExport.Kind
 Status = AdapterExport.Status
@@ -40,7 +38,7 @@ def _status(export_id: int, status: str, message: str, level: str = "info") -> N
     _event(export_id, message, level=level, type=JobEvent.Type.STATUS, data={"status": status})
 
 
-def _check_exportable(adapter: LoRAAdapter, kind: str, quantization: str) -> None:
+def _check_exportable(adapter: LoRAAdapter, kind: str) -> None:
     """Everything that can be known before work starts: architecture, adapter kind, files."""
     base = adapter.base_model
     if not base.hf_path or not Path(base.hf_path, "config.json").is_file():
@@ -78,7 +76,7 @@ def export_create(*, adapter: LoRAAdapter, user, kind: str, quantization: str = 
         if adapter.merged_model_id:
             raise NexusError(f"Adapter '{adapter}' is already merged into '{adapter.merged_model.name}'.",
                              code="already_merged", status_code=409)
-    _check_exportable(adapter, kind, quantization)
+    _check_exportable(adapter, kind)
     with transaction.atomic():
         LoRAAdapter.objects.select_for_update().get(pk=adapter.pk)
         running = adapter.exports.filter(kind=kind, quantization=quantization, status__in=AdapterExport.ACTIVE).first()
@@ -144,12 +142,8 @@ def export_fail(*, export_id: int, error: str) -> AdapterExport:
     return AdapterExport.objects.get(pk=export_id)
 
 
-def _store_file(export: AdapterExport, local: Path, filename: str) -> str:
-    name = f"exports/team-{export.team_id}/adapter-{export.adapter_id}/export-{export.pk}/{filename}"
-    if default_storage.exists(name):
-        default_storage.delete(name)
-    with local.open("rb") as fh:
-        return default_storage.save(name, File(fh))
+def _storage_prefix(export: AdapterExport) -> str:
+    return f"exports/team-{export.team_id}/adapter-{export.adapter_id}/export-{export.pk}"
 
 
 def _complete(export: AdapterExport, *, path: str, size: int, sha256: str, verification: dict) -> None:
@@ -158,10 +152,6 @@ def _complete(export: AdapterExport, *, path: str, size: int, sha256: str, verif
             status=Status.COMPLETED, progress=1.0, stage="done", path=path, size_bytes=size, sha256=sha256,
             verified=True, verification=verification, finished_at=timezone.now())
         _status(export.pk, Status.COMPLETED, f"Completed: {Path(path).name}, {size / 1e6:.1f} MB, verified")
-
-
-def _slug(adapter: LoRAAdapter) -> str:
-    return "".join(c if c.isalnum() else "-" for c in adapter.name)[:60] + f"-v{adapter.version}"
 
 
 @contextmanager
@@ -210,8 +200,7 @@ def _run_merge(export: AdapterExport, tmp: Path) -> None:
     progress = _Progress(export)
     folder = tmp / "merged"
     check = _merged_folder(adapter, folder, progress)
-    prefix = storage_save_folder(f"exports/team-{export.team_id}/adapter-{adapter.pk}/export-{export.pk}/merged",
-                                 folder)
+    prefix = storage_save_folder(f"{_storage_prefix(export)}/merged", folder)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     weights = sorted(folder.glob("*.safetensors"))
     with local_path(prefix) as stored:
@@ -256,7 +245,7 @@ def _run_adapter_gguf(export: AdapterExport, tmp: Path) -> None:
     progress = _Progress(export)
     base = _base_gguf(adapter)
     config = json.loads(Path(adapter.base_model.hf_path, "config.json").read_text())
-    out = tmp / f"{_slug(adapter)}.lora.gguf"
+    out = tmp / f"{adapter_slug(adapter)}.lora.gguf"
     with adapter_local_dir(adapter) as folder:
         gguf_engine.write_adapter_gguf(Path(folder), config, out, name=str(adapter),
                                        progress=_Progress(export, 0.05, 0.4))
@@ -268,7 +257,7 @@ def _run_adapter_gguf(export: AdapterExport, tmp: Path) -> None:
         progress(0.8, "The base model has no GGUF: wrote an f16 one to verify against")
     verification = _verify(export, progress, base, out)
     verification["base_gguf"] = Path(adapter.base_model.gguf_path).name if adapter.base_model.gguf_path else "f16"
-    path = _store_file(export, out, out.name)
+    path = storage_save_file(f"{_storage_prefix(export)}/{out.name}", out)
     with transaction.atomic():
         _complete(export, path=path, size=out.stat().st_size, sha256=file_sha256(out), verification=verification)
         LoRAAdapter.objects.filter(pk=adapter.pk).update(gguf_path=path)
@@ -279,7 +268,7 @@ def _run_model_gguf(export: AdapterExport, tmp: Path) -> None:
     progress = _Progress(export, 0.0, 0.5)
     merged = tmp / "merged"
     check = _merged_folder(adapter, merged, progress)
-    f16 = tmp / f"{_slug(adapter)}.f16.gguf"
+    f16 = tmp / f"{adapter_slug(adapter)}.f16.gguf"
     gguf_engine.write_model_gguf(merged, f16, name=f"{adapter} (merged)", base_gguf=_base_gguf(adapter),
                                  progress=_Progress(export, 0.5, 0.6))
     shutil.rmtree(merged, ignore_errors=True)
@@ -287,12 +276,12 @@ def _run_model_gguf(export: AdapterExport, tmp: Path) -> None:
     bar(0.6, f"Wrote the f16 GGUF ({f16.stat().st_size / 1e6:.1f} MB)")
     out = f16
     if export.quantization != "f16":
-        out = tmp / f"{_slug(adapter)}.{export.quantization}.gguf"
+        out = tmp / f"{adapter_slug(adapter)}.{export.quantization}.gguf"
         gguf_engine.quantize(f16, out, export.quantization)
         f16.unlink()
         bar(0.85, f"Quantized with llama.cpp to {export.quantization} ({out.stat().st_size / 1e6:.1f} MB)")
     verification = {**_verify(export, bar, out), "merge_check": check}
-    path = _store_file(export, out, out.name)
+    path = storage_save_file(f"{_storage_prefix(export)}/{out.name}", out)
     _complete(export, path=path, size=out.stat().st_size, sha256=file_sha256(out), verification=verification)
 
 
@@ -314,7 +303,3 @@ def exports_requeue() -> list[int]:
         run_adapter_export.delay(pk)
     return ids
 
-
-def export_delete_files(export: AdapterExport) -> None:
-    if export.path:
-        storage_delete_prefix(export.path)

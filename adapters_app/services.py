@@ -16,6 +16,15 @@ from nexus.storage import local_path, storage_delete_prefix, storage_save_folder
 _LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
 
 
+def name_slug(name: str) -> str:
+    """A name as it can stand in a storage key or a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
+
+
+def adapter_slug(adapter: LoRAAdapter) -> str:
+    return f"{name_slug(adapter.name)}-v{adapter.version}"
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -39,8 +48,7 @@ def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None,
                          "adapter_model.safetensors are needed)", code="invalid_adapter")
     # The key holds a random part: ids and versions are reused after a delete, stored files must not be.
     token = hashlib.sha256(f"{job.pk}-{name}-{version}-{weights.stat().st_mtime_ns}".encode()).hexdigest()[:8]
-    slug = "".join(c if c.isalnum() else "-" for c in name)[:60]
-    prefix = storage_save_folder(f"adapters/team-{job.team_id}/{slug}-v{version}-{token}", adapter_dir)
+    prefix = storage_save_folder(f"adapters/team-{job.team_id}/{name_slug(name)}-v{version}-{token}", adapter_dir)
     size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
     # what PEFT actually trained (the job's config leaves out defaults such as the target modules)
     saved = json.loads((adapter_dir / "adapter_config.json").read_text() or "{}")

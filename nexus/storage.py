@@ -17,15 +17,19 @@ def storage_save_bytes(name: str, data: bytes) -> str:
     return default_storage.save(name, ContentFile(data))
 
 
+def storage_save_file(name: str, path: Path) -> str:
+    """Copy a local file to `name` (replacing what is there), streaming it; returns the stored name."""
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    with path.open("rb") as fh:
+        return default_storage.save(name, File(fh))
+
+
 def storage_save_folder(prefix: str, folder: Path) -> str:
     """Copy every file of a local folder under `prefix`; returns the prefix."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            name = f"{prefix}/{path.relative_to(folder).as_posix()}"
-            if default_storage.exists(name):
-                default_storage.delete(name)
-            with path.open("rb") as fh:
-                default_storage.save(name, File(fh))
+            storage_save_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
     return prefix
 
 
