@@ -234,27 +234,33 @@ def bpe_pre_tokenizer(tokenizer_json: dict) -> str:
                            "model with its GGUF file so the tokenizer can be copied from it")
 
 
+def _hf_tokenizer(folder: Path) -> tuple[str, dict | None, str]:
+    """(llama.cpp tokenizer model, tokenizer.json or None, pre-tokenizer) of an HF folder's tokenizer;
+    UnsupportedModel for one this module cannot write."""
+    if (folder / "tokenizer.model").is_file():
+        return "llama", None, "default"  # SentencePiece
+    if not (folder / "tokenizer.json").is_file():
+        raise UnsupportedModel(f"{folder} has neither tokenizer.json nor tokenizer.model")
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    if (tj.get("model") or {}).get("type") != "BPE":
+        raise UnsupportedModel(f"tokenizer type {(tj.get('model') or {}).get('type')} is not supported yet")
+    return "gpt2", tj, bpe_pre_tokenizer(tj)
+
+
 def check_model_exportable(folder: Path, *, base_gguf: Path | None = None) -> HParams:
     """Raise UnsupportedModel for an architecture or tokenizer this module cannot write."""
     hp = HParams.from_folder(Path(folder))
     if base_gguf is None or not Path(base_gguf).is_file():
-        tokenizer = Path(folder) / "tokenizer.json"
-        if (Path(folder) / "tokenizer.model").is_file():
-            return hp
-        if not tokenizer.is_file():
-            raise UnsupportedModel(f"{folder} has neither tokenizer.json nor tokenizer.model")
-        tj = json.loads(tokenizer.read_text())
-        if (tj.get("model") or {}).get("type") != "BPE":
-            raise UnsupportedModel(f"tokenizer type {(tj.get('model') or {}).get('type')} is not supported yet")
-        bpe_pre_tokenizer(tj)
+        _hf_tokenizer(Path(folder))
     return hp
 
 
 def _add_tokenizer_from_hf(writer, folder: Path, vocab_size: int) -> None:
     import gguf
 
+    model, tj, pre = _hf_tokenizer(folder)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
-    if (folder / "tokenizer.model").is_file():
+    if tj is None:
         from sentencepiece import SentencePieceProcessor
 
         sp = SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
@@ -274,16 +280,8 @@ def _add_tokenizer_from_hf(writer, folder: Path, vocab_size: int) -> None:
             tokens.append(f"[PAD{len(tokens)}]".encode())
             scores.append(-1000.0)
             types.append(5)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
         writer.add_token_scores(scores)
-        writer.add_token_types(types)
-    elif (folder / "tokenizer.json").is_file():
-        tj = json.loads((folder / "tokenizer.json").read_text())
-        if (tj.get("model") or {}).get("type") != "BPE":
-            raise UnsupportedModel(f"tokenizer type {(tj.get('model') or {}).get('type')} is not supported yet")
-        pre = bpe_pre_tokenizer(tj)
+    else:
         vocab = dict(tj["model"]["vocab"])
         added = {t["content"]: t for t in tj.get("added_tokens", [])}
         for content, t in added.items():
@@ -301,12 +299,10 @@ def _add_tokenizer_from_hf(writer, folder: Path, vocab_size: int) -> None:
             else:
                 tokens.append(tok)
                 types.append(1)
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre)
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-    else:
-        raise UnsupportedModel(f"{folder} has neither tokenizer.json nor tokenizer.model")
+    writer.add_tokenizer_model(model)
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
     template = folder / "chat_template.jinja"
     if template.is_file() and not special.chat_template:
         special.chat_template = template.read_text()
@@ -391,13 +387,6 @@ def write_model_gguf(model_dir: Path, out_path: Path, *, name: str, base_gguf: P
     return out_path
 
 
-def _write(writer) -> None:
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def adapter_lora_scale_alpha(adapter_config: dict) -> float:
     """The alpha llama.cpp needs: it scales by alpha / r, which rsLoRA replaces with alpha / sqrt(r)."""
     r = int(adapter_config["r"])
@@ -456,7 +445,10 @@ def write_adapter_gguf(adapter_dir: Path, base_config: dict, out_path: Path, *, 
         writer.add_tensor(f"{stem}.weight.lora_a", ab["A"])
         writer.add_tensor(f"{stem}.weight.lora_b", _to_llama_layout(hp, target, ab["B"]))
     progress(0.5, f"writing {len(pairs)} LoRA matrix pairs")
-    _write(writer)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return out_path
 
 
