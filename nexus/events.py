@@ -40,13 +40,18 @@ def job_event_record(
     # Serialize writers of one job's stream so seq is dense and commit order equals seq order.
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_KIND_LOCK[kind], job_id])
-    last = JobEvent.objects.filter(job_kind=kind, job_id=job_id).aggregate(m=Max("seq"))["m"] or 0
     event = JobEvent.objects.create(
-        job_kind=kind, job_id=job_id, seq=last + 1, type=type, level=level, message=message, data=data or {}
+        job_kind=kind, job_id=job_id, seq=job_events_last_seq(kind=kind, job_id=job_id) + 1, type=type, level=level,
+        message=message, data=data or {},
     )
     payload = event.as_message()
     transaction.on_commit(lambda: _push(kind, job_id, payload))
     return event
+
+
+def job_events_last_seq(*, kind: str, job_id: int) -> int:
+    """The seq of a job's newest event (0 before the first)."""
+    return JobEvent.objects.filter(job_kind=kind, job_id=job_id).aggregate(m=Max("seq"))["m"] or 0
 
 
 def job_events_after(*, kind: str, job_id: int, after: int = 0, limit: int | None = None) -> list[JobEvent]:

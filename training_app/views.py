@@ -290,11 +290,10 @@ def _summary(request, job, **extra):
     """The summary partial, stamped with the last event seq read *before* the job's row: the page
     knows it is stale when it has already shown a status event after that seq (a refresh that
     raced a status change) and asks again."""
-    from django.db.models import Max
-
+    from nexus.events import job_events_last_seq
     from nexus.models import JobEvent
 
-    seq = JobEvent.objects.filter(job_kind=JobEvent.Kind.TRAINING, job_id=job.pk).aggregate(m=Max("seq"))["m"] or 0
+    seq = job_events_last_seq(kind=JobEvent.Kind.TRAINING, job_id=job.pk)
     job.refresh_from_db()
     return render(request, "training/_summary.html",
                   {"job": job, "eta": training_job_metrics(job=job)["eta_seconds"], "summary_seq": seq, **extra})
