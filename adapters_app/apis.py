@@ -12,19 +12,28 @@ from adapters_app.downloads import adapter_download_response, export_download_re
 from adapters_app.services import adapter_delete
 from nexus.api_utils import int_query_param, request_team_filter
 from nexus.events import job_events_after
+from nexus.errors import NexusError
 from nexus.models import JobEvent
+from training_app.schema import LoRAConfigField
 
 
 class ExportOutputSerializer(serializers.ModelSerializer):
     adapter_id = serializers.IntegerField()
     filename = serializers.CharField()
+    gguf_path = serializers.SerializerMethodField(help_text="storage name of the GGUF file once the export is "
+                                                  "completed (verified in llama.cpp); null before, and for a merge")
     download_url = serializers.SerializerMethodField()
 
     class Meta:
         model = AdapterExport
-        fields = ["id", "adapter_id", "kind", "quantization", "status", "progress", "stage", "filename", "size_bytes",
-                  "sha256", "verified", "verification", "error", "download_url", "created_at", "started_at",
-                  "finished_at"]
+        fields = ["id", "adapter_id", "kind", "quantization", "status", "progress", "stage", "filename", "gguf_path",
+                  "size_bytes", "sha256", "verified", "verification", "error", "download_url", "created_at",
+                  "started_at", "finished_at"]
+
+    def get_gguf_path(self, export: AdapterExport) -> str | None:
+        if export.status != AdapterExport.Status.COMPLETED or export.kind == AdapterExport.Kind.MERGE:
+            return None
+        return export.path
 
     def get_download_url(self, export: AdapterExport) -> str | None:
         if export.status != AdapterExport.Status.COMPLETED:
@@ -33,9 +42,15 @@ class ExportOutputSerializer(serializers.ModelSerializer):
 
 
 class AdapterOutputSerializer(serializers.ModelSerializer):
+    """Section 5.3's LoRAAdapter, with what this project adds."""
+
     team = serializers.IntegerField(source="team_id")
     base_model = serializers.CharField(source="base_model.name")
+    training_job_id = serializers.IntegerField(source="job_id", allow_null=True)
     job_id = serializers.IntegerField(allow_null=True)
+    file_path = serializers.CharField(source="path", help_text="storage name of the PEFT adapter folder")
+    file_size = serializers.IntegerField(source="size_bytes", help_text="bytes of the adapter folder")
+    lora_config = LoRAConfigField()
     dataset_id = serializers.IntegerField(allow_null=True)
     merged_model = serializers.CharField(source="merged_model.name", allow_null=True, default=None)
     lineage = serializers.SerializerMethodField()
@@ -44,9 +59,10 @@ class AdapterOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = LoRAAdapter
-        fields = ["id", "team", "name", "version", "base_model", "job_id", "dataset_id", "source", "checkpoint_step",
-                  "lineage", "size_bytes", "sha256", "lora_config", "training_config", "metrics", "final_loss",
-                  "is_merged", "merged_model", "gguf_path", "exports", "download_url", "created_at"]
+        fields = ["id", "team", "name", "description", "version", "base_model", "training_job_id", "job_id",
+                  "dataset_id", "source", "checkpoint_step", "lineage", "file_path", "file_size", "size_bytes", "sha256",
+                  "lora_config", "training_config", "metrics", "final_loss", "is_merged", "merged_model", "gguf_path",
+                  "exports", "download_url", "created_at"]
 
     def get_lineage(self, adapter: LoRAAdapter) -> dict:
         return {"job": adapter.job_id, "job_name": adapter.job.name if adapter.job_id else None,
@@ -91,16 +107,26 @@ class AdapterMergeApi(APIView):
 
 class AdapterExportApi(APIView):
     class InputSerializer(serializers.Serializer):
-        kind = serializers.ChoiceField(choices=[AdapterExport.Kind.ADAPTER_GGUF, AdapterExport.Kind.MODEL_GGUF])
-        quantization = serializers.ChoiceField(choices=["f16", "q8_0", "q4_k_m"], required=False, default="q4_k_m")
+        kind = serializers.ChoiceField(choices=[AdapterExport.Kind.MODEL_GGUF, AdapterExport.Kind.ADAPTER_GGUF],
+                                       required=False, help_text="model_gguf (the default): base + adapter merged into "
+                                       "one GGUF at `quantization`; adapter_gguf: the LoRA adapter alone, for "
+                                       "llama.cpp's --lora over the base GGUF")
+        quantization = serializers.ChoiceField(choices=["f16", "q8_0", "q4_k_m"], required=False,
+                                               help_text="of a model_gguf export (default q4_k_m); "
+                                               "`{\"quantization\": \"q4_k_m\"}` alone is a merged q4_k_m GGUF")
 
     @extend_schema(request=InputSerializer, responses={202: ExportOutputSerializer})
     def post(self, request, adapter_id: int):
         adapter = adapter_get(user=request.user, pk=adapter_id, write=True)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        export = export_create(adapter=adapter, user=request.user, kind=data.validated_data["kind"],
-                               quantization=data.validated_data["quantization"])
+        kind = data.validated_data.get("kind", AdapterExport.Kind.MODEL_GGUF)
+        quantization = data.validated_data.get("quantization", "")
+        if kind == AdapterExport.Kind.ADAPTER_GGUF and quantization:
+            raise NexusError("quantization: an adapter GGUF is written unquantized (f32, it is small); quantization "
+                             "applies to kind model_gguf", code="validation_error",
+                             details={"quantization": "not for kind adapter_gguf"})
+        export = export_create(adapter=adapter, user=request.user, kind=kind, quantization=quantization)
         return Response(ExportOutputSerializer(export).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=ExportOutputSerializer(many=True))

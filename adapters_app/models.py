@@ -18,20 +18,23 @@ class LoRAAdapter(models.Model):
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="adapters")
     name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
     version = models.PositiveIntegerField(default=1)
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="adapters")
     job = models.ForeignKey(
-        "training_app.FineTuningJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="adapters"
+        "training_app.FineTuningJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="adapters",
+        verbose_name="training job",
     )
     dataset = models.ForeignKey(
         "datasets_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="adapters"
     )
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.JOB)
     checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
-    path = models.CharField(max_length=500, help_text="Folder holding adapter_config.json and adapter_model.safetensors")
-    size_bytes = models.BigIntegerField(default=0)
+    path = models.CharField("file path", max_length=500,
+                            help_text="Folder holding adapter_config.json and adapter_model.safetensors (storage name)")
+    size_bytes = models.BigIntegerField("file size", default=0, help_text="bytes")
     sha256 = models.CharField(max_length=64, blank=True, help_text="Of adapter_model.safetensors")
-    lora_config = models.JSONField(default=dict, blank=True)
+    lora_config = models.JSONField(default=dict, blank=True, help_text="rank, alpha, dropout, target_modules, bias, ...")
     training_config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="final/best training and validation loss, steps, tokens")
     final_loss = models.FloatField(null=True, blank=True)
@@ -44,6 +47,7 @@ class LoRAAdapter(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name = "LoRA adapter"
         constraints = [models.UniqueConstraint(fields=["team", "name", "version"], name="adapter_unique_version")]
 
     def __str__(self) -> str:

@@ -13,7 +13,9 @@ from nexus.models import Team
 from nexus.storage import local_path, storage_delete_prefix, storage_save_folder
 
 
-_LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
+# adapter_config.json's keys (PEFT's names) -> the design's LoRAConfig names (section 5.3)
+_LORA_KEYS = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules",
+              "bias": "bias", "use_rslora": "use_rslora", "use_dora": "use_dora"}
 
 
 def name_slug(name: str) -> str:
@@ -52,12 +54,14 @@ def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None,
     size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
     # what PEFT actually trained (the job's config leaves out defaults such as the target modules)
     saved = json.loads((adapter_dir / "adapter_config.json").read_text() or "{}")
-    lora_config = {**job.lora_config, **{k: saved[k] for k in _LORA_KEYS if saved.get(k) is not None}}
+    lora_config = {**job.lora_config, **{ours: saved[peft] for peft, ours in _LORA_KEYS.items()
+                                          if saved.get(peft) is not None}}
     if isinstance(lora_config.get("target_modules"), list):
         lora_config["target_modules"] = sorted(lora_config["target_modules"])
     adapter = LoRAAdapter(
         team=job.team,
         name=name,
+        description=job.description,
         version=version,
         base_model=job.base_model,
         job=job,

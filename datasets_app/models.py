@@ -19,7 +19,7 @@ class Dataset(models.Model):
         COMPLETION = "completion", "Completion (text)"
 
     class Status(models.TextChoices):
-        UPLOADED = "uploaded", "Uploaded"
+        UPLOADING = "uploading", "Uploading"  # stored, waiting for (or between) processing
         PROCESSING = "processing", "Processing"
         READY = "ready", "Ready"
         ERROR = "error", "Error"
@@ -29,7 +29,7 @@ class Dataset(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     format = models.CharField(max_length=20, choices=Format.choices, default=Format.AUTO)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.UPLOADED, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.UPLOADING, db_index=True)
     # The original upload is kept untouched; the normalized JSONL is written beside it.
     original_file = models.FileField(upload_to=_original_upload_to, max_length=500)
     original_filename = models.CharField(max_length=255, blank=True)

@@ -69,12 +69,12 @@ def _enqueue_processing(dataset: Dataset) -> None:
     from datasets_app.tasks import process_dataset
 
     enqueue_on_commit(process_dataset, dataset.pk, on_error=lambda exc: _event(
-        dataset, QUEUE_ERROR.format(error=exc, status="uploaded"), level="error"))
+        dataset, QUEUE_ERROR.format(error=exc, status="uploading"), level="error"))
 
 
 def dataset_claim(*, dataset_id: int) -> bool:
     return bool(
-        Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.UPLOADED).update(
+        Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.UPLOADING).update(
             status=Dataset.Status.PROCESSING, updated_at=timezone.now())
     )
 
@@ -85,13 +85,13 @@ def dataset_revalidate(*, dataset: Dataset, base_model: BaseModel | None = None,
                        ) -> Dataset:
     """Run processing again from the untouched original (e.g. against another model's tokenizer)."""
     dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
-    if dataset.status in (Dataset.Status.UPLOADED, Dataset.Status.PROCESSING):
+    if dataset.status in (Dataset.Status.UPLOADING, Dataset.Status.PROCESSING):
         raise NexusError("The dataset is being processed; wait for it to finish.", code="busy", status_code=409)
     if dataset.parent_id and not dataset.original_file:
         raise NexusError("A split has no original upload to validate again; validate its parent.", code="invalid")
     config = {"base_model_id": base_model.pk if base_model else None, "max_tokens": max_tokens, "min_tokens": min_tokens,
               "dedup": dedup or {}, "languages": languages or []}
-    Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.UPLOADED, validation_config=config,
+    Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.UPLOADING, validation_config=config,
                                                  updated_at=timezone.now())
     _event(dataset, "Validation requested" + (f" with the {base_model.name} tokenizer" if base_model else ""))
     _enqueue_processing(dataset)
@@ -102,15 +102,15 @@ def dataset_revalidate(*, dataset: Dataset, base_model: BaseModel | None = None,
 def datasets_requeue(*, stale_after_s: int = 2400) -> list[int]:
     """Send again what a lost message or a dead worker left behind. Processing is idempotent (it
     rewrites the normalized file from the untouched original), so a stale `processing` row goes
-    back to `uploaded`."""
+    back to `uploading`."""
     from datasets_app.tasks import process_dataset
 
     cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_s)
     stale = list(Dataset.objects.filter(status=Dataset.Status.PROCESSING, updated_at__lt=cutoff).values_list("pk", flat=True))
-    Dataset.objects.filter(pk__in=stale, status=Dataset.Status.PROCESSING).update(status=Dataset.Status.UPLOADED)
+    Dataset.objects.filter(pk__in=stale, status=Dataset.Status.PROCESSING).update(status=Dataset.Status.UPLOADING)
     for pk in stale:
         _event(Dataset(pk=pk), "Processing was interrupted (worker lost); processing again", level="warning")
-    ids = list(Dataset.objects.filter(status=Dataset.Status.UPLOADED).values_list("pk", flat=True))
+    ids = list(Dataset.objects.filter(status=Dataset.Status.UPLOADING).values_list("pk", flat=True))
     for pk in ids:
         process_dataset.delay(pk)
     return ids

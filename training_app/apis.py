@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 from nexus.errors import NexusError
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 from training_app.models import FineTuningJob
+from training_app.schema import LoRAConfigField, QLoRAConfigField, TrainingConfigField
 from training_app.selectors import (
     preset_list,
     training_job_events,
@@ -33,23 +34,38 @@ from training_app.services import (
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
+    """Section 5.3's FineTuningJob, with what this project adds."""
+
     team = serializers.IntegerField(source="team_id")
     base_model = serializers.CharField(source="base_model.name")
     dataset_id = serializers.IntegerField()
     eval_dataset_id = serializers.IntegerField(allow_null=True)
+    lora_config = LoRAConfigField()
+    training_config = TrainingConfigField()
+    qlora_config = QLoRAConfigField()
     adapter_id = serializers.SerializerMethodField()
+    adapter_path = serializers.SerializerMethodField(help_text="storage name of the finished adapter's PEFT folder")
+    completed_at = serializers.DateTimeField(source="finished_at", allow_null=True,
+                                             help_text="when the job ended (completed, failed or cancelled)")
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="settings the job could not honour as "
+                                     "asked, and what it used instead")
 
     class Meta:
         model = FineTuningJob
         fields = ["id", "team", "name", "description", "base_model", "dataset_id", "lora_config", "training_config",
                   "qlora_config", "status", "progress", "current_step", "total_steps", "current_epoch", "current_loss",
                   "best_loss", "current_eval_loss", "best_eval_loss", "best_checkpoint_step", "tokens_per_second", "metrics",
-                  "adapter_id", "error", "cancel_requested", "pause_requested", "checkpoint_requested", "eval_dataset_id",
-                  "created_at", "updated_at", "started_at", "finished_at"]
+                  "adapter_id", "adapter_path", "warnings", "error", "cancel_requested", "pause_requested",
+                  "checkpoint_requested", "eval_dataset_id", "created_at", "updated_at", "started_at", "completed_at",
+                  "finished_at"]
 
     def get_adapter_id(self, job: FineTuningJob) -> int | None:
         adapter = job.adapter
         return adapter.pk if adapter else None
+
+    def get_adapter_path(self, job: FineTuningJob) -> str | None:
+        adapter = job.adapter
+        return adapter.path if adapter else None
 
 
 class JobEventSerializer(serializers.Serializer):
@@ -69,11 +85,12 @@ class JobListCreateApi(APIView):
         dataset_id = serializers.IntegerField()
         eval_dataset_id = serializers.IntegerField(required=False, allow_null=True,
                                                    help_text="validation data (e.g. the val split); or training_config.validation_split")
-        lora_config = serializers.JSONField(required=False, default=dict)
-        training_config = serializers.JSONField(required=False, default=dict)
-        qlora_config = serializers.JSONField(required=False, default=dict)
+        lora_config = LoRAConfigField(required=False, default=dict)
+        training_config = TrainingConfigField(required=False, default=dict)
+        qlora_config = QLoRAConfigField(required=False, default=dict)
         preset = serializers.CharField(required=False, allow_blank=True,
-                                       help_text="quick-start, balanced, high-quality or a team preset id")
+                                       help_text="quick-start, balanced, high-quality or a team preset id: its fields, "
+                                       "with the ones given here on top")
         team = serializers.CharField(required=False, allow_blank=True)
 
     @extend_schema(responses=JobOutputSerializer(many=True))
@@ -123,9 +140,11 @@ class PresetListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=100)
         description = serializers.CharField(required=False, allow_blank=True, default="")
-        lora_config = serializers.JSONField(required=False, default=dict)
-        training_config = serializers.JSONField(required=False, default=dict)
-        qlora_config = serializers.JSONField(required=False, default=dict)
+        lora_config = LoRAConfigField(required=False, default=dict)
+        training_config = TrainingConfigField(required=False, default=dict)
+        qlora_config = QLoRAConfigField(required=False, default=dict)
+        lora = LoRAConfigField(required=False, help_text="appendix A's spelling of lora_config")
+        training = TrainingConfigField(required=False, help_text="appendix A's spelling of training_config")
         team = serializers.CharField(required=False, allow_blank=True)
 
     def get(self, request):
@@ -137,9 +156,14 @@ class PresetListCreateApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = {k: val for k, val in data.validated_data.items() if k != "team"}
+        for short, full in (("lora", "lora_config"), ("training", "training_config")):
+            if short in v:
+                if full in request.data:
+                    raise NexusError(f"{short}: given twice, as {short} and {full}: give one of them",
+                                     code="validation_error", details={short: f"conflicts with {full}", full: "given too"})
+                v[full] = v.pop(short)
         preset = preset_create(team=team, user=request.user, **v)
-        return Response(preset_resolve(user=request.user, preset=preset.pk) | {"builtin": False, "team": team.pk},
-                        status=status.HTTP_201_CREATED)
+        return Response(preset_resolve(user=request.user, preset=preset.pk), status=status.HTTP_201_CREATED)
 
 
 class PresetDetailApi(APIView):
@@ -152,9 +176,9 @@ class EstimateApi(APIView):
         base_model = serializers.CharField()
         dataset_id = serializers.IntegerField(required=False)
         preset = serializers.CharField(required=False, allow_blank=True)
-        lora_config = serializers.JSONField(required=False, default=dict)
-        training_config = serializers.JSONField(required=False, default=dict)
-        qlora_config = serializers.JSONField(required=False, default=dict)
+        lora_config = LoRAConfigField(required=False, default=dict)
+        training_config = TrainingConfigField(required=False, default=dict)
+        qlora_config = QLoRAConfigField(required=False, default=dict)
         device = serializers.ChoiceField(choices=["cuda", "cpu"], required=False, default="cuda")
 
     @extend_schema(request=InputSerializer, description="Memory broken down from the model's config (weights at the "

@@ -60,6 +60,8 @@ class FineTuningJob(models.Model):
     best_checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_second = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
+    warnings = models.JSONField(default=list, blank=True, help_text="settings the job could not honour as asked "
+                                "(a default that does not fit the model, bf16 on a CPU, ...) and what it used instead")
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     pause_requested = models.BooleanField(default=False)
@@ -69,10 +71,12 @@ class FineTuningJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField("completed at", null=True, blank=True,
+                                       help_text="when it ended: completed, failed or cancelled (the API's completed_at)")
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name = "fine-tuning job"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"

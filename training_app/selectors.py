@@ -39,11 +39,11 @@ def training_job_loss_curve(*, job: FineTuningJob) -> list[dict]:
 
 def preset_list(*, user) -> list[dict]:
     from training_app.models import TrainingPreset
-    from training_app.presets import BUILTIN_PRESETS
+    from training_app.presets import BUILTIN_PRESETS, preset_out
 
-    builtin = [{**p, "builtin": True, "team": None} for p in BUILTIN_PRESETS]
-    own = [{"id": p.pk, "name": p.name, "description": p.description, "lora_config": p.lora_config,
-            "training_config": p.training_config, "qlora_config": p.qlora_config, "builtin": False, "team": p.team_id}
+    builtin = [preset_out(p, builtin=True, team=None) for p in BUILTIN_PRESETS]
+    own = [preset_out({"id": p.pk, "name": p.name, "description": p.description, "lora_config": p.lora_config,
+                       "training_config": p.training_config, "qlora_config": p.qlora_config}, builtin=False, team=p.team_id)
            for p in visible_to(TrainingPreset.objects.all(), user)]
     return builtin + own
 

@@ -19,7 +19,16 @@ from nexus.errors import NexusError
 from nexus.events import job_event_record
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
 from nexus.models import BaseModel, JobEvent, Team
-from training_app.engine.config import ConfigError, parse_job_config
+from training_app.engine.config import (
+    DESIGN_TARGET_MODULES,
+    SECTIONS,
+    ConfigError,
+    JobConfig,
+    given_fields,
+    merge_sections,
+    parse_job_config,
+    total_steps_for,
+)
 from training_app.models import FineTuningJob
 
 STALE_AFTER_SECONDS = 15 * 60
@@ -53,10 +62,10 @@ def _resolve_base_model(value: Any, *, user, team: Team | None = None) -> BaseMo
 
 def preset_resolve(*, user, preset: Any) -> dict[str, Any]:
     """A built-in preset by slug, or one of the user's teams' presets by id (404 otherwise)."""
-    from training_app.presets import BUILTIN_BY_ID
+    from training_app.presets import BUILTIN_BY_ID, preset_out
 
     if str(preset) in BUILTIN_BY_ID:
-        return BUILTIN_BY_ID[str(preset)]
+        return preset_out(BUILTIN_BY_ID[str(preset)], builtin=True, team=None)
     if not re.fullmatch(r"[0-9]{1,18}", str(preset)):
         raise NexusError(f"preset: unknown preset '{preset}' (built-in: {', '.join(BUILTIN_BY_ID)})",
                          code="validation_error", details={"preset": str(preset)})
@@ -64,48 +73,66 @@ def preset_resolve(*, user, preset: Any) -> dict[str, Any]:
     from training_app.models import TrainingPreset
 
     p = get_for_user(TrainingPreset.objects.all(), user, pk=int(preset))
-    return {"id": p.pk, "name": p.name, "lora_config": p.lora_config, "training_config": p.training_config,
-            "qlora_config": p.qlora_config}
+    return preset_out({"id": p.pk, "name": p.name, "description": p.description, "lora_config": p.lora_config,
+                       "training_config": p.training_config, "qlora_config": p.qlora_config}, builtin=False, team=p.team_id)
 
 
-def _merge(base: dict | None, override: dict | None) -> dict:
-    return {**(base or {}), **(override or {})}
+def _config_error(exc: ConfigError) -> NexusError:
+    return NexusError(str(exc), code="validation_error", details=exc.errors)
 
 
-def _with_preset(user, preset: Any, lora: dict | None, training: dict | None, qlora: dict | None
-                 ) -> tuple[dict | None, dict | None, dict | None]:
+def parse_config(lora_config: Any, training_config: Any, qlora_config: Any) -> JobConfig:
+    """The design's config from a request's sections (any accepted spelling), or a 400 naming the field."""
+    try:
+        return parse_job_config(lora_config, training_config, qlora_config)
+    except ConfigError as exc:
+        raise _config_error(exc) from exc
+
+
+def _with_preset(user, preset: Any, lora: Any, training: Any, qlora: Any) -> tuple[Any, Any, Any]:
     """The preset's configs with the caller's fields on top (no preset: as given)."""
     if preset in (None, ""):
         return lora, training, qlora
     p = preset_resolve(user=user, preset=preset)
-    return _merge(p["lora_config"], lora), _merge(p["training_config"], training), _merge(p["qlora_config"], qlora)
+    try:
+        return tuple(merge_sections(name, p[name], given) for name, given in zip(SECTIONS, (lora, training, qlora)))
+    except ConfigError as exc:
+        raise _config_error(exc) from exc
 
 
-def job_config_for_model(*, model: BaseModel, lora_config: dict | None, training_config: dict | None,
-                         qlora_config: dict | None):
-    """Parse the config and check it against the model: target modules that exist in it (its
-    architecture's defaults when none are given) and a max_seq_length within its context."""
+def job_config_for_model(*, model: BaseModel, lora_config: Any, training_config: Any, qlora_config: Any):
+    """Parse the config and check it against the model. Given values must fit it (target modules
+    it has, a max_seq_length within its context); the design's defaults that do not fit are
+    replaced by the nearest that does, and each replacement is returned as a warning.
+    Returns (config, model info, warnings)."""
     from training_app.engine.modelinfo import model_info
 
-    lora_config = dict(lora_config or {})
+    config = parse_config(lora_config, training_config, qlora_config)
     info = model_info(model.hf_path)
-    if "target_modules" not in lora_config and info.linear_modules:
-        lora_config["target_modules"] = info.default_targets()
-    try:
-        config = parse_job_config(lora_config, training_config, qlora_config)
-    except ConfigError as exc:
-        raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
-    if info.linear_modules and config.lora.target_modules != "all-linear":
-        unknown = [t for t in config.lora.target_modules if t not in info.linear_modules]
+    warnings: list[str] = []
+    lc, tc = config.lora, config.training
+    if "target_modules" not in given_fields("lora_config", lora_config) and info.linear_modules:
+        missing = [t for t in DESIGN_TARGET_MODULES if t not in info.linear_modules]
+        if missing:
+            lc.target_modules = info.default_targets()
+            warnings.append(f"lora_config.target_modules: {model.name} has no {', '.join(missing)}, so the default "
+                            f"seven projections do not apply; using its architecture's default: "
+                            f"{', '.join(lc.target_modules)}")
+    if info.linear_modules and lc.target_modules != "all-linear":
+        unknown = [t for t in lc.target_modules if t not in info.linear_modules]
         if unknown:
             message = (f"lora_config.target_modules: {', '.join(unknown)} not in {model.name} "
                        f"(its linear modules: {', '.join(info.linear_modules)}, or 'all-linear')")
             raise NexusError(message, code="validation_error", details={"lora_config.target_modules": message})
-    if info.context_length and config.training.max_seq_length > info.context_length:
-        message = (f"training_config.max_seq_length: {config.training.max_seq_length} is longer than the "
-                   f"{info.context_length}-token context of {model.name}")
-        raise NexusError(message, code="validation_error", details={"training_config.max_seq_length": message})
-    return config, info
+    if info.context_length and tc.max_seq_length > info.context_length:
+        if "max_seq_length" in given_fields("training_config", training_config):
+            message = (f"training_config.max_seq_length: {tc.max_seq_length} is longer than the "
+                       f"{info.context_length}-token context of {model.name}")
+            raise NexusError(message, code="validation_error", details={"training_config.max_seq_length": message})
+        warnings.append(f"training_config.max_seq_length: the default {tc.max_seq_length} is longer than the "
+                        f"{info.context_length}-token context of {model.name}; using {info.context_length}")
+        tc.max_seq_length = info.context_length
+    return config, info, warnings
 
 
 @transaction.atomic
@@ -124,13 +151,10 @@ def training_job_create(
     eval_dataset_id: int | None = None,
 ) -> FineTuningJob:
     lora_config, training_config, qlora_config = _with_preset(user, preset, lora_config, training_config, qlora_config)
-    try:
-        parse_job_config(lora_config, training_config, qlora_config)  # field errors first, before model checks
-    except ConfigError as exc:
-        raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
+    parse_config(lora_config, training_config, qlora_config)  # field errors first, before model checks
     model = _resolve_base_model(base_model, user=user, team=team)
-    config, _ = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
-                                     qlora_config=qlora_config)
+    config, _, warnings = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
+                                               qlora_config=qlora_config)
     dataset = _usable_dataset(user=user, team=team, pk=dataset_id, field="dataset_id")
     eval_dataset = _usable_dataset(user=user, team=team, pk=eval_dataset_id, field="eval_dataset_id") \
         if eval_dataset_id else None
@@ -150,10 +174,12 @@ def training_job_create(
                    "training_config.load_best_model_at_end")
         raise NexusError(message, code="validation_error", details={"training_config.early_stopping_patience": message})
     job = FineTuningJob(team=team, created_by=user, name=name.strip(), description=description, base_model=model,
-                        dataset=dataset, eval_dataset=eval_dataset, **config.as_dicts())
+                        dataset=dataset, eval_dataset=eval_dataset, warnings=warnings, **config.as_dicts())
     job.full_clean()
     job.save()
     _status_event(job.pk, "queued", f"Queued: {model.name} on '{dataset.name}' ({dataset.num_examples} examples)")
+    for warning in warnings:
+        _event(job.pk, warning, level="warning", data={"warning": warning})
     from training_app.tasks import run_training_job
 
     enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc: _event(
@@ -252,16 +278,17 @@ def preset_create(*, team: Team, user, name: str, description: str = "", lora_co
     from training_app.models import TrainingPreset
     from training_app.presets import BUILTIN_BY_ID
 
+    config = parse_config(lora_config, training_config, qlora_config)
+    # stored in the design's spelling, with only the fields given (the rest stay the defaults)
     try:
-        parse_job_config(lora_config, training_config, qlora_config)
+        given = {name_: {k: v for k, v in section.items() if k in given_fields(name_, raw)}
+                 for (name_, section), raw in zip(config.as_dicts().items(), (lora_config, training_config, qlora_config))}
     except ConfigError as exc:
-        raise NexusError(str(exc), code="validation_error", details=exc.errors) from exc
+        raise _config_error(exc) from exc
     if name.strip().lower() in {p["name"].lower() for p in BUILTIN_BY_ID.values()} or \
             TrainingPreset.objects.filter(team=team, name__iexact=name.strip()).exists():
         raise NexusError(f"name: a preset called '{name}' already exists", code="validation_error", details={"name": name})
-    preset = TrainingPreset(team=team, created_by=user, name=name.strip(), description=description,
-                            lora_config=lora_config or {}, training_config=training_config or {},
-                            qlora_config=qlora_config or {})
+    preset = TrainingPreset(team=team, created_by=user, name=name.strip(), description=description, **given)
     preset.full_clean()
     preset.save()
     return preset
@@ -271,15 +298,13 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
                       lora_config: dict | None = None, training_config: dict | None = None,
                       qlora_config: dict | None = None, device: str = "cuda") -> dict[str, Any]:
     """Memory broken down from the model's real config, and time from throughput measured here."""
-    import math
-
     from datasets_app.selectors import dataset_get
     from training_app.engine.estimate import estimate_memory, estimate_time
 
     lora_config, training_config, qlora_config = _with_preset(user, preset, lora_config, training_config, qlora_config)
     model = _resolve_base_model(base_model, user=user)
-    config, info = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
-                                        qlora_config=qlora_config)
+    config, info, warnings = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
+                                                  qlora_config=qlora_config)
     memory = estimate_memory(info, model.parameter_count, config, device=device)
     from training_app.selectors import measured_throughput
 
@@ -296,12 +321,11 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
         tokens_per_step = int(min(per_record, tc.max_seq_length) * tc.batch_size * tc.gradient_accumulation_steps)
         time_estimate = estimate_time(tokens_per_epoch=tokens_per_epoch, epochs=tc.num_epochs, max_steps=tc.max_steps,
                                       tokens_per_step=tokens_per_step, tokens_per_second=tps)
-        steps = tc.max_steps if tc.max_steps > 0 else math.ceil(
-            dataset.num_usable / (tc.batch_size * tc.gradient_accumulation_steps) * tc.num_epochs)
-        time_estimate["steps"] = steps
+        time_estimate["steps"] = total_steps_for(config, dataset.num_usable)
         if jobs:
             time_estimate["measured_by_jobs"] = jobs
-    return {"base_model": model.name, "config": config.as_dicts(), "memory": memory, "time": time_estimate}
+    return {"base_model": model.name, "config": config.as_dicts(), "warnings": warnings, "memory": memory,
+            "time": time_estimate}
 
 
 def training_job_claim(*, job_id: int, worker: str) -> bool:
@@ -331,6 +355,16 @@ class _JobHooks:
         _event(self.job.pk, message, level=level)
         # every log line is also a heartbeat for the stale-job reaper
         FineTuningJob.objects.filter(pk=self.job.pk).update(updated_at=timezone.now())
+
+    def warn(self, message: str) -> None:
+        """A setting the run could not honour as asked: logged, and kept on the job's `warnings`
+        (once, though a resumed run meets it again)."""
+        with transaction.atomic():
+            job = FineTuningJob.objects.select_for_update().get(pk=self.job.pk)
+            if message not in job.warnings:
+                job.warnings = [*job.warnings, message]
+                job.save(update_fields=["warnings", "updated_at"])
+            _event(job.pk, message, level="warning", data={"warning": message})
 
     def on_start(self, *, total_steps: int, num_examples: int, num_eval_examples: int) -> None:
         self.job.total_steps = total_steps

@@ -13,7 +13,7 @@ from nexus.catalog import base_models_visible
 from nexus.errors import NexusError
 from nexus.models import BaseModel
 from nexus.teams import resolve_team
-from training_app.engine.config import LR_SCHEDULERS, OPTIMIZERS, PACKING, PRECISIONS, LoRAConfig, TrainingConfig
+from training_app.engine.config import BIASES, LR_SCHEDULERS, OPTIMIZERS, PACKING, LoRAConfig, QLoRAConfig, TrainingConfig
 from training_app.engine.estimate import GIB
 from training_app.selectors import (
     preset_list,
@@ -34,7 +34,7 @@ from training_app.services import (
     training_job_resume,
 )
 
-_LORA, _TRAIN = LoRAConfig(), TrainingConfig()
+_LORA, _TRAIN, _QLORA = LoRAConfig(), TrainingConfig(), QLoRAConfig()
 # service error keys that are not named like the form field they belong to
 _FIELD_FOR_KEY = {"dataset_id": "dataset", "eval_dataset_id": "eval_dataset", "qlora_config.enabled": "qlora"}
 MEMORY_PARTS = {"weights": "Base weights", "lora_parameters_gradients_optimizer": "LoRA parameters, gradients, optimizer",
@@ -59,7 +59,7 @@ def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 class JobForm(forms.Form):
-    """The new-job wizard's fields; each config field is named as in the job's config."""
+    """The new-job wizard's fields; each config field is named as in the job's config (the design's names)."""
 
     name = forms.CharField(max_length=200)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
@@ -72,36 +72,44 @@ class JobForm(forms.Form):
                                         help_text="fraction of the dataset held out for validation; 0 = none")
 
     preset = forms.ChoiceField(required=False, help_text="fills the LoRA and training fields; change any of them after")
-    r = forms.IntegerField(label="LoRA rank (r)", initial=_LORA.r)
-    lora_alpha = forms.IntegerField(label="LoRA alpha", initial=_LORA.lora_alpha)
-    lora_dropout = forms.FloatField(label="LoRA dropout", initial=_LORA.lora_dropout)
-    target_modules = forms.CharField(required=False, help_text="blank: the architecture's default; "
-                                     "or a comma list (q_proj, v_proj), or all-linear")
-    qlora = forms.BooleanField(label="QLoRA (4-bit NF4)", required=False, initial=False)
+    rank = forms.IntegerField(label="rank", initial=_LORA.rank, help_text="LoRA rank (PEFT's r)")
+    alpha = forms.IntegerField(label="alpha", initial=_LORA.alpha, help_text="the update is scaled by alpha / rank")
+    dropout = forms.FloatField(label="dropout", initial=_LORA.dropout)
+    target_modules = forms.CharField(label="target_modules", required=False,
+                                     help_text="blank: q, k, v, o, gate, up and down projections (the model's own "
+                                     "default when it lacks them); or a comma list (q_proj, v_proj), or all-linear")
+    bias = forms.ChoiceField(label="bias", choices=_choices(BIASES), initial=_LORA.bias)
+    qlora = forms.BooleanField(label="QLoRA (4-bit NF4, double quantization)", required=False,
+                               initial=_QLORA.enabled)
 
-    num_epochs = forms.FloatField(initial=_TRAIN.num_epochs)
-    max_steps = forms.IntegerField(initial=_TRAIN.max_steps, help_text="-1 trains for num_epochs")
-    batch_size = forms.IntegerField(initial=_TRAIN.batch_size)
-    gradient_accumulation_steps = forms.IntegerField(initial=_TRAIN.gradient_accumulation_steps)
-    learning_rate = forms.FloatField(initial=_TRAIN.learning_rate)
-    lr_scheduler_type = forms.ChoiceField(choices=_choices(LR_SCHEDULERS), initial=_TRAIN.lr_scheduler_type)
-    warmup_ratio = forms.FloatField(initial=_TRAIN.warmup_ratio)
-    max_seq_length = forms.IntegerField(initial=_TRAIN.max_seq_length)
+    num_epochs = forms.FloatField(label="num_epochs", initial=_TRAIN.num_epochs)
+    max_steps = forms.IntegerField(label="max_steps", initial=_TRAIN.max_steps, required=False,
+                                   help_text="blank trains for num_epochs")
+    batch_size = forms.IntegerField(label="batch_size", initial=_TRAIN.batch_size)
+    gradient_accumulation_steps = forms.IntegerField(label="gradient_accumulation_steps",
+                                                     initial=_TRAIN.gradient_accumulation_steps)
+    learning_rate = forms.FloatField(label="learning_rate", initial=_TRAIN.learning_rate)
+    lr_scheduler = forms.ChoiceField(label="lr_scheduler", choices=_choices(LR_SCHEDULERS), initial=_TRAIN.lr_scheduler)
+    warmup_steps = forms.IntegerField(label="warmup_steps", initial=_TRAIN.warmup_steps)
+    weight_decay = forms.FloatField(label="weight_decay", initial=_TRAIN.weight_decay)
+    max_seq_length = forms.IntegerField(label="max_seq_length", initial=_TRAIN.max_seq_length)
+    optimizer = forms.ChoiceField(label="optimizer", choices=_choices(OPTIMIZERS), initial=_TRAIN.optimizer)
+    bf16 = forms.BooleanField(label="bf16", required=False, initial=_TRAIN.bf16,
+                              help_text="bfloat16 where the GPU has it (float32 on a CPU, said in the job's warnings)")
+    fp16 = forms.BooleanField(label="fp16", required=False, initial=_TRAIN.fp16)
     gradient_checkpointing = forms.BooleanField(required=False, initial=_TRAIN.gradient_checkpointing)
     packing = forms.ChoiceField(choices=_choices(PACKING), initial=_TRAIN.packing)
-    optim = forms.ChoiceField(choices=_choices(OPTIMIZERS), initial=_TRAIN.optim)
-    precision = forms.ChoiceField(choices=_choices(PRECISIONS), initial=_TRAIN.precision)
     save_steps = forms.IntegerField(initial=_TRAIN.save_steps, help_text="0: about ten checkpoints per run")
     save_total_limit = forms.IntegerField(initial=_TRAIN.save_total_limit)
     eval_steps = forms.IntegerField(initial=_TRAIN.eval_steps, help_text="0: at every checkpoint")
     early_stopping_patience = forms.IntegerField(initial=_TRAIN.early_stopping_patience, help_text="0: off")
     load_best_model_at_end = forms.BooleanField(required=False, initial=_TRAIN.load_best_model_at_end)
 
-    LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules")
-    TRAIN_FIELDS = ("num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate",
-                    "lr_scheduler_type", "warmup_ratio", "max_seq_length", "gradient_checkpointing", "packing", "optim",
-                    "precision", "save_steps", "save_total_limit", "eval_steps", "early_stopping_patience",
-                    "load_best_model_at_end", "validation_split")
+    LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules", "bias")
+    TRAIN_FIELDS = ("learning_rate", "batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
+                    "warmup_steps", "weight_decay", "optimizer", "lr_scheduler", "max_seq_length", "bf16", "fp16",
+                    "gradient_checkpointing", "packing", "save_steps", "save_total_limit", "eval_steps",
+                    "early_stopping_patience", "load_best_model_at_end", "validation_split")
     CONFIG_FIELDS = (*LORA_FIELDS, *TRAIN_FIELDS, "qlora")
     # the fields a preset sets (validation_split belongs to the dataset step, not to a preset)
     PRESET_FIELDS = tuple(f for f in CONFIG_FIELDS if f != "validation_split")
@@ -259,13 +267,16 @@ def _memory_bars(memories: list[dict]) -> list[dict]:
 
 def _review_sections(config: dict[str, dict]) -> list[tuple[str, list[tuple[str, str]]]]:
     def shown(value) -> str:  # noqa: ANN001
+        if value is None:
+            return "–"
         if isinstance(value, bool):
             return "yes" if value else "no"
         return ", ".join(value) if isinstance(value, list) else str(value)
 
-    titles = {"lora_config": "LoRA", "training_config": "Training", "qlora_config": "QLoRA"}
+    titles = {"lora_config": "LoRA (lora_config)", "training_config": "Training (training_config)",
+              "qlora_config": "QLoRA (qlora_config)"}
     sections = [(titles[name], [(key, shown(value)) for key, value in values.items()]) for name, values in config.items()]
-    if not config["qlora_config"]["enabled"]:
+    if not config["qlora_config"].get("enabled"):
         sections[-1] = ("QLoRA", [("enabled", "no")])
     return sections
 
@@ -276,14 +287,14 @@ def job_new_review_partial(request):
     """The whole configuration as it would be trained, checked against the model, or what is wrong."""
     form = JobForm(request.POST, user=request.user)
     form.is_valid()
-    config = None
+    config, warnings = None, []
     if not form.config_errors() and "base_model" in form.cleaned_data:
         try:
-            config, _ = job_config_for_model(model=form.cleaned_data["base_model"], **form.configs())
+            config, _, warnings = job_config_for_model(model=form.cleaned_data["base_model"], **form.configs())
         except NexusError as exc:
             form.add_service_error(exc)
     return render(request, "training/_review.html",
-                  {"form": form, "config": _review_sections(config.as_dicts()) if config else None})
+                  {"form": form, "config": _review_sections(config.as_dicts()) if config else None, "warnings": warnings})
 
 
 def _summary(request, job, **extra):
@@ -313,6 +324,8 @@ def job_detail_page(request, job_id: int):
         "events": events,
         "last_seq": events[-1].seq if events else 0,
         "curves": training_job_curves(job=job),
+        "config_sections": _review_sections({"lora_config": job.lora_config, "training_config": job.training_config,
+                                             "qlora_config": job.qlora_config}),
     })
 
 

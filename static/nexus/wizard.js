@@ -77,7 +77,8 @@
       const values = { ...defaults };
       if (preset) {
         Object.assign(values, preset.lora_config, preset.training_config);
-        values.qlora = !!(preset.qlora_config || {}).enabled;
+        const qlora = preset.qlora_config || {};
+        values.qlora = "enabled" in qlora ? !!qlora.enabled : defaults.qlora;
       }
       Object.entries(values).forEach(([name, value]) => setField(name, value));
       presetDescription.textContent = preset ? preset.description || "" : "";

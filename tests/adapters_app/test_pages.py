@@ -35,7 +35,7 @@ def _htmx(client: Client, url: str, data: dict):
 def _adapter(job, **fields) -> LoRAAdapter:
     defaults = {"team": job.team, "name": job.name, "version": 1, "base_model": job.base_model, "job": job,
                 "dataset": job.dataset, "path": f"adapters/team-{job.team_id}/missing-{job.pk}", "size_bytes": 3_400_000,
-                "sha256": SHA, "final_loss": 0.8123, "lora_config": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+                "sha256": SHA, "final_loss": 0.8123, "lora_config": {"rank": 8, "alpha": 16, "dropout": 0.05,
                                                                        "target_modules": ["q_proj", "v_proj"]},
                 "training_config": {"learning_rate": 0.0002, "max_steps": 60},
                 "metrics": {"steps": 60, "final_loss": 0.8123, "best_eval_loss": 0.9321, "best_step": 40,

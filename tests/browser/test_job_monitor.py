@@ -24,8 +24,9 @@ def carol_job(celery_worker_process, base_model):
     dataset = upload_and_wait_ready(api, pirate_records(16))
     r = api.post("/api/v1/finetune/jobs", {
         "name": "monitored", "base_model": base_model.name, "dataset_id": dataset["id"],
-        "lora_config": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
-        "training_config": {"max_steps": 400, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
+        "lora_config": {"rank": 8, "alpha": 16, "dropout": 0.0},
+        "training_config": {"max_steps": 400, "warmup_steps": 12, "batch_size": 4, "gradient_accumulation_steps": 1,
+                            "learning_rate": 1e-3,
                             "max_seq_length": 96, "save_steps": 1000, "eval_steps": 4, "validation_split": 0.25,
                             "load_best_model_at_end": False}}, format="json")
     assert r.status_code == 201, r.content

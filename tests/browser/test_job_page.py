@@ -129,8 +129,11 @@ def _walk_the_wizard(page) -> None:
 
     step(3)  # a preset fills the LoRA fields; the estimate panel follows the form
     page.select_option("select[name=preset]", "quick-start")
-    assert page.input_value("input[name=r]") == "8" and page.input_value("input[name=lora_alpha]") == "16"
-    page.fill("input[name=lora_alpha]", "32")
+    # the design's names, and appendix A's Quick Start values
+    assert page.input_value("input[name=rank]") == "8" and page.input_value("input[name=alpha]") == "16"
+    assert page.input_value("input[name=target_modules]") == "q_proj, v_proj"
+    assert page.is_checked("input[name=qlora]")  # the design's default: QLoRA on
+    page.fill("input[name=alpha]", "32")
     page.wait_for_function("() => /[0-9.]+ GiB/.test(document.querySelector('#estimate').innerText)")
     assert page.locator("#estimate .mem-bar span").count() == 10  # five parts, on the GPU and on the CPU
     page.screenshot(path=str(shots / "wizard-3-lora.png"), full_page=True)
@@ -138,7 +141,7 @@ def _walk_the_wizard(page) -> None:
 
     step(4)  # training; the estimate now counts this run's steps
     for field, value in {"max_steps": "14", "batch_size": "2", "gradient_accumulation_steps": "1",
-                         "learning_rate": "0.001", "max_seq_length": "96"}.items():
+                         "learning_rate": "0.001", "max_seq_length": "96", "warmup_steps": "2"}.items():
         page.fill(f"input[name={field}]", value)
     page.press("input[name=max_seq_length]", "Tab")  # a change event, as leaving the field gives
     page.wait_for_function("() => / 14 (optimizer )?steps/.test(document.querySelector('#estimate').innerText)")
@@ -150,6 +153,8 @@ def _walk_the_wizard(page) -> None:
     page.wait_for_selector("#review-config")
     assert page.inner_text("#review-config [data-key=learning_rate] td") == "0.001"
     assert page.inner_text("#review-config [data-key=max_steps] td") == "14"
-    assert page.inner_text("#review-config [data-key=r] td") == "8"
+    assert page.inner_text("#review-config [data-key=rank] td") == "8"
+    assert page.inner_text("#review-config [data-key=alpha] td") == "32"
+    assert page.inner_text("#review-config [data-key=warmup_steps] td") == "2"
     page.screenshot(path=str(shots / "wizard-5-review.png"), full_page=True)
     page.click("#start-training")

@@ -17,7 +17,7 @@ def test_upload_stores_the_original_and_processing_makes_it_ready(api, user, bas
     r = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload(raw=raw, name="p.jsonl"), "name": "Pirates"}, format="multipart")
     assert r.status_code == 201, r.content
     body = r.json()
-    assert body["status"] == "uploaded" and body["name"] == "Pirates"
+    assert body["status"] == "uploading" and body["name"] == "Pirates"
     with default_storage.open(body["file_path"], "rb") as fh:
         assert fh.read() == raw  # the original is kept byte for byte
 
@@ -98,7 +98,7 @@ def test_a_dataset_whose_worker_died_mid_processing_is_processed_again(api, user
     assert dataset_claim(dataset_id=body["id"])
     Dataset.objects.filter(pk=body["id"]).update(updated_at=timezone.now() - timezone.timedelta(hours=2))
     assert body["id"] in datasets_requeue()
-    assert Dataset.objects.get(pk=body["id"]).status == Dataset.Status.UPLOADED
+    assert Dataset.objects.get(pk=body["id"]).status == Dataset.Status.UPLOADING
     assert dataset_claim(dataset_id=body["id"])  # the re-sent task can claim it again
     assert dataset_process(dataset_id=body["id"]).status == Dataset.Status.READY
     messages = [e.message for e in job_events_after(kind="dataset", job_id=body["id"])]

@@ -163,7 +163,7 @@ def test_validate_again_with_a_token_limit_lists_too_long_records(api, base_mode
     d = upload(api, rows)
     process(d["id"])
     r = api.post(f"/api/v1/finetune/datasets/{d['id']}/validate", {"base_model": base_model.name, "max_tokens": 100}, format="json")
-    assert r.status_code == 202 and r.json()["status"] == "uploaded"
+    assert r.status_code == 202 and r.json()["status"] == "uploading"
     dataset = process(d["id"])
     assert dataset.num_examples == 5
     errors = api.get(f"/api/v1/finetune/datasets/{d['id']}/validation-errors", {"category": "too_long"}).json()

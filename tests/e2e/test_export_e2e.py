@@ -52,7 +52,7 @@ def test_trained_adapter_answers_the_same_in_llama_cpp_as_adapter_gguf_and_as_me
         celery_worker_process, base_model, api, outsider_api, tmp_path):
     records = [{"instruction": PROMPT, "input": "", "output": PHRASE}] * 12
     dataset = upload_and_wait_ready(api, records)
-    job = create_job(api, dataset["id"], lora={"r": 16, "lora_alpha": 32}, max_steps=30, learning_rate=3e-3)
+    job = create_job(api, dataset["id"], lora={"rank": 16, "alpha": 32}, max_steps=30, learning_rate=3e-3)
     job = wait_for(lambda: api.get(f"/api/v1/finetune/jobs/{job['id']}").json(),
                    lambda j: j["status"] in ("completed", "failed", "cancelled"), 600, "training")
     assert job["status"] == "completed", job["error"]
@@ -102,7 +102,7 @@ def _random_adapter(user, base_model, api) -> dict:
 
     dataset = upload_and_wait_ready(api, [{"instruction": "hi", "input": "", "output": "hello"}] * 2)
     job = FineTuningJob.objects.create(team=personal_team(user), created_by=user, name="random", status="completed",
-                                       base_model=base_model, dataset_id=dataset["id"], lora_config={"r": 4})
+                                       base_model=base_model, dataset_id=dataset["id"], lora_config={"rank": 4})
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model.hf_path, dtype=torch.float32),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))

@@ -35,14 +35,16 @@ def upload_and_wait_ready(api, records) -> dict:
                     lambda d: d["status"] in ("ready", "error"), 120, "dataset processing by the worker")
 
 
-def create_job(api, dataset_id: int, lora: dict | None = None, **training) -> dict:
+def create_job(api, dataset_id: int, lora: dict | None = None, qlora: dict | None = None, **training) -> dict:
+    """A small LoRA job (unquantized unless `qlora` says otherwise) in the design's names."""
     body = {
         "name": "pirate-e2e",
         "base_model": "SmolLM2-135M-Instruct",
         "dataset_id": dataset_id,
-        "lora_config": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, **(lora or {})},
+        "lora_config": {"rank": 8, "alpha": 16, "dropout": 0.0, **(lora or {})},
         "training_config": {"batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
-                            "max_seq_length": 96, "warmup_ratio": 0.0, "lr_scheduler_type": "constant", **training},
+                            "max_seq_length": 96, "warmup_steps": 0, "lr_scheduler": "constant", **training},
+        "qlora_config": {"enabled": False, **(qlora or {})},
     }
     r = api.post("/api/v1/finetune/jobs", body, format="json")
     assert r.status_code == 201, r.content

@@ -80,7 +80,7 @@ def test_the_memory_estimate_is_within_35_percent_of_the_measured_peak(celery_wo
     assert dataset["status"] == "ready", dataset
     r = api.post("/api/v1/finetune/jobs", {
         "name": "memory", "base_model": "SmolLM2-135M-Instruct", "dataset_id": dataset["id"],
-        "lora_config": {"r": 16, "lora_alpha": 32},
+        "lora_config": {"rank": 16, "alpha": 32},
         "training_config": {"max_steps": 2, "batch_size": 4, "gradient_accumulation_steps": 1, "max_seq_length": 512},
         "qlora_config": {"enabled": qlora}}, format="json")
     assert r.status_code == 201, r.content

@@ -22,9 +22,12 @@ def test_create_job_is_queued_with_seed_defaults(api, user, base_model):
     assert r.status_code == 201, r.content
     job = r.json()
     assert job["status"] == "queued" and job["progress"] == 0 and job["adapter_id"] is None
+    assert job["adapter_path"] is None and job["completed_at"] is None and job["warnings"] == []
     assert job["training_config"]["max_steps"] == 5
     assert job["training_config"]["learning_rate"] == 2e-4  # default filled in
-    assert job["lora_config"]["r"] == 16 and job["qlora_config"]["enabled"] is False
+    assert job["training_config"]["warmup_steps"] == 100 and job["training_config"]["optimizer"] == "adamw_8bit"
+    assert job["lora_config"]["rank"] == 32 and job["lora_config"]["alpha"] == 64
+    assert job["qlora_config"]["enabled"] is True and job["qlora_config"]["double_quant"] is True
     assert api.get(f"/api/v1/finetune/jobs/{job['id']}").json()["name"] == "pirate"
     events = api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]
     assert events[0]["type"] == "status" and events[0]["data"]["status"] == "queued"
@@ -35,7 +38,10 @@ def test_create_job_is_queued_with_seed_defaults(api, user, base_model):
     ("extra", "field"),
     [
         ({"training_config": {"learning_rate": 0}}, "training_config.learning_rate"),
-        ({"lora_config": {"r": -2}}, "lora_config.r"),
+        ({"lora_config": {"rank": -2}}, "lora_config.rank"),
+        ({"lora_config": {"r": -2}}, "lora_config.rank"),
+        ({"lora_config": {"r": 8, "rank": 8}}, "lora_config.rank"),
+        ({"training_config": {"optim": "adamw_torch", "optimizer": "adamw_torch"}}, "training_config.optimizer"),
         ({"training_config": {"batchsize": 2}}, "training_config.batchsize"),
         ({"base_model": "gpt-17"}, "base_model"),
     ],
@@ -211,8 +217,9 @@ def test_adapter_versions_count_up_per_team_and_name(user, base_model, tmp_path)
     assert second.job == b and second.dataset == a.dataset and second.source == "job" and second.metrics == {"steps": 3}
     assert second.sha256 == hashlib.sha256(b"weights").hexdigest()
     # the config PEFT saved, defaults included (the job only named some of it)
-    assert second.lora_config == {**b.lora_config, "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+    assert second.lora_config == {**b.lora_config, "rank": 4, "alpha": 8, "dropout": 0.0,
                                   "target_modules": ["q_proj", "v_proj"], "use_rslora": False}
+    assert second.description == b.description
     (tmp_path / "adapter_model.safetensors").unlink()
     with pytest.raises(NexusError, match="not a PEFT adapter folder"):
         adapter_create_from_job(job=b, adapter_dir=tmp_path, final_loss=0.5)

@@ -6,9 +6,68 @@ from training_app.engine.config import ConfigError, parse_job_config
 from training_app.engine.data import IGNORE_INDEX, encode_conversation
 
 
-def test_defaults_are_complete():
-    cfg = parse_job_config()
-    assert cfg.lora.r == 16 and cfg.training.learning_rate == 2e-4 and cfg.qlora.enabled is False
+def test_defaults_are_the_designs():
+    """Section 5.3's LoRAConfig, TrainingConfig and QLoRAConfig defaults, field by field."""
+    config = parse_job_config().as_dicts()
+    lora, training, qlora = config["lora_config"], config["training_config"], config["qlora_config"]
+    assert {k: lora[k] for k in ("rank", "alpha", "dropout", "target_modules", "bias")} == {
+        "rank": 32, "alpha": 64, "dropout": 0.05, "bias": "none",
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    assert {k: training[k] for k in ("learning_rate", "batch_size", "gradient_accumulation_steps", "num_epochs",
+                                     "max_steps", "warmup_steps", "weight_decay", "optimizer", "lr_scheduler",
+                                     "max_seq_length", "fp16", "bf16")} == {
+        "learning_rate": 2e-4, "batch_size": 4, "gradient_accumulation_steps": 4, "num_epochs": 3, "max_steps": None,
+        "warmup_steps": 100, "weight_decay": 0.01, "optimizer": "adamw_8bit", "lr_scheduler": "cosine",
+        "max_seq_length": 2048, "fp16": False, "bf16": True}
+    assert qlora == {"enabled": True, "bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
+    # no PEFT or transformers spelling is stored
+    assert not {"r", "lora_alpha", "lora_dropout", "optim", "lr_scheduler_type", "precision"} & {*lora, *training}
+
+
+def test_peft_and_transformers_spellings_are_aliases():
+    config = parse_job_config(
+        {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1},
+        {"optim": "adamw_torch", "lr_scheduler_type": "linear", "warmup_ratio": 0.1, "precision": "fp16",
+         "max_steps": -1, "num_train_epochs": 2, "per_device_train_batch_size": 2},
+        {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False})
+    lc, tc, qc = config.lora, config.training, config.qlora
+    assert (lc.rank, lc.alpha, lc.dropout) == (8, 16, 0.1)
+    assert (tc.optimizer, tc.lr_scheduler, tc.fp16, tc.bf16, tc.max_steps) == ("adamw_torch", "linear", True, False, None)
+    assert (tc.warmup_ratio, tc.warmup_steps, tc.num_epochs, tc.batch_size) == (0.1, None, 2, 2)
+    assert (qc.quant_type, qc.double_quant) == ("fp4", False)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "field", "names"),
+    [
+        ("lora", {"r": 8, "rank": 16}, "lora_config.rank", ("lora_config.r", "lora_config.rank")),
+        ("lora", {"alpha": 8, "lora_alpha": 16}, "lora_config.alpha", ("lora_config.alpha", "lora_config.lora_alpha")),
+        ("training", {"optim": "adamw_torch", "optimizer": "adamw_8bit"}, "training_config.optimizer",
+         ("training_config.optim", "training_config.optimizer")),
+        ("training", {"lr_scheduler": "linear", "lr_scheduler_type": "cosine"}, "training_config.lr_scheduler",
+         ("training_config.lr_scheduler", "training_config.lr_scheduler_type")),
+        ("training", {"warmup_steps": 10, "warmup_ratio": 0.1}, "training_config.warmup_steps",
+         ("training_config.warmup_steps", "training_config.warmup_ratio")),
+        ("training", {"precision": "fp16", "bf16": False}, "training_config.precision",
+         ("training_config.precision", "training_config.bf16")),
+        ("training", {"fp16": True, "bf16": True}, "training_config.fp16", ("training_config.fp16", "training_config.bf16")),
+    ],
+)
+def test_two_spellings_of_one_setting_are_refused_naming_both(section, values, field, names):
+    with pytest.raises(ConfigError) as err:
+        parse_job_config(**{section: values})
+    assert field in err.value.errors
+    assert all(name in err.value.errors[field] for name in names), err.value.errors
+
+
+def test_unknown_field_lists_the_design_names_first():
+    with pytest.raises(ConfigError) as err:
+        parse_job_config(None, {"epochs": 3})
+    message = err.value.errors["training_config.epochs"]
+    allowed = message.split("allowed: ")[1].split(", ")
+    assert allowed[:12] == ["learning_rate", "batch_size", "gradient_accumulation_steps", "num_epochs", "max_steps",
+                            "warmup_steps", "weight_decay", "optimizer", "lr_scheduler", "max_seq_length", "fp16", "bf16"]
+    assert "optim (optimizer)" in message and "lr_scheduler_type (lr_scheduler)" in message
 
 
 @pytest.mark.parametrize(
@@ -18,8 +77,12 @@ def test_defaults_are_complete():
         ("training", {"batch_size": "four"}, "training_config.batch_size"),
         ("training", {"max_seq_length": 4}, "training_config.max_seq_length"),
         ("training", {"epochs": 3}, "training_config.epochs"),
-        ("lora", {"r": 0}, "lora_config.r"),
-        ("lora", {"lora_dropout": 1.5}, "lora_config.lora_dropout"),
+        ("lora", {"rank": 0}, "lora_config.rank"),
+        ("lora", {"r": 0}, "lora_config.rank"),  # a range error under an alias names the design's field...
+        ("lora", {"r": "eight"}, "lora_config.r"),  # ...a type error the key as given
+        ("lora", {"dropout": 1.5}, "lora_config.dropout"),
+        ("training", {"warmup_steps": -1}, "training_config.warmup_steps"),
+        ("training", {"optimizer": "sgd"}, "training_config.optimizer"),
         ("lora", {"target_modules": []}, "lora_config.target_modules"),
         ("qlora", {"bits": 8}, "qlora_config.bits"),
     ],

@@ -27,18 +27,18 @@ def test_qlora_trains_a_4bit_model_and_says_which_compute_dtype_it_used(demo_mod
     assert result.status == "completed" and (result.adapter_dir / "adapter_model.safetensors").is_file()
     messages = [m for _, m in hooks.logs]
     assert any("4-bit nf4 with double quantization, float32 compute" in m for m in messages)
-    assert ("warning", "bfloat16 compute is not supported at speed on this CPU; QLoRA computes in float32 "
-                       "(the weights stay 4-bit NF4)") in hooks.logs
+    assert ("qlora_config.compute_dtype: bfloat16 compute is not supported at speed on this CPU; QLoRA computes in "
+            "float32 (the weights stay 4-bit NF4)") in hooks.warnings
     losses = [s["loss"] for s in hooks.steps]
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
-def test_qlora_base_weights_are_4bit_nf4_and_only_lora_trains(demo_model_files):
+def test_by_default_the_base_weights_are_4bit_nf4_and_only_lora_trains(demo_model_files):
     import bitsandbytes as bnb
 
     from training_app.engine.trainer import load_model_for_training
 
-    config = parse_job_config({"r": 8}, {"max_seq_length": 64}, {"enabled": True})
+    config = parse_job_config({"rank": 8}, {"max_seq_length": 64})  # the design's default: QLoRA on, NF4
     model, _ = load_model_for_training(demo_model_files[0], config)
     four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(four_bit) == 30 * 7  # every linear layer of the 30 blocks

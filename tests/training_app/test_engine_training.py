@@ -80,20 +80,22 @@ def test_new_training_fields_are_checked_by_name(training, field):
 
 def test_validation_loss_best_checkpoint_early_stopping_and_fallbacks(demo_model_files, tmp_path):
     config = parse_job_config(
-        {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
+        {"rank": 8, "alpha": 16, "dropout": 0.0},
         {"max_steps": 12, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 2e-3, "max_seq_length": 64,
-         "warmup_ratio": 0.0, "lr_scheduler_type": "constant", "save_steps": 2, "save_total_limit": 2,
-         "early_stopping_patience": 2, "early_stopping_threshold": 0.05, "optim": "paged_adamw_8bit",
-         "precision": "bf16"})
+         "warmup_steps": 0, "lr_scheduler": "constant", "save_steps": 2, "save_total_limit": 2,
+         "early_stopping_patience": 2, "early_stopping_threshold": 0.05, "optimizer": "paged_adamw_8bit",
+         "bf16": True}, {"enabled": False})
     # validation answers that the training pulls away from: its loss rises after the first evaluation
     held_out = [{"messages": [{"role": "user", "content": f"Question number {i}: "},
                               {"role": "assistant", "content": "Certainly. The answer is forty-two."}]} for i in range(4)]
     hooks = NullHooks()
     result = train(model_dir=demo_model_files[0], records=_records(16), eval_records=held_out, config=config,
                    output_dir=tmp_path, hooks=hooks)
-    warnings = [m for level, m in hooks.messages if level == "warning"]
-    assert "bf16 training is not supported at speed on this CPU; training in fp32" in warnings
-    assert "paged optimizers need a CUDA GPU; on this CPU paged_adamw_8bit runs as adamw_8bit (not paged)" in warnings
+    assert hooks.warnings[:2] == [
+        "training_config.bf16: bf16 mixed precision is not supported at speed on this CPU; training in float32",
+        "training_config.optimizer: paged optimizers need a CUDA GPU; on this CPU paged_adamw_8bit runs as adamw_8bit "
+        "(not paged)"]
+    assert all(("warning", w) in hooks.messages for w in hooks.warnings)
     losses = [e["eval_loss"] for e in hooks.evaluations]
     # the first evaluation sets the best; at step 4 it has not improved by more than 0.05, at step 6 it has
     # risen: two evaluations without improvement end the run at step 6 of 12
@@ -103,7 +105,7 @@ def test_validation_loss_best_checkpoint_early_stopping_and_fallbacks(demo_model
     best_step = 2 if losses[0] <= losses[1] else 4
     assert hooks.evaluations[-1]["best_step"] == best_step and hooks.evaluations[-1]["best_eval_loss"] == min(losses)
     assert result.best_step == best_step and result.best_eval_loss == pytest.approx(min(losses))
-    assert any(m.startswith("Stopped early at step 6 of 12") for m in warnings)
+    assert any(m.startswith("Stopped early at step 6 of 12") for level, m in hooks.messages if level == "warning")
     assert f"The adapter is the best checkpoint's: step {best_step}, validation loss" in " ".join(m for _, m in hooks.messages)
     # the best is kept beside the last one
     assert [int(p.name.split("-")[1]) for p in checkpoints(tmp_path)] == [best_step, 6]
@@ -130,8 +132,9 @@ def test_validation_loss_best_checkpoint_early_stopping_and_fallbacks(demo_model
 
 
 def test_a_checkpoint_on_request_and_pause_and_stop(demo_model_files, tmp_path):
-    config = parse_job_config({"r": 4, "lora_alpha": 8}, {"max_steps": 20, "batch_size": 2, "gradient_accumulation_steps": 1,
-                                                          "max_seq_length": 48, "save_steps": 100})
+    config = parse_job_config({"rank": 4, "alpha": 8}, {"max_steps": 20, "batch_size": 2, "gradient_accumulation_steps": 1,
+                                                        "max_seq_length": 48, "save_steps": 100, "warmup_steps": 2},
+                              {"enabled": False})
     hooks = NullHooks()
     hooks.commands = [set(), {"checkpoint"}, set(), {"pause"}]
     paused = train(model_dir=demo_model_files[0], records=_records(8), config=config, output_dir=tmp_path, hooks=hooks)

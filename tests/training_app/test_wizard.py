@@ -21,11 +21,11 @@ def _client(user) -> Client:
 def _form(base_model, dataset, **overrides) -> dict:
     """Every wizard field as the browser posts it (an unchecked checkbox is left out)."""
     data = {"name": "wizard-job", "description": "from the wizard", "base_model": base_model.pk, "dataset": dataset.pk,
-            "eval_dataset": "", "validation_split": "0", "preset": "", "r": "8", "lora_alpha": "16",
-            "lora_dropout": "0.05", "target_modules": "", "num_epochs": "1", "max_steps": "5", "batch_size": "2",
-            "gradient_accumulation_steps": "1", "learning_rate": "0.0002", "lr_scheduler_type": "cosine",
-            "warmup_ratio": "0.03", "max_seq_length": "256", "packing": "padding_free", "optim": "adamw_torch",
-            "precision": "auto", "save_steps": "0", "save_total_limit": "2", "eval_steps": "0",
+            "eval_dataset": "", "validation_split": "0", "preset": "", "rank": "8", "alpha": "16",
+            "dropout": "0.05", "target_modules": "", "bias": "none", "num_epochs": "1", "max_steps": "5",
+            "batch_size": "2", "gradient_accumulation_steps": "1", "learning_rate": "0.0002", "lr_scheduler": "cosine",
+            "warmup_steps": "0", "weight_decay": "0.01", "max_seq_length": "256", "packing": "padding_free",
+            "optimizer": "adamw_torch", "bf16": "on", "save_steps": "0", "save_total_limit": "2", "eval_steps": "0",
             "early_stopping_patience": "0", "load_best_model_at_end": "on"}
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
@@ -69,9 +69,9 @@ def test_the_estimate_draws_the_memory_breakdown_as_stacked_bars(user, base_mode
     assert r.status_code == 200
     html = r.content.decode()
     expected = {device: training_estimate(user=user, base_model=base_model, dataset_id=dataset.pk, device=device,
-                                          lora_config={"r": 8, "lora_alpha": 16, "lora_dropout": 0.05},
+                                          lora_config={"rank": 8, "alpha": 16, "dropout": 0.05},
                                           training_config={"max_steps": 5, "batch_size": 2, "gradient_accumulation_steps": 1,
-                                                           "max_seq_length": 256},
+                                                           "max_seq_length": 256, "optimizer": "adamw_torch"},
                                           qlora_config={"enabled": True})["memory"] for device in ("cuda", "cpu")}
     for device, memory in expected.items():
         row = html[html.index(f'data-device="{device}"'):]
@@ -101,14 +101,18 @@ def test_the_review_shows_the_resolved_config_or_names_the_bad_field(user, base_
     client = _client(user)
     html = client.post("/finetune/training/new/review/", _form(base_model, dataset)).content.decode()
     assert 'id="review-config"' in html and "review-errors" not in html
-    assert re.search(r'data-key="target_modules"><th>target_modules</th><td>q_proj, k_proj, v_proj, o_proj</td>', html)
+    assert re.search(r'data-key="target_modules"><th>target_modules</th><td>q_proj, k_proj, v_proj, o_proj, gate_proj, '
+                     r'up_proj, down_proj</td>', html)
+    for key, value in (("rank", "8"), ("alpha", "16"), ("warmup_steps", "0"), ("optimizer", "adamw_torch"),
+                       ("lr_scheduler", "cosine"), ("bf16", "yes"), ("fp16", "no")):
+        assert f'data-key="{key}"><th>{key}</th><td>{value}</td>' in html
     assert re.search(r'data-key="learning_rate"><th>learning_rate</th><td>0.0002</td>', html)
 
     r = client.post("/finetune/training/new/review/", _form(base_model, dataset, learning_rate="5"))
     assert r.status_code == 200
     html = r.content.decode()
     assert 'id="review-config"' not in html
-    assert re.search(r'data-goto-step="4">Step 4 · Learning rate</a>: must be greater than 0 and at most 1', html)
+    assert re.search(r'data-goto-step="4">Step 4 · learning_rate</a>: must be greater than 0 and at most 1', html)
 
 
 def test_an_outsider_gets_404_from_the_preview_and_the_estimate(user, outsider, base_model):
@@ -125,13 +129,14 @@ def test_posting_the_form_creates_the_job_with_its_validation_data(user, base_mo
     splits = _splits(user)
     client = _client(user)
     r = client.post("/finetune/training/new/", _form(base_model, splits["train"], eval_dataset=splits["val"].pk,
-                                                     lr_scheduler_type="linear", packing="none",
+                                                     lr_scheduler="linear", packing="none",
                                                      target_modules="q_proj, v_proj", early_stopping_patience="2"))
     job = FineTuningJob.objects.get(name="wizard-job")
     assert r.status_code == 302 and r["Location"] == f"/finetune/training/{job.pk}/"
     assert job.dataset == splits["train"] and job.eval_dataset == splits["val"]
     assert job.description == "from the wizard" and job.lora_config["target_modules"] == ["q_proj", "v_proj"]
-    assert job.training_config["lr_scheduler_type"] == "linear" and job.training_config["packing"] == "none"
+    assert job.training_config["lr_scheduler"] == "linear" and job.training_config["packing"] == "none"
+    assert job.lora_config["rank"] == 8 and job.training_config["bf16"] is True and job.qlora_config["enabled"] is False
     assert job.training_config["early_stopping_patience"] == 2 and job.training_config["load_best_model_at_end"] is True
 
     r = client.post("/finetune/training/new/", _form(base_model, splits["train"], name="held-out", validation_split="0.2"))

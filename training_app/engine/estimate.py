@@ -1,7 +1,7 @@
 """Memory and time estimates for a fine-tuning job, from the model's real config. Django-free.
 
 Memory (bytes) is the sum of: base weights at the quantization's bits, LoRA parameters with
-their gradients and AdamW states (fp32: 4 + 4 + 8 bytes each), activations for the batch and
+their gradients and AdamW states (4 + 4 + 8 bytes each, or 4 + 4 + 2 with an 8-bit optimizer), activations for the batch and
 sequence length (Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit, only the
 layer inputs with gradient checkpointing), the fp32 logits with the loss's log-softmax and their
 gradient (three vocabulary-wide tensors alive together at the start of the backward pass), and a
@@ -18,15 +18,16 @@ GIB = 1024**3
 RUNTIME_OVERHEAD = {"cuda": int(0.6 * GIB), "cpu": int(0.6 * GIB)}
 
 
-def lora_parameter_count(info: ModelInfo, targets: list[str], r: int) -> int:
+def lora_parameter_count(info: ModelInfo, targets: list[str], rank: int) -> int:
     dims = {name: (i, o) for name, i, o in info.module_shapes}
-    return info.num_layers * sum(r * (dims[t][0] + dims[t][1]) for t in targets if t in dims)
+    return info.num_layers * sum(rank * (dims[t][0] + dims[t][1]) for t in targets if t in dims)
 
 
 def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *, device: str = "cuda") -> dict[str, Any]:
     tc, qc = config.training, config.qlora
     targets = info.resolve_targets(config.lora.target_modules)
-    compute_bytes = 4 if device == "cpu" else 2
+    # a CPU trains in float32 whatever is asked (the job says so); a GPU in bf16/fp16 when asked
+    compute_bytes = 4 if device == "cpu" or not (tc.bf16 or tc.fp16) else 2
     embed = info.vocab_size * info.hidden_size * (1 if info.tie_word_embeddings else 2)
     layer_linear = info.num_layers * sum(i * o for _, i, o in info.module_shapes)
     other = max(parameter_count - embed - layer_linear, 0)  # norms and biases
@@ -37,8 +38,9 @@ def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *,
         weights = layer_linear * bits / 8 + (embed + other) * (2 if device != "cpu" else 4)
     else:
         weights = parameter_count * compute_bytes
-    lora_params = lora_parameter_count(info, targets, config.lora.r)
-    lora = lora_params * (4 + 4 + 8)
+    lora_params = lora_parameter_count(info, targets, config.lora.rank)
+    # fp32 weights and gradients, and AdamW's two moments: fp32, or 8-bit (bitsandbytes) for the 8-bit optimizers
+    lora = lora_params * (4 + 4 + (2 if tc.optimizer in ("adamw_8bit", "paged_adamw_8bit") else 8))
     s, b, h, a = tc.max_seq_length, tc.batch_size, info.hidden_size, info.num_heads
     scale = compute_bytes / 2
     per_layer_full = s * b * h * (34 + 5 * a * s / h) * scale
@@ -59,14 +61,14 @@ def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *,
         "lora_parameters": lora_params,
         "target_modules": targets,
         "quantization": f"nf4{' double-quant' if qc.double_quant else ''}" if qc.enabled else
-        ("fp32" if compute_bytes == 4 else "bf16"),
+        ("fp32" if compute_bytes == 4 else "bf16" if tc.bf16 else "fp16"),
     }
 
 
-def estimate_time(*, tokens_per_epoch: int, epochs: float, max_steps: int, tokens_per_step: int,
+def estimate_time(*, tokens_per_epoch: int, epochs: float, max_steps: int | None, tokens_per_step: int,
                   tokens_per_second: float | None) -> dict[str, Any]:
     if not tokens_per_second:
         return {"available": False, "reason": "no throughput measured on this deployment for this model yet"}
-    tokens = tokens_per_step * max_steps if max_steps > 0 else tokens_per_epoch * epochs
+    tokens = tokens_per_step * max_steps if max_steps else tokens_per_epoch * epochs
     return {"available": True, "tokens": int(tokens), "tokens_per_second": round(tokens_per_second, 1),
             "seconds": round(tokens / tokens_per_second)}

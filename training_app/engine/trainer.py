@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from training_app.engine.config import JobConfig
+from training_app.engine.config import JobConfig, total_steps_for, warmup_steps_for
 from training_app.engine.data import encode_records
 
 
 class TrainingHooks(Protocol):
     def log(self, message: str, level: str = "info") -> None: ...
+    def warn(self, message: str) -> None: ...  # a setting the run could not honour as asked: the job's warnings
     def on_start(self, *, total_steps: int, num_examples: int, num_eval_examples: int) -> None: ...
     def on_phase(self, phase: str) -> None: ...  # training | evaluating | exporting
     def on_step(self, metrics: dict[str, Any]) -> None: ...
@@ -34,9 +35,14 @@ class NullHooks:
         self.evaluations: list[dict] = []
         self.messages: list[tuple[str, str]] = []
         self.commands: list[set[str]] = []  # what poll() returns, one entry per step (tests script it)
+        self.warnings: list[str] = []
 
     def log(self, message: str, level: str = "info") -> None:
         self.messages.append((level, message))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(message, "warning")
 
     def on_start(self, **kw: Any) -> None:
         pass
@@ -148,28 +154,38 @@ def compute_dtype_for(config: JobConfig) -> tuple[str, str | None]:
     if wanted == "float32":
         return wanted, None
     if not torch.cuda.is_available():
-        return "float32", (f"{wanted} compute is not supported at speed on this CPU; QLoRA computes in float32 "
+        return "float32", (f"qlora_config.compute_dtype: {wanted} compute is not supported at speed on this CPU; QLoRA computes in float32 "
                            "(the weights stay 4-bit NF4)")
     if wanted == "bfloat16" and not torch.cuda.is_bf16_supported():
-        return "float16", "this GPU has no bfloat16; QLoRA computes in float16"
+        return "float16", "qlora_config.compute_dtype: this GPU has no bfloat16; QLoRA computes in float16"
     return wanted, None
 
 
+def qlora_for(config: JobConfig) -> tuple[bool, str | None]:
+    """Whether the base loads in 4 bits, and a message when QLoRA was asked for but cannot run here."""
+    if not config.qlora.enabled:
+        return False, None
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken install is a reason to fall back, not to fail
+        return False, (f"qlora_config.enabled: 4-bit loading needs bitsandbytes, which cannot be loaded here ({exc}); "
+                       "training the adapter on the unquantized model")
+    return True, None
+
+
 def precision_for(config: JobConfig) -> tuple[str, str | None]:
-    """bf16 / fp16 / fp32 for the training loop, and a message when the requested one is not used."""
+    """bf16 / fp16 / fp32 for the training loop (from the design's fp16 and bf16 flags), and a
+    message when the requested one is not used."""
     import torch
 
-    wanted = config.training.precision
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    if wanted == "auto":
-        return ("bf16" if bf16 else "fp16" if cuda else "fp32"), None
+    tc = config.training
+    wanted = "bf16" if tc.bf16 else "fp16" if tc.fp16 else "fp32"
     if wanted == "fp32":
         return "fp32", None
-    if not cuda:
-        return "fp32", f"{wanted} training is not supported at speed on this CPU; training in fp32"
-    if wanted == "bf16" and not bf16:
-        return "fp16", f"this GPU ({torch.cuda.get_device_name(0)}) has no bfloat16; training in fp16"
+    if not torch.cuda.is_available():
+        return "fp32", f"training_config.{wanted}: {wanted} mixed precision is not supported at speed on this CPU; training in float32"
+    if wanted == "bf16" and not torch.cuda.is_bf16_supported():
+        return "fp16", f"training_config.bf16: this GPU ({torch.cuda.get_device_name(0)}) has no bfloat16; training in float16"
     return wanted, None
 
 
@@ -178,20 +194,23 @@ def optimizer_for(config: JobConfig) -> tuple[str, str | None]:
     bitsandbytes' 8-bit AdamW runs on CUDA and on the CPU; paging needs CUDA unified memory."""
     import torch
 
-    wanted = config.training.optim
+    wanted = config.training.optimizer
     if wanted == "adamw_torch":
         return "adamw_torch", None
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - a broken install is a reason to fall back, not to fail
-        return "adamw_torch", f"{wanted} needs bitsandbytes, which cannot be loaded here ({exc}); using 32-bit AdamW (adamw_torch)"
+        return "adamw_torch", (f"training_config.optimizer: {wanted} needs bitsandbytes, which cannot be loaded here ({exc}); using "
+                               "32-bit AdamW (adamw_torch)")
     if wanted == "adamw_8bit":
         return "adamw_bnb_8bit", None
     if torch.cuda.is_available():
         return wanted, None
     if wanted == "paged_adamw_8bit":
-        return "adamw_bnb_8bit", "paged optimizers need a CUDA GPU; on this CPU paged_adamw_8bit runs as adamw_8bit (not paged)"
-    return "adamw_torch", "paged optimizers need a CUDA GPU; on this CPU paged_adamw_32bit runs as adamw_torch (not paged)"
+        return "adamw_bnb_8bit", ("training_config.optimizer: paged optimizers need a CUDA GPU; on this CPU paged_adamw_8bit "
+                                  "runs as adamw_8bit (not paged)")
+    return "adamw_torch", ("training_config.optimizer: paged optimizers need a CUDA GPU; on this CPU paged_adamw_32bit "
+                           "runs as adamw_torch (not paged)")
 
 
 def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[Any, Any]:
@@ -225,11 +244,12 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.lora_alpha,
-        lora_dropout=config.lora.lora_dropout,
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_modules,
         bias=config.lora.bias,
+        use_rslora=config.lora.use_rslora,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), tokenizer
@@ -266,19 +286,23 @@ def train(
     hooks.log(f"Loading base model from {model_dir} on {device_summary()}")
     precision, note = precision_for(config)
     if note:
-        hooks.log(note, "warning")
+        hooks.warn(note)
+    quantized, note = qlora_for(config)
+    if note:
+        hooks.warn(note)
+        config = replace(config, qlora=replace(config.qlora, enabled=False))
     if config.qlora.enabled:
         dtype, note = compute_dtype_for(config)
         hooks.log(f"QLoRA: 4-bit {config.qlora.quant_type}{' with double quantization' if config.qlora.double_quant else ''}, "
                   f"{dtype} compute")
         if note:
-            hooks.log(note, "warning")
+            hooks.warn(note)
     optim, note = optimizer_for(config)
     if note:
-        hooks.log(note, "warning")
+        hooks.warn(note)
     model, tokenizer = load_model_for_training(model_dir, config)
     trainable, total = model.get_nb_trainable_parameters()
-    hooks.log(f"LoRA r={config.lora.r} alpha={config.lora.lora_alpha}: {trainable:,} trainable of {total:,} parameters "
+    hooks.log(f"LoRA rank={config.lora.rank} alpha={config.lora.alpha}: {trainable:,} trainable of {total:,} parameters "
               f"({100 * trainable / total:.2f}%); {precision}, {optim}, "
               f"{'padding-free packing' if tc.packing == 'padding_free' else 'padded batches'}"
               f"{', gradient checkpointing' if tc.gradient_checkpointing else ''}")
@@ -298,10 +322,15 @@ def train(
     if tc.early_stopping_patience and not has_eval:
         raise ValueError("early stopping needs validation data: set training_config.validation_split or give an eval dataset")
     steps_per_epoch = max(1, math.ceil(len(examples) / (tc.batch_size * tc.gradient_accumulation_steps)))
-    total_steps = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(steps_per_epoch * tc.num_epochs))
+    total_steps = total_steps_for(config, len(examples))
     save_steps, eval_steps = schedule_for(config, total_steps, has_eval)
+    warmup_steps = warmup_steps_for(config, total_steps)
+    if warmup_steps >= total_steps:
+        hooks.warn(f"training_config.warmup_steps: {warmup_steps} warmup steps are not shorter than this run's {total_steps} steps: the learning rate "
+                   f"never reaches learning_rate={tc.learning_rate:g} (it peaks at "
+                   f"{tc.learning_rate * total_steps / max(warmup_steps, 1):.2g}); set warmup_steps lower or train longer")
     hooks.log(f"{len(examples)} training examples, {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in total; "
-              f"checkpoint every {save_steps} steps"
+              f"warmup {warmup_steps} steps, {tc.lr_scheduler} schedule; checkpoint every {save_steps} steps"
               + (f"; validation loss on {len(eval_examples)} examples every {eval_steps} steps" if has_eval else ""))
     hooks.on_start(total_steps=total_steps, num_examples=len(examples), num_eval_examples=len(eval_examples))
 
@@ -378,9 +407,9 @@ def train(
         learning_rate=tc.learning_rate,
         num_train_epochs=tc.num_epochs,
         max_steps=total_steps,
-        warmup_steps=int(round(tc.warmup_ratio * total_steps)),
+        warmup_steps=warmup_steps,
         weight_decay=tc.weight_decay,
-        lr_scheduler_type=tc.lr_scheduler_type,
+        lr_scheduler_type=tc.lr_scheduler,
         max_grad_norm=tc.max_grad_norm,
         optim=optim,
         logging_steps=tc.logging_steps,

@@ -57,9 +57,9 @@ class Command(BaseCommand):
             "description": "Demo: teach SmolLM2 to answer like a pirate",
             "base_model": DEMO_MODEL_NAME,
             "dataset_id": dataset["id"],
-            "lora_config": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05},
+            "lora_config": {"rank": 16, "alpha": 32, "dropout": 0.05},
             "training_config": {"max_steps": steps, "batch_size": 4, "gradient_accumulation_steps": 1,
-                                "learning_rate": 1e-3, "max_seq_length": 128, "warmup_ratio": 0.05},
+                                "learning_rate": 1e-3, "max_seq_length": 128, "warmup_steps": max(1, steps // 20)},
         }
         r = api.post(f"{url}/jobs", json=body)
         if r.status_code != 201:
