@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +17,7 @@ from nexus.models import JobEvent
 from training_app.schema import LoRAConfigField
 
 
+@extend_schema_serializer(component_name="AdapterExport")
 class ExportOutputSerializer(serializers.ModelSerializer):
     adapter_id = serializers.IntegerField()
     filename = serializers.CharField()
@@ -41,6 +42,7 @@ class ExportOutputSerializer(serializers.ModelSerializer):
         return f"/api/v1/finetune/exports/{export.pk}/download"
 
 
+@extend_schema_serializer(component_name="LoRAAdapter")
 class AdapterOutputSerializer(serializers.ModelSerializer):
     """Section 5.3's LoRAAdapter, with what this project adds."""
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
@@ -37,6 +37,7 @@ from nexus.catalog import base_model_lookup
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 
 
+@extend_schema_serializer(component_name="Dataset")  # section 5.3's name
 class DatasetOutputSerializer(serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id")
     parent_id = serializers.IntegerField(allow_null=True)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,6 +33,7 @@ from training_app.services import (
 )
 
 
+@extend_schema_serializer(component_name="FineTuningJob")
 class JobOutputSerializer(serializers.ModelSerializer):
     """Section 5.3's FineTuningJob, with what this project adds."""
 
@@ -66,6 +67,22 @@ class JobOutputSerializer(serializers.ModelSerializer):
     def get_adapter_path(self, job: FineTuningJob) -> str | None:
         adapter = job.adapter
         return adapter.path if adapter else None
+
+
+@extend_schema_serializer(component_name="Preset")
+class PresetOutputSerializer(serializers.Serializer):
+    """A built-in preset (appendix A) or a team's own; it sets only the fields it names."""
+
+    id = serializers.CharField(help_text="quick-start, balanced, high-quality, or a team preset's number")
+    name = serializers.CharField()
+    description = serializers.CharField()
+    lora_config = LoRAConfigField()
+    training_config = TrainingConfigField()
+    qlora_config = QLoRAConfigField()
+    lora = LoRAConfigField(help_text="appendix A's name for lora_config")
+    training = TrainingConfigField(help_text="appendix A's name for training_config")
+    builtin = serializers.BooleanField()
+    team = serializers.IntegerField(allow_null=True)
 
 
 class JobEventSerializer(serializers.Serializer):
@@ -147,10 +164,11 @@ class PresetListCreateApi(APIView):
         training = TrainingConfigField(required=False, help_text="appendix A's spelling of training_config")
         team = serializers.CharField(required=False, allow_blank=True)
 
+    @extend_schema(responses=PresetOutputSerializer(many=True), operation_id="v1_finetune_presets_list")
     def get(self, request):
         return Response({"results": preset_list(user=request.user)})
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses={201: PresetOutputSerializer})
     def post(self, request):
         team = request_team(request, write=True)
         data = self.InputSerializer(data=request.data)
@@ -167,6 +185,7 @@ class PresetListCreateApi(APIView):
 
 
 class PresetDetailApi(APIView):
+    @extend_schema(responses=PresetOutputSerializer)
     def get(self, request, preset_id: str):
         return Response(preset_resolve(user=request.user, preset=preset_id))
 

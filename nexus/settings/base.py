@@ -105,7 +105,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "nexus.schema.NexusAutoSchema",
     "EXCEPTION_HANDLER": "nexus.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -117,6 +117,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Datasets, fine-tuning jobs and adapters. Token auth: `Authorization: Token <key>`.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # section 5.3's enum names
+    "ENUM_NAME_OVERRIDES": {
+        "TrainingStatus": "training_app.models.FineTuningJob.Status",
+        "DatasetStatus": "datasets_app.models.Dataset.Status",
+    },
 }
 
 def channel_layer(url: str) -> dict:
