@@ -80,7 +80,7 @@ def test_the_wizard_and_the_job_page_show_the_designs_names(user, base_model):
         assert f'name="{old}"' not in html, old
     assert 'name="rank" value="32"' in html and 'name="warmup_steps" value="100"' in html
     assert '<input type="checkbox" name="qlora" id="id_qlora" checked>' in html  # QLoRA on by default
-    assert '<input type="checkbox" name="bf16" id="id_bf16" checked>' in html
+    assert '<input type="checkbox" name="bf16" aria-describedby="id_bf16_helptext" id="id_bf16" checked>' in html
     assert '<input type="checkbox" name="fp16" id="id_fp16">' in html
 
     job = make_job(user, base_model, warnings=["training_config.bf16: bf16 mixed precision is not supported at speed "
