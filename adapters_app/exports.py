@@ -49,6 +49,12 @@ def _check_exportable(adapter: LoRAAdapter, kind: str) -> None:
     except gguf_engine.UnsupportedModel as exc:
         if kind != Kind.MERGE:  # merging works for any architecture transformers and PEFT load
             raise NexusError(f"{exc}.", code="unsupported") from exc
+    from django.core.files.storage import default_storage
+
+    missing = [name for name in ("adapter_config.json", "adapter_model.safetensors")
+               if not default_storage.exists(f"{adapter.path}/{name}")]
+    if missing:
+        raise NexusError(f"Adapter '{adapter}' has lost its files ({', '.join(missing)}).", code="missing")
     if kind == Kind.ADAPTER_GGUF:
         with adapter_local_dir(adapter) as folder:
             try:

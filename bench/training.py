@@ -99,7 +99,10 @@ PIRATE_DATA = ROOT / "datasets_app/demo_data/pirate_alpaca.jsonl"
 RESULTS = ROOT / "bench/RESULTS-training.txt"
 DATA_SEED = 1234
 SEED = 42
+# PEFT's spelling: TRL's LoraConfig takes it as is, and the engine and API accept it as aliases of rank/alpha/dropout
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+# both sides unquantized with 32-bit AdamW and no weight decay (TRL's defaults; the design's are QLoRA, adamw_8bit, 0.01)
+NO_QLORA = {"enabled": False}
 LEARNING_RATE = 2e-4
 SCHEDULER = "cosine"
 WARMUP_RATIO = 0.03
@@ -127,10 +130,10 @@ class Sizes:
         return int(round(WARMUP_RATIO * self.steps))  # what the engine derives from warmup_ratio
 
     def training_config(self) -> dict[str, Any]:
-        """The engine's and the API job's training_config: one epoch; the rest is Nexus's defaults."""
+        """The engine's and the API job's training_config: one epoch, TRL's optimizer and weight decay."""
         return {"num_epochs": 1, "batch_size": self.batch, "gradient_accumulation_steps": self.accum,
-                "max_seq_length": self.seq, "learning_rate": LEARNING_RATE, "lr_scheduler_type": SCHEDULER,
-                "warmup_ratio": WARMUP_RATIO, "seed": SEED}
+                "max_seq_length": self.seq, "learning_rate": LEARNING_RATE, "lr_scheduler": SCHEDULER,
+                "warmup_ratio": WARMUP_RATIO, "seed": SEED, "optimizer": "adamw_torch", "weight_decay": 0.0}
 
     def warm_up_config(self) -> dict[str, Any]:
         return {**self.training_config(), "max_steps": 1}
@@ -266,7 +269,7 @@ def warm_up(records: list[dict], sizes: Sizes, workdir: Path) -> float:
     from training_app.engine.trainer import train
 
     started = time.monotonic()
-    config = parse_job_config(LORA, sizes.warm_up_config(), None)
+    config = parse_job_config(LORA, sizes.warm_up_config(), NO_QLORA)
     train(model_dir=MODEL_DIR, records=records, config=config, output_dir=workdir / "warm-up", hooks=NullHooks())
     return time.monotonic() - started
 
@@ -359,7 +362,7 @@ def run_engine(records: list[dict], sizes: Sizes, workdir: Path) -> Run:
     from training_app.engine.config import parse_job_config
     from training_app.engine.trainer import train
 
-    config = parse_job_config(LORA, sizes.training_config(), None)
+    config = parse_job_config(LORA, sizes.training_config(), NO_QLORA)
     hooks = TimedHooks()
     started = time.monotonic()
     result = train(model_dir=MODEL_DIR, records=records, config=config, output_dir=workdir / "engine", hooks=hooks)
@@ -587,7 +590,7 @@ def run_system(records: list[dict], sizes: Sizes, workdir: Path, keep: bool) -> 
             raise RuntimeError(f"dataset not ready with {len(records)} usable examples: {json.dumps(dataset)[:2000]}")
 
         body = {"name": "training bench warm-up", "base_model": MODEL_NAME, "dataset_id": dataset["id"], "lora_config": LORA,
-                "training_config": sizes.warm_up_config()}
+                "qlora_config": NO_QLORA, "training_config": sizes.warm_up_config()}
         warm_started = time.monotonic()
         r = api.post(f"{url}/jobs", json=body)
         if r.status_code != 201:

@@ -49,8 +49,55 @@ def test_bad_export_requests_say_which_field(api, adapter):
 
 
 def test_an_adapter_whose_files_are_gone_says_so(api, adapter):
-    r = _post(api, adapter, kind="adapter_gguf")  # make_adapter records a path that holds no files
-    assert r.status_code == 400 and "lost its files" in r.json()["error"]["message"]
+    for body in ({"kind": "adapter_gguf"}, {"quantization": "q8_0"}):
+        r = _post(api, adapter, **body)  # make_adapter records a path that holds no files
+        assert r.status_code == 400 and "lost its files" in r.json()["error"]["message"]
+    assert api.post(f"/api/v1/finetune/adapters/{adapter.pk}/merge").status_code == 400
+    assert not AdapterExport.objects.exists()
+
+
+@pytest.fixture
+def stored_adapter(adapter):
+    from nexus.storage import storage_save_bytes
+
+    storage_save_bytes(f"{adapter.path}/adapter_config.json",
+                       json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}).encode())
+    storage_save_bytes(f"{adapter.path}/adapter_model.safetensors", b"not read before the worker runs")
+    return adapter
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "quantization"),
+    [
+        ({"quantization": "q4_k_m"}, "model_gguf", "q4_k_m"),  # section 11.3's export_adapter(id, quantization=...)
+        ({"quantization": "f16"}, "model_gguf", "f16"),
+        ({}, "model_gguf", "q4_k_m"),
+        ({"kind": "model_gguf", "quantization": "q8_0"}, "model_gguf", "q8_0"),
+        ({"kind": "adapter_gguf"}, "adapter_gguf", "f32"),
+    ],
+)
+def test_quantization_alone_means_a_merged_model_gguf(api, stored_adapter, body, kind, quantization):
+    r = _post(api, stored_adapter, **body)
+    assert r.status_code == 202, r.content
+    export = r.json()
+    assert (export["kind"], export["quantization"], export["status"]) == (kind, quantization, "queued")
+    assert export["gguf_path"] is None  # until the file is written and verified
+    assert AdapterExport.objects.get(pk=export["id"]).kind == kind
+
+
+def test_an_adapter_gguf_takes_no_quantization(api, stored_adapter):
+    r = _post(api, stored_adapter, kind="adapter_gguf", quantization="q4_k_m")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("quantization:")
+    assert not AdapterExport.objects.exists()
+
+
+def test_a_completed_export_carries_its_gguf_path(api, stored_adapter):
+    export = AdapterExport.objects.create(team=stored_adapter.team, adapter=stored_adapter, kind="model_gguf",
+                                          quantization="q4_k_m", status="completed", path="exports/x-q4_k_m.gguf")
+    body = api.get(f"/api/v1/finetune/exports/{export.pk}").json()
+    assert body["gguf_path"] == "exports/x-q4_k_m.gguf"
+    listed = api.get(f"/api/v1/finetune/adapters/{stored_adapter.pk}").json()["exports"]
+    assert listed[0]["gguf_path"] == "exports/x-q4_k_m.gguf"
 
 
 def test_outsiders_get_404_on_merge_export_and_download(outsider_api, adapter):

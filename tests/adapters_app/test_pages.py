@@ -95,11 +95,15 @@ def test_browser_empty_state_points_to_training(db):
 
 def test_detail_shows_lineage_config_metrics_and_files(user, job, adapter):
     _adapter(job, version=2)
+    adapter.description = "Talks like a pirate"
+    adapter.save()
     html = _client(user).get(f"/finetune/adapters/{adapter.pk}/").content.decode()
     for fact in (f'href="/finetune/training/{job.pk}/"', f'href="/finetune/datasets/{job.dataset_id}/"', job.dataset.name,
                  "the finished job", "SmolLM2-135M-Instruct", "q_proj, v_proj", "0.8123", "0.9321 at step 40",
                  "12.5 s", "4096", SHA, f'href="/finetune/adapters/{adapter.pk}/download/"', ">v1</strong>",
-                 "learning_rate", "No exports yet", "Not deployed", 'id="export-dialog"'):
+                 "learning_rate", "No exports yet", "Not deployed", 'id="export-dialog"',
+                 "<dt>rank</dt><dd>8</dd>", "<dt>alpha</dt><dd>16</dd>", "<dt>dropout</dt><dd>0.05</dd>",
+                 "<dt>target_modules</dt>", "Talks like a pirate"):
         assert fact in html, fact
     assert 'id="export-dialog" open' not in html  # the dialog opens on request only
     assert 'id="export-dialog" open' in _client(user).get(f"/finetune/adapters/{adapter.pk}/?export=1").content.decode()
@@ -137,7 +141,17 @@ def test_detail_lists_the_deployments_that_serve_it(user, adapter, base_model):
     assert "Not deployed" not in table
 
 
-def test_export_from_the_dialog_returns_the_table_with_the_queued_row(user, adapter):
+@pytest.fixture
+def stored_adapter(adapter, tmp_path):
+    """The adapter with its PEFT files in storage (exports check them before queueing)."""
+    from nexus.storage import storage_save_folder
+
+    storage_save_folder(adapter.path, _peft_folder(tmp_path))
+    return adapter
+
+
+def test_export_from_the_dialog_returns_the_table_with_the_queued_row(user, stored_adapter):
+    adapter = stored_adapter
     r = _htmx(_client(user), f"/finetune/adapters/{adapter.pk}/exports/", {"kind": "model_gguf", "quantization": "q8_0"})
     assert r.status_code == 200, r.content[:2000]
     export = AdapterExport.objects.get(adapter=adapter)
@@ -147,7 +161,8 @@ def test_export_from_the_dialog_returns_the_table_with_the_queued_row(user, adap
     assert json.loads(r["HX-Trigger"]) == {"nexus:export-created": {"id": export.pk}}  # closes the dialog
 
 
-def test_export_without_javascript_redirects_back_with_a_message(user, adapter):
+def test_export_without_javascript_redirects_back_with_a_message(user, stored_adapter):
+    adapter = stored_adapter
     client = _client(user)
     r = client.post(f"/finetune/adapters/{adapter.pk}/exports/", {"kind": "model_gguf", "quantization": "f16"})
     assert r.status_code == 302 and r["Location"] == f"/finetune/adapters/{adapter.pk}/"
