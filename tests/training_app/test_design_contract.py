@@ -124,3 +124,59 @@ def test_the_data_migration_moves_earlier_rows_to_the_designs_names(user, base_m
     assert warmup_steps_for(config, 100) == 3
     assert names.lora_to_earlier(lora) == earlier_job
     assert names.training_to_earlier(training)["precision"] == "auto"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_written_before_the_design_names_keep_working_after_migrating(user, base_model):
+    """Rows as the earlier API stored them (PEFT/transformers names, dataset status 'uploaded'),
+    migrated forward with Django's executor: the job parses to what it trained with, the team
+    preset merges under the new names, the adapter answers in the design's names."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("training_app", "0004_job_states_validation_control"), ("adapters_app", "0002_exports_deployments_lineage"),
+              ("datasets_app", "0002_dataset_formats_dedup_splits")]
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes()
+    executor.migrate(before)
+    try:
+        old = executor.loader.project_state(before).apps
+        team = old.get_model("nexus", "Team").objects.get(pk=make_ready_dataset(user).team_id)
+        Dataset = old.get_model("datasets_app", "Dataset")
+        dataset = Dataset.objects.filter(team=team).first()
+        Dataset.objects.filter(pk=dataset.pk).update(status="ready")
+        waiting = Dataset.objects.create(team=team, name="waiting", status="uploaded", original_file="x.jsonl")
+        job = old.get_model("training_app", "FineTuningJob").objects.create(
+            team=team, name="earlier", base_model_id=base_model.pk, dataset_id=dataset.pk, status="completed",
+            lora_config={"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["q_proj"], "bias": "none"},
+            training_config={"num_epochs": 3.0, "max_steps": -1, "batch_size": 4, "warmup_ratio": 0.03,
+                             "lr_scheduler_type": "linear", "optim": "adamw_torch", "precision": "fp32"},
+            qlora_config={"enabled": False, "bits": 4, "quant_type": "nf4", "double_quant": True,
+                          "compute_dtype": "bfloat16"})
+        preset = old.get_model("training_app", "TrainingPreset").objects.create(
+            team=team, name="ours", lora_config={"r": 8}, training_config={"optim": "adamw_torch", "precision": "fp16"})
+        adapter = old.get_model("adapters_app", "LoRAAdapter").objects.create(
+            team=team, name="earlier", base_model_id=base_model.pk, job_id=job.pk, path="adapters/x",
+            lora_config={"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "use_rslora": False},
+            training_config=job.training_config)
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(latest)
+
+    from adapters_app.models import LoRAAdapter
+    from datasets_app.models import Dataset as DatasetNow
+    from training_app.models import FineTuningJob, TrainingPreset
+    from training_app.services import parse_config
+
+    assert DatasetNow.objects.get(pk=waiting.pk).status == "uploading"
+    migrated = FineTuningJob.objects.get(pk=job.pk)
+    assert migrated.lora_config == {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj"], "bias": "none"}
+    config = parse_config(migrated.lora_config, migrated.training_config, migrated.qlora_config)
+    tc = config.training
+    assert (tc.optimizer, tc.lr_scheduler, tc.fp16, tc.bf16, tc.max_steps) == ("adamw_torch", "linear", False, False, None)
+    assert (tc.warmup_ratio, tc.warmup_steps) == (0.03, None)
+    ours = TrainingPreset.objects.get(pk=preset.pk)
+    assert ours.lora_config == {"rank": 8}
+    assert ours.training_config == {"optimizer": "adamw_torch", "fp16": True, "bf16": False}
+    assert LoRAAdapter.objects.get(pk=adapter.pk).lora_config == {"rank": 16, "alpha": 32, "dropout": 0.05,
+                                                                  "use_rslora": False}
