@@ -68,35 +68,33 @@ class JobForm(forms.Form):
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
     eval_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False, label="Validation dataset",
                                           empty_label="None")
-    validation_split = forms.FloatField(initial=_TRAIN.validation_split, label="Validation split",
+    validation_split = forms.FloatField(initial=_TRAIN.validation_split,
                                         help_text="fraction of the dataset held out for validation; 0 = none")
 
     preset = forms.ChoiceField(required=False, help_text="fills the LoRA and training fields; change any of them after")
-    rank = forms.IntegerField(label="rank", initial=_LORA.rank, help_text="LoRA rank (PEFT's r)")
-    alpha = forms.IntegerField(label="alpha", initial=_LORA.alpha, help_text="the update is scaled by alpha / rank")
-    dropout = forms.FloatField(label="dropout", initial=_LORA.dropout)
-    target_modules = forms.CharField(label="target_modules", required=False,
+    rank = forms.IntegerField(initial=_LORA.rank, help_text="LoRA rank (PEFT's r)")
+    alpha = forms.IntegerField(initial=_LORA.alpha, help_text="the update is scaled by alpha / rank")
+    dropout = forms.FloatField(initial=_LORA.dropout)
+    target_modules = forms.CharField(required=False,
                                      help_text="blank: q, k, v, o, gate, up and down projections (the model's own "
                                      "default when it lacks them); or a comma list (q_proj, v_proj), or all-linear")
-    bias = forms.ChoiceField(label="bias", choices=_choices(BIASES), initial=_LORA.bias)
+    bias = forms.ChoiceField(choices=_choices(BIASES), initial=_LORA.bias)
     qlora = forms.BooleanField(label="QLoRA (4-bit NF4, double quantization)", required=False,
                                initial=_QLORA.enabled)
 
-    num_epochs = forms.FloatField(label="num_epochs", initial=_TRAIN.num_epochs)
-    max_steps = forms.IntegerField(label="max_steps", initial=_TRAIN.max_steps, required=False,
-                                   help_text="blank trains for num_epochs")
-    batch_size = forms.IntegerField(label="batch_size", initial=_TRAIN.batch_size)
-    gradient_accumulation_steps = forms.IntegerField(label="gradient_accumulation_steps",
-                                                     initial=_TRAIN.gradient_accumulation_steps)
-    learning_rate = forms.FloatField(label="learning_rate", initial=_TRAIN.learning_rate)
-    lr_scheduler = forms.ChoiceField(label="lr_scheduler", choices=_choices(LR_SCHEDULERS), initial=_TRAIN.lr_scheduler)
-    warmup_steps = forms.IntegerField(label="warmup_steps", initial=_TRAIN.warmup_steps)
-    weight_decay = forms.FloatField(label="weight_decay", initial=_TRAIN.weight_decay)
-    max_seq_length = forms.IntegerField(label="max_seq_length", initial=_TRAIN.max_seq_length)
-    optimizer = forms.ChoiceField(label="optimizer", choices=_choices(OPTIMIZERS), initial=_TRAIN.optimizer)
-    bf16 = forms.BooleanField(label="bf16", required=False, initial=_TRAIN.bf16,
+    num_epochs = forms.FloatField(initial=_TRAIN.num_epochs)
+    max_steps = forms.IntegerField(initial=_TRAIN.max_steps, required=False, help_text="blank trains for num_epochs")
+    batch_size = forms.IntegerField(initial=_TRAIN.batch_size)
+    gradient_accumulation_steps = forms.IntegerField(initial=_TRAIN.gradient_accumulation_steps)
+    learning_rate = forms.FloatField(initial=_TRAIN.learning_rate)
+    lr_scheduler = forms.ChoiceField(choices=_choices(LR_SCHEDULERS), initial=_TRAIN.lr_scheduler)
+    warmup_steps = forms.IntegerField(initial=_TRAIN.warmup_steps)
+    weight_decay = forms.FloatField(initial=_TRAIN.weight_decay)
+    max_seq_length = forms.IntegerField(initial=_TRAIN.max_seq_length)
+    optimizer = forms.ChoiceField(choices=_choices(OPTIMIZERS), initial=_TRAIN.optimizer)
+    bf16 = forms.BooleanField(required=False, initial=_TRAIN.bf16,
                               help_text="bfloat16 where the GPU has it (float32 on a CPU, said in the job's warnings)")
-    fp16 = forms.BooleanField(label="fp16", required=False, initial=_TRAIN.fp16)
+    fp16 = forms.BooleanField(required=False, initial=_TRAIN.fp16)
     gradient_checkpointing = forms.BooleanField(required=False, initial=_TRAIN.gradient_checkpointing)
     packing = forms.ChoiceField(choices=_choices(PACKING), initial=_TRAIN.packing)
     save_steps = forms.IntegerField(initial=_TRAIN.save_steps, help_text="0: about ten checkpoints per run")
@@ -123,6 +121,9 @@ class JobForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
+        for name in self.CONFIG_FIELDS:
+            if name != "qlora":
+                self.fields[name].label = name  # the config's own names, as the API and the review show them
         ready = dataset_list(user=user).filter(status=Dataset.Status.READY)
         self.fields["dataset"].queryset = ready
         self.fields["eval_dataset"].queryset = ready
