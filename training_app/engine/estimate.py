@@ -1,12 +1,13 @@
 """Memory and time estimates for a fine-tuning job, from the model's real config. Django-free.
 
 Memory (bytes) is the sum of: base weights at the quantization's bits, LoRA parameters with
-their gradients and AdamW states (4 + 4 + 8 bytes each, or 4 + 4 + 2 with an 8-bit optimizer), activations for the batch and
-sequence length (Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit, only the
-layer inputs with gradient checkpointing), the fp32 logits with the loss's log-softmax and their
-gradient (three vocabulary-wide tensors alive together at the start of the backward pass), and a
-fixed runtime overhead (the CUDA context, or on the CPU the process with torch and transformers
-loaded: about 0.5 GiB resident measured here, plus allocator slack)."""
+their gradients and AdamW states (4 + 4 + 8 bytes each, or 4 + 4 + 2 with an 8-bit optimizer),
+activations for the batch and sequence length (Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per
+layer at 16-bit, only the layer inputs with gradient checkpointing; with LoRA dropout, each
+adapted module's dropped-out input and its mask), the fp32 logits with the loss's log-softmax and
+their gradient (three vocabulary-wide tensors alive together at the start of the backward pass),
+and a fixed runtime overhead (the CUDA context, or on the CPU the process with torch and
+transformers loaded: about 0.5 GiB resident measured here, plus allocator slack)."""
 from __future__ import annotations
 
 from typing import Any
@@ -48,6 +49,11 @@ def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *,
         activations = info.num_layers * s * b * h * compute_bytes + per_layer_full
     else:
         activations = info.num_layers * per_layer_full
+    if config.lora.dropout > 0:
+        # LoRA's dropout makes each adapted module's input anew (kept for lora_A's backward) with its
+        # boolean mask; without dropout lora_A keeps the input the layer already holds
+        inputs = {name: i for name, i, _ in info.module_shapes}
+        activations += info.num_layers * s * b * sum(inputs.get(t, 0) for t in targets) * (compute_bytes + 1)
     logits = 3 * b * s * info.vocab_size * 4
     overhead = RUNTIME_OVERHEAD.get(device, RUNTIME_OVERHEAD["cuda"])
     parts = {"weights": weights, "lora_parameters_gradients_optimizer": lora, "activations": activations,
