@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench/ holds a datasets.py: keep it from shadowing the `datasets` package that transformers imports
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 MODEL_DIR = ROOT / "var/models/SmolLM2-135M-Instruct/hf"
 DATA = ROOT / "datasets_app/demo_data/pirate_alpaca.jsonl"
 
