@@ -40,10 +40,12 @@ def deployment_list_page(request):
 
 
 def _arm_from_form(request, value: str, weight: int) -> ArmInput:
-    """'' or 'base': the base model alone; '<id>': base + that adapter; 'export:<id>': a merged GGUF."""
+    """'' or 'base': the base model alone; '<id>': base + that adapter; 'export:<id>': a merged GGUF.
+    Loaded for writing: deploying spends the team's compute, which a viewer may not (403)."""
     if value.startswith("export:") and value[7:].isdigit():
-        return ArmInput(weight=weight, export=export_get(user=request.user, pk=int(value[7:])))
-    return ArmInput(weight=weight, adapter=adapter_get(user=request.user, pk=int(value)) if value.isdigit() else None)
+        return ArmInput(weight=weight, export=export_get(user=request.user, pk=int(value[7:]), write=True))
+    return ArmInput(weight=weight, adapter=adapter_get(user=request.user, pk=int(value), write=True)
+                    if value.isdigit() else None)
 
 
 @require_POST
@@ -58,7 +60,7 @@ def deployment_new_page(request):
         if arm_b:
             arms.append(_arm_from_form(request, arm_b, 100 - weight))
         first = next((a.adapter or a.export.adapter for a in arms if a.adapter or a.export), None)
-        team = first.team if first else resolve_team(request.user, post.get("team"), write=True)
+        team = resolve_team(request.user, first.team_id if first else post.get("team"), write=True)
         base = first.base_model if first else base_model_lookup(user=request.user, value=post.get("base_model"))
         deployment = deployment_create(team=team, user=request.user, name=post.get("name", ""), base_model=base,
                                        arms=arms)

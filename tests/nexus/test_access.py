@@ -160,3 +160,81 @@ def test_log_export_is_for_members_only(owned, user, outsider):
     assert r.status_code == 200 and b"secret step log" in r.content
     assert _login(outsider).get(f"/finetune/training/{owned['job'].pk}/log.txt").status_code == 404
     assert _login(outsider).post(f"/finetune/training/{owned['job'].pk}/checkpoints/1/adapter/").status_code == 404
+
+
+
+def _db_state() -> dict:
+    """Every table's rows, as values: what a refused request must leave exactly as it was."""
+    from django.apps import apps
+
+    return {model._meta.label: sorted(map(repr, model.objects.values_list()))
+            for model in apps.get_models()
+            if model._meta.app_label in ("nexus", "datasets_app", "training_app", "adapters_app", "evaluation_app")}
+
+
+def _wizard_form(base_model, dataset) -> dict:
+    from tests.training_app.test_wizard import _form
+
+    return _form(base_model, dataset)
+
+
+def _upload(o):
+    from tests.factories import alpaca_upload
+
+    return {"team": o["team"].pk, "format": "auto", "name": "x", "file": alpaca_upload()}
+
+
+# every page that takes a POST, with a body that would work for a member who may write
+VIEWER_POSTS = [
+    ("datasets/upload/", _upload),
+    ("datasets/{dataset_id}/remove-duplicates/", dict),
+    ("datasets/{dataset_id}/restore-duplicates/", dict),
+    ("datasets/{dataset_id}/split/", dict),
+    ("datasets/{dataset_id}/validate/", dict),
+    ("datasets/{dataset_id}/contamination/", lambda o: {"against": o["dataset"].pk}),
+    ("datasets/{dataset_id}/delete/", dict),
+    ("training/new/", lambda o: _wizard_form(o["base_model"], o["dataset"])),
+    ("training/{job_id}/cancel/", dict),
+    ("training/{job_id}/pause/", dict),
+    ("training/{job_id}/resume/", dict),
+    ("training/{job_id}/checkpoint/", dict),
+    ("training/{job_id}/checkpoints/1/adapter/", dict),
+    ("adapters/{adapter_id}/delete/", dict),
+    ("adapters/{adapter_id}/exports/", lambda o: {"kind": "model_gguf", "quantization": "q8_0"}),
+    ("deployments/new/", lambda o: {"name": "viewer-deploy", "arm_a": o["adapter"].pk}),
+    ("deployments/new/", lambda o: {"name": "viewer-deploy", "arm_a": "", "team": o["team"].pk,
+                                    "base_model": o["base_model"].name}),
+    ("deployments/{deployment_id}/start/", dict),
+    ("deployments/{deployment_id}/stop/", dict),
+]
+
+
+@pytest.mark.django_db
+def test_every_page_post_is_refused_to_a_viewer_and_changes_nothing(owned, user, base_model):
+    """The pages check write access as the APIs do (a viewer once started a deployment through
+    the deploy form): each write form answers a viewer 403 and leaves every table as it was. Then
+    every page of the URLconf gets a viewer's POST, so a new page that writes without checking
+    fails here too."""
+    import re
+
+    from nexus import urls
+
+    viewer = make_user("vic")
+    team = personal_team(user)
+    team_member_add(team=team, user=viewer, role=Membership.Role.VIEWER)
+    objects = {**owned, "team": team, "base_model": base_model}
+    ids = {f"{k}_id": v.pk for k, v in owned.items()}
+    page = _login(viewer)
+    before = _db_state()
+    for route, body in VIEWER_POSTS:
+        r = page.post(f"/finetune/{route.format(**ids)}", body(objects))
+        assert r.status_code == 403, (route, r.status_code)
+        assert _db_state() == before, route
+
+    for pattern in urls.pages:
+        route = re.sub(r"<int:(\w+)>", lambda m: str(ids.get(m.group(1), 1)), str(pattern.pattern))
+        for action in (["remove-duplicates", "restore-duplicates", "split", "validate", "contamination", "delete"]
+                       if "<slug:action>" in route else [""]):
+            url = "/finetune/" + route.replace("<slug:action>", action)
+            page.post(url, {"name": "x", "arm_a": owned["adapter"].pk, "team": team.pk})
+            assert _db_state() == before, url
