@@ -6,7 +6,7 @@ from pathlib import Path
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -34,6 +34,7 @@ from datasets_app.services import (
     dataset_update,
 )
 from nexus.catalog import base_model_lookup
+from nexus.parsers import StrictJSONParser
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 
 
@@ -129,7 +130,7 @@ class DatasetValidationErrorsApi(APIView):
 
 
 class DatasetValidateApi(APIView):
-    parser_classes = [JSONParser, FormParser]
+    parser_classes = [StrictJSONParser, FormParser]
 
     class InputSerializer(serializers.Serializer):
         base_model = serializers.CharField(required=False, help_text="catalog name or id whose tokenizer counts tokens")
@@ -154,7 +155,7 @@ class DatasetValidateApi(APIView):
 
 
 class DatasetDuplicatesApi(APIView):
-    parser_classes = [JSONParser, FormParser]
+    parser_classes = [StrictJSONParser, FormParser]
 
     class InputSerializer(serializers.Serializer):
         action = serializers.ChoiceField(choices=["remove", "restore"])
@@ -175,14 +176,15 @@ class DatasetDuplicatesApi(APIView):
 
 
 class DatasetSplitApi(APIView):
-    parser_classes = [JSONParser, FormParser]
+    parser_classes = [StrictJSONParser, FormParser]
 
     class InputSerializer(serializers.Serializer):
         train = serializers.FloatField(required=False, default=0.8)
         val = serializers.FloatField(required=False, default=0.1)
         test = serializers.FloatField(required=False, default=0.1)
         seed = serializers.IntegerField(required=False, default=42)
-        against = serializers.IntegerField(required=False, help_text="a test set to check every split against")
+        against = serializers.IntegerField(required=False, min_value=1,
+                                           help_text="id of a test set to check every split against")
 
     @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer(many=True)})
     def post(self, request, dataset_id: int):
@@ -190,13 +192,14 @@ class DatasetSplitApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = dict(data.validated_data)
-        against = dataset_get(user=request.user, pk=v.pop("against")) if v.get("against") else None
+        against_id = v.pop("against", None)
+        against = dataset_get(user=request.user, pk=against_id) if against_id is not None else None
         splits = dataset_split(dataset=dataset, user=request.user, against=against, **v)
         return Response({"results": DatasetOutputSerializer(splits, many=True).data}, status=status.HTTP_201_CREATED)
 
 
 class DatasetContaminationApi(APIView):
-    parser_classes = [JSONParser, FormParser]
+    parser_classes = [StrictJSONParser, FormParser]
 
     class InputSerializer(serializers.Serializer):
         against = serializers.IntegerField(help_text="id of a dataset (e.g. your test set) to check against")

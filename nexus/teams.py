@@ -70,6 +70,11 @@ def resolve_team(user: AbstractBaseUser, team: str | int | None, *, write: bool)
         resolved = team_ensure_personal(user=user)
     else:
         text = str(team)
+        if not re.fullmatch(r"[0-9]{1,18}|[-a-zA-Z0-9_]{1,200}", text):
+            from nexus.errors import NexusError
+
+            raise NexusError(f"team: must be a team id or slug, got {text[:60]!r}", code="validation_error",
+                             details={"team": "not an id or slug"})
         lookup = {"pk": int(text)} if re.fullmatch(r"[0-9]{1,18}", text) else {"slug": text[:200]}
         resolved = user_teams(user).filter(**lookup).first()
         if resolved is None:
