@@ -14,6 +14,8 @@ from nexus.api_utils import int_query_param, request_team_filter
 from nexus.events import job_events_after
 from nexus.errors import NexusError
 from nexus.models import JobEvent
+from nexus.pagination import CURSOR_PARAMETERS, PAGE_PARAMETERS, cursor_page, paginate, paginated
+from nexus.schema import EventPageSerializer
 from training_app.schema import LoRAConfigField
 
 
@@ -76,10 +78,11 @@ class AdapterOutputSerializer(serializers.ModelSerializer):
 
 
 class AdapterListApi(APIView):
-    @extend_schema(responses=AdapterOutputSerializer(many=True))
+    @extend_schema(responses=paginated(AdapterOutputSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
-        qs = adapter_list(user=request.user, team=request_team_filter(request)).prefetch_related("exports")
-        return Response({"results": AdapterOutputSerializer(qs, many=True).data})
+        qs = adapter_list(user=request.user, team=request_team_filter(request)).select_related(
+            "dataset", "merged_model").prefetch_related("exports")
+        return paginate(request, qs, lambda items: AdapterOutputSerializer(items, many=True).data)
 
 
 class AdapterDetailApi(APIView):
@@ -131,10 +134,10 @@ class AdapterExportApi(APIView):
         export = export_create(adapter=adapter, user=request.user, kind=kind, quantization=quantization)
         return Response(ExportOutputSerializer(export).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(responses=ExportOutputSerializer(many=True))
+    @extend_schema(responses=paginated(ExportOutputSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request, adapter_id: int):
         adapter = adapter_get(user=request.user, pk=adapter_id)
-        return Response({"results": ExportOutputSerializer(adapter.exports.all(), many=True).data})
+        return paginate(request, adapter.exports.all(), lambda items: ExportOutputSerializer(items, many=True).data)
 
 
 class ExportDetailApi(APIView):
@@ -144,12 +147,13 @@ class ExportDetailApi(APIView):
 
 
 class ExportEventsApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("after", int)])
+    @extend_schema(parameters=CURSOR_PARAMETERS, responses=EventPageSerializer)
     def get(self, request, export_id: int):
         export = export_get(user=request.user, pk=export_id)
         after = int_query_param(request, "after", 0, hi=10**9)
-        events = job_events_after(kind=JobEvent.Kind.EXPORT, job_id=export.pk, after=after, limit=1000)
-        return Response({"results": [e.as_message() for e in events]})
+        limit = int_query_param(request, "limit", 1000, lo=1, hi=1000)
+        events = job_events_after(kind=JobEvent.Kind.EXPORT, job_id=export.pk, after=after, limit=limit)
+        return cursor_page(request, events, limit=limit)
 
 
 class ExportDownloadApi(APIView):

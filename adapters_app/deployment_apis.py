@@ -34,6 +34,7 @@ from adapters_app.selectors import adapter_get, deployment_get, deployment_list,
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 from nexus.catalog import base_model_lookup
 from nexus.errors import NexusError
+from nexus.pagination import PAGE_PARAMETERS, paginate, paginated
 
 
 class BearerTokenAuthentication(TokenAuthentication):
@@ -105,11 +106,11 @@ class DeploymentListCreateApi(APIView):
         settings = serializers.JSONField(required=False, default=dict, help_text="n_ctx, n_threads, n_gpu_layers")
         team = serializers.CharField(required=False, allow_blank=True)
 
-    @extend_schema(responses=DeploymentOutputSerializer(many=True))
+    @extend_schema(responses=paginated(DeploymentOutputSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
         qs = deployment_list(user=request.user, team=request_team_filter(request))
         deployments_reap(deployments=qs)
-        return Response({"results": DeploymentOutputSerializer(qs, many=True).data})
+        return paginate(request, qs, lambda items: DeploymentOutputSerializer(items, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: DeploymentOutputSerializer})
     def post(self, request):
@@ -188,8 +189,35 @@ class DeploymentStopApi(APIView):
         return Response(_detail(deployment))
 
 
+class DeploymentStatusSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    error = serializers.CharField()
+    arms = serializers.ListField(child=serializers.DictField(), help_text="per arm: label, healthy, detail")
+
+
+class DeploymentLogSerializer(serializers.Serializer):
+    arm = serializers.CharField()
+    log = serializers.CharField()
+
+
+class CompareSideSerializer(serializers.Serializer):
+    text = serializers.CharField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    seconds = serializers.FloatField()
+    tokens_per_s = serializers.FloatField()
+
+
+class CompareSerializer(serializers.Serializer):
+    prompt = serializers.CharField()
+    base = CompareSideSerializer()
+    adapter = CompareSideSerializer()
+
+
 class DeploymentStatusApi(APIView):
-    @extend_schema(description="Status and a live health check of each arm's server (GET /v1/models).")
+    @extend_schema(responses=DeploymentStatusSerializer,
+                   description="Status and a live health check of each arm's server (GET /v1/models).")
     def get(self, request, deployment_id: int):
         deployment = deployment_reap(deployment=deployment_get(user=request.user, pk=deployment_id))
         health = deployment_health(deployment=deployment) if deployment.is_live else []
@@ -198,7 +226,8 @@ class DeploymentStatusApi(APIView):
 
 class DeploymentLogsApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("arm", str, description="A or B (default A)"),
-                               OpenApiParameter("lines", int, description="last lines (default 200)")])
+                               OpenApiParameter("lines", int, description="last lines (default 200)")],
+                   responses=DeploymentLogSerializer)
     def get(self, request, deployment_id: int):
         deployment = deployment_get(user=request.user, pk=deployment_id)
         label = request.query_params.get("arm", "A")
@@ -262,6 +291,7 @@ async def _async_chunks(result: ProxyResult) -> AsyncIterator[bytes]:
 class AdapterCompareApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("prompt", str, required=True),
                                OpenApiParameter("max_tokens", int, description="1-512, default 64")],
+                   responses=CompareSerializer,
                    description="The same prompt through the base model and base + this adapter (llama.cpp, greedy): "
                                "text, tokens, seconds and tokens/s side by side. 409 when the adapter has no GGUF.")
     def get(self, request, adapter_id: int):

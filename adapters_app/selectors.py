@@ -25,7 +25,8 @@ def export_list(*, adapter: LoRAAdapter) -> QuerySet[AdapterExport]:
 
 
 def deployment_list(*, user, team=None) -> QuerySet[Deployment]:
-    qs = visible_to(Deployment.objects.select_related("team", "base_model").prefetch_related("arms"), user)
+    qs = visible_to(Deployment.objects.select_related("team", "base_model").prefetch_related(
+        "arms__adapter", "arms__export__adapter", "arms__deployment__base_model"), user)
     return qs.filter(team=team) if team is not None else qs
 
 

@@ -10,14 +10,14 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from datasets_app.engine.formats import FORMAT_CHOICES, FORMATS
+from datasets_app.engine.formats import FORMATS
 from datasets_app.engine.readers import FILE_TYPES
 from datasets_app.engine.writers import CONTENT_TYPES
 from datasets_app.models import Dataset
 from datasets_app.selectors import (
     dataset_events,
     dataset_get,
-    dataset_list,
+    dataset_list_lean,
     dataset_preview,
     dataset_training_estimate,
     dataset_validation_errors,
@@ -34,7 +34,9 @@ from datasets_app.services import (
     dataset_update,
 )
 from nexus.catalog import base_model_lookup
+from nexus.pagination import CURSOR_PARAMETERS, PAGE_PARAMETERS, cursor_page, paginate, paginated, with_links
 from nexus.parsers import StrictJSONParser
+from nexus.schema import EventPageSerializer
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 
 
@@ -57,6 +59,70 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
         return data
 
 
+@extend_schema_serializer(component_name="DatasetListItem")
+class DatasetListItemSerializer(serializers.ModelSerializer):
+    """A dataset in a list: its facts without the large JSON (problems, statistics, duplicates),
+    which its own endpoint returns."""
+
+    team = serializers.IntegerField(source="team_id")
+    parent_id = serializers.IntegerField(allow_null=True)
+    validated_with = serializers.CharField(source="validated_with.name", allow_null=True, default=None)
+    num_usable = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "team", "name", "description", "format", "file_type", "status", "num_examples", "num_invalid",
+                  "num_usable", "total_tokens", "file_path", "original_filename", "file_size", "error_message",
+                  "validated_with", "parent_id", "split", "created_at", "updated_at"]
+
+    def get_num_usable(self, dataset: Dataset) -> int:
+        return max(0, dataset.num_examples - (dataset.num_excluded or 0))
+
+
+class _OffsetPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+
+
+class PreviewPageSerializer(_OffsetPageSerializer):
+    results = serializers.ListField(child=serializers.DictField(), help_text="normalized conversations: messages, "
+                                    "source_index, line, excluded")
+
+
+class ValidationErrorsPageSerializer(_OffsetPageSerializer):
+    listed = serializers.IntegerField(help_text="problems kept with their lines (the first 10,000)")
+    by_category = serializers.DictField(child=serializers.IntegerField())
+    results = serializers.ListField(child=serializers.DictField(), help_text="line, index, category, message")
+
+
+class StatisticsSerializer(serializers.Serializer):
+    num_usable = serializers.IntegerField()
+    training_estimate = serializers.DictField()
+    token_histogram = serializers.JSONField(required=False)
+
+
+class DuplicatesSerializer(serializers.Serializer):
+    exact = serializers.ListField(child=serializers.DictField(), required=False)
+    near = serializers.ListField(child=serializers.DictField(), required=False)
+    excluded_indices = serializers.ListField(child=serializers.IntegerField())
+    actions = serializers.ListField(child=serializers.DictField())
+
+
+class ContaminationSerializer(serializers.Serializer):
+    contaminated_records = serializers.IntegerField()
+    fraction = serializers.FloatField()
+    exact = serializers.ListField(child=serializers.DictField())
+    near = serializers.ListField(child=serializers.DictField())
+    same_prompt = serializers.ListField(child=serializers.DictField())
+
+
+class SplitResultSerializer(serializers.Serializer):
+    results = DatasetOutputSerializer(many=True)
+
+
 class DatasetListCreateApi(APIView):
     parser_classes = [MultiPartParser, FormParser]
 
@@ -64,13 +130,13 @@ class DatasetListCreateApi(APIView):
         file = serializers.FileField()
         name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
         description = serializers.CharField(required=False, allow_blank=True, default="")
-        format = serializers.ChoiceField(choices=FORMAT_CHOICES, required=False, default="auto")
+        format = serializers.ChoiceField(choices=Dataset.Format.choices, required=False, default="auto")
         team = serializers.CharField(required=False, allow_blank=True)
 
-    @extend_schema(responses=DatasetOutputSerializer(many=True))
+    @extend_schema(responses=paginated(DatasetListItemSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
-        qs = dataset_list(user=request.user, team=request_team_filter(request))
-        return Response({"results": DatasetOutputSerializer(qs, many=True).data})
+        qs = dataset_list_lean(user=request.user, team=request_team_filter(request))
+        return paginate(request, qs, lambda items: DatasetListItemSerializer(items, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer})
     def post(self, request):
@@ -106,14 +172,17 @@ class DatasetDetailApi(APIView):
 
 
 class DatasetPreviewApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int)])
+    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int)],
+                   responses=PreviewPageSerializer)
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
-        return Response(dataset_preview(dataset=dataset, offset=int_query_param(request, "offset", 0, hi=10**9),
-                                        limit=int_query_param(request, "limit", 20, lo=1, hi=200)))
+        return Response(with_links(request, dataset_preview(
+            dataset=dataset, offset=int_query_param(request, "offset", 0, hi=10**9),
+            limit=int_query_param(request, "limit", 20, lo=1, hi=200))))
 
 
 class DatasetStatisticsApi(APIView):
+    @extend_schema(responses=StatisticsSerializer)
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
         return Response({**dataset.statistics, "num_usable": dataset.num_usable,
@@ -121,12 +190,14 @@ class DatasetStatisticsApi(APIView):
 
 
 class DatasetValidationErrorsApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int), OpenApiParameter("category", str)])
+    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int),
+                               OpenApiParameter("category", str)], responses=ValidationErrorsPageSerializer)
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
-        return Response(dataset_validation_errors(dataset=dataset, offset=int_query_param(request, "offset", 0, hi=10**9),
-                                                  limit=int_query_param(request, "limit", 50, lo=1, hi=500),
-                                                  category=request.query_params.get("category")))
+        body = dataset_validation_errors(dataset=dataset, offset=int_query_param(request, "offset", 0, hi=10**9),
+                                         limit=int_query_param(request, "limit", 50, lo=1, hi=500),
+                                         category=request.query_params.get("category"))
+        return Response(with_links(request, body, listed=body["listed"]))
 
 
 class DatasetValidateApi(APIView):
@@ -161,6 +232,7 @@ class DatasetDuplicatesApi(APIView):
         action = serializers.ChoiceField(choices=["remove", "restore"])
         kinds = serializers.ListField(child=serializers.CharField(), required=False)
 
+    @extend_schema(responses=DuplicatesSerializer)
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
         return Response({**dataset.duplicates, "excluded_indices": dataset.excluded_indices,
@@ -186,7 +258,7 @@ class DatasetSplitApi(APIView):
         against = serializers.IntegerField(required=False, min_value=1,
                                            help_text="id of a test set to check every split against")
 
-    @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer(many=True)})
+    @extend_schema(request=InputSerializer, responses={201: SplitResultSerializer})
     def post(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id, write=True)
         data = self.InputSerializer(data=request.data)
@@ -205,7 +277,7 @@ class DatasetContaminationApi(APIView):
         against = serializers.IntegerField(help_text="id of a dataset (e.g. your test set) to check against")
         threshold = serializers.FloatField(required=False, min_value=0.1, max_value=1.0)
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses=ContaminationSerializer)
     def post(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
         data = self.InputSerializer(data=request.data)
@@ -246,7 +318,7 @@ class DatasetConvertApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField()
-        from_format = serializers.ChoiceField(choices=FORMAT_CHOICES, required=False, default="auto")
+        from_format = serializers.ChoiceField(choices=Dataset.Format.choices, required=False, default="auto")
         to_format = serializers.ChoiceField(choices=FORMATS)
         file_type = serializers.ChoiceField(choices=FILE_TYPES, required=False, default="jsonl")
 
@@ -266,6 +338,9 @@ class DatasetConvertApi(APIView):
 
 
 class DatasetEventsApi(APIView):
+    @extend_schema(parameters=CURSOR_PARAMETERS, responses=EventPageSerializer)
     def get(self, request, dataset_id: int):
         dataset = dataset_get(user=request.user, pk=dataset_id)
-        return Response({"results": [e.as_message() for e in dataset_events(dataset=dataset, after=int_query_param(request, "after", 0, hi=10**9))]})
+        limit = int_query_param(request, "limit", 1000, lo=1, hi=1000)
+        after = int_query_param(request, "after", 0, hi=10**9)
+        return cursor_page(request, dataset_events(dataset=dataset, after=after, limit=limit), limit=limit)

@@ -15,6 +15,17 @@ def dataset_list(*, user, team=None) -> QuerySet[Dataset]:
     return qs.filter(team=team) if team is not None else qs
 
 
+def dataset_list_lean(*, user, team=None) -> QuerySet[Dataset]:
+    """The list as the API pages it: without the large per-dataset JSON (problems, statistics,
+    duplicate clusters), with the excluded count computed in the database."""
+    from django.db.models import F, Func, IntegerField
+
+    return dataset_list(user=user, team=team).defer(
+        "validation_errors", "statistics", "duplicates", "excluded_indices", "dedup_actions", "detection",
+        "validation_config").select_related("validated_with").annotate(
+        num_excluded=Func(F("excluded_indices"), function="jsonb_array_length", output_field=IntegerField()))
+
+
 def dataset_get(*, user, pk: int, write: bool = False) -> Dataset:
     return get_for_user(Dataset.objects.select_related("team", "validated_with"), user, pk=pk, write=write)
 
@@ -51,8 +62,8 @@ def dataset_validation_errors(*, dataset: Dataset, offset: int = 0, limit: int =
     return body
 
 
-def dataset_events(*, dataset: Dataset, after: int = 0) -> list[JobEvent]:
-    return job_events_after(kind=JobEvent.Kind.DATASET, job_id=dataset.pk, after=after, limit=1000)
+def dataset_events(*, dataset: Dataset, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+    return job_events_after(kind=JobEvent.Kind.DATASET, job_id=dataset.pk, after=after, limit=limit)
 
 
 def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:

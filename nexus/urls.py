@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from adapters_app import apis as adapter_apis
 from adapters_app import deployment_apis
@@ -14,6 +14,7 @@ from datasets_app import apis as dataset_apis
 from datasets_app import views as dataset_views
 from evaluation_app import views as evaluation_views
 from nexus import apis as nexus_apis
+from nexus.schema_views import SchemaView
 from training_app import apis as training_apis
 from training_app import views as training_views
 
@@ -107,7 +108,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("finetune/", include(pages)),
     path("api/v1/finetune/", include(api_v1)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
 

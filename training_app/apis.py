@@ -9,6 +9,9 @@ from rest_framework.views import APIView
 
 from nexus.errors import NexusError
 from nexus.api_utils import int_query_param, request_team, request_team_filter
+from nexus.pagination import CURSOR_PARAMETERS, PAGE_PARAMETERS, cursor_page, paginate, paginated, with_links
+from nexus.schema import EventPageSerializer, EventSerializer
+from adapters_app.apis import AdapterOutputSerializer
 from training_app.models import FineTuningJob
 from training_app.schema import LoRAConfigField, QLoRAConfigField, TrainingConfigField
 from training_app.selectors import (
@@ -61,10 +64,14 @@ class JobOutputSerializer(serializers.ModelSerializer):
                   "finished_at"]
 
     def get_adapter_id(self, job: FineTuningJob) -> int | None:
+        if hasattr(job, "final_adapter_id"):  # annotated by the list selector: no query per job
+            return job.final_adapter_id
         adapter = job.adapter
         return adapter.pk if adapter else None
 
     def get_adapter_path(self, job: FineTuningJob) -> str | None:
+        if hasattr(job, "final_adapter_path"):
+            return job.final_adapter_path
         adapter = job.adapter
         return adapter.path if adapter else None
 
@@ -85,13 +92,44 @@ class PresetOutputSerializer(serializers.Serializer):
     team = serializers.IntegerField(allow_null=True)
 
 
-class JobEventSerializer(serializers.Serializer):
-    seq = serializers.IntegerField()
-    type = serializers.CharField()
-    level = serializers.CharField()
-    message = serializers.CharField()
-    data = serializers.JSONField()
+class CheckpointSerializer(serializers.Serializer):
+    step = serializers.IntegerField()
+    size_bytes = serializers.IntegerField()
     created_at = serializers.DateTimeField()
+    has_optimizer_state = serializers.BooleanField()
+    is_best = serializers.BooleanField(help_text="lowest validation loss so far")
+
+
+class LogPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = EventSerializer(many=True)
+
+
+class MetricsSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    current_step = serializers.IntegerField()
+    total_steps = serializers.IntegerField()
+    eta_seconds = serializers.FloatField(allow_null=True)
+    current_loss = serializers.FloatField(allow_null=True)
+    current_eval_loss = serializers.FloatField(allow_null=True)
+    best_eval_loss = serializers.FloatField(allow_null=True)
+    best_checkpoint_step = serializers.IntegerField(allow_null=True)
+    peak_memory_bytes = serializers.IntegerField(allow_null=True)
+    results = serializers.ListField(child=serializers.DictField(), help_text="per-step loss, lr, grad norm, tokens/s, "
+                                    "memory")
+    eval = serializers.ListField(child=serializers.DictField(), help_text="validation loss per evaluation")
+
+
+class EstimateSerializer(serializers.Serializer):
+    base_model = serializers.CharField()
+    config = serializers.DictField(help_text="lora_config, training_config and qlora_config as they would train")
+    warnings = serializers.ListField(child=serializers.CharField())
+    memory = serializers.DictField(help_text="total_bytes, total_gib, breakdown_bytes, lora_parameters, ...")
+    time = serializers.DictField(help_text="available, seconds, steps, tokens_per_second, or the reason there is none")
 
 
 class JobListCreateApi(APIView):
@@ -110,10 +148,10 @@ class JobListCreateApi(APIView):
                                        "with the ones given here on top")
         team = serializers.CharField(required=False, allow_blank=True)
 
-    @extend_schema(responses=JobOutputSerializer(many=True))
+    @extend_schema(responses=paginated(JobOutputSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
         qs = training_job_list(user=request.user, team=request_team_filter(request))
-        return Response({"results": JobOutputSerializer(qs, many=True).data})
+        return paginate(request, qs, lambda items: JobOutputSerializer(items, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: JobOutputSerializer})
     def post(self, request):
@@ -140,17 +178,12 @@ class JobDetailApi(APIView):
 
 
 class JobEventsApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("after", int, description="return events with seq greater than this")],
-                   responses=JobEventSerializer(many=True))
+    @extend_schema(parameters=CURSOR_PARAMETERS, responses=EventPageSerializer)
     def get(self, request, job_id: int):
         job = training_job_get(user=request.user, pk=job_id)
-        raw = request.query_params.get("after", "0")
-        if not re.fullmatch(r"[0-9]{1,9}", raw):
-            raise NexusError(f"after: must be a non-negative integer event seq, got {raw!r}", code="validation_error",
-                             details={"after": raw})
-        after = int(raw)
-        events = training_job_events(job=job, after=after, limit=1000)
-        return Response({"results": [e.as_message() for e in events]})
+        limit = int_query_param(request, "limit", 1000, lo=1, hi=1000)
+        events = training_job_events(job=job, after=int_query_param(request, "after", 0, hi=10**9), limit=limit)
+        return cursor_page(request, events, limit=limit)
 
 
 class PresetListCreateApi(APIView):
@@ -164,9 +197,10 @@ class PresetListCreateApi(APIView):
         training = TrainingConfigField(required=False, help_text="appendix A's spelling of training_config")
         team = serializers.CharField(required=False, allow_blank=True)
 
-    @extend_schema(responses=PresetOutputSerializer(many=True), operation_id="v1_finetune_presets_list")
+    @extend_schema(responses=paginated(PresetOutputSerializer), parameters=PAGE_PARAMETERS,
+                   operation_id="v1_finetune_presets_list")
     def get(self, request):
-        return Response({"results": preset_list(user=request.user)})
+        return paginate(request, preset_list(user=request.user), list)
 
     @extend_schema(request=InputSerializer, responses={201: PresetOutputSerializer})
     def post(self, request):
@@ -200,7 +234,7 @@ class EstimateApi(APIView):
         qlora_config = QLoRAConfigField(required=False, default=dict)
         device = serializers.ChoiceField(choices=["cuda", "cpu"], required=False, default="cuda")
 
-    @extend_schema(request=InputSerializer, description="Memory broken down from the model's config (weights at the "
+    @extend_schema(request=InputSerializer, responses=EstimateSerializer, description="Memory broken down from the model's config (weights at the "
                    "quantization's bits, LoRA parameters with gradients and optimizer states, activations, logits, "
                    "runtime) and time from throughput measured by finished jobs on this deployment.")
     def post(self, request):
@@ -210,17 +244,20 @@ class EstimateApi(APIView):
 
 
 class JobMetricsApi(APIView):
+    @extend_schema(responses=MetricsSerializer)
     def get(self, request, job_id: int):
         return Response(training_job_metrics(job=training_job_get(user=request.user, pk=job_id)))
 
 
 class JobLogsApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int), OpenApiParameter("level", str)])
+    @extend_schema(parameters=[OpenApiParameter("offset", int), OpenApiParameter("limit", int),
+                               OpenApiParameter("level", str)], responses=LogPageSerializer)
     def get(self, request, job_id: int):
         job = training_job_get(user=request.user, pk=job_id)
-        return Response(training_job_logs(job=job, offset=int_query_param(request, "offset", 0, hi=10**9),
-                                          limit=int_query_param(request, "limit", 200, lo=1, hi=1000),
-                                          level=request.query_params.get("level") or None))
+        body = training_job_logs(job=job, offset=int_query_param(request, "offset", 0, hi=10**9),
+                                 limit=int_query_param(request, "limit", 200, lo=1, hi=1000),
+                                 level=request.query_params.get("level") or None)
+        return Response(with_links(request, body))
 
 
 class JobPauseApi(APIView):
@@ -248,12 +285,14 @@ class JobCheckpointRequestApi(APIView):
 
 
 class JobCheckpointsApi(APIView):
+    @extend_schema(responses=paginated(CheckpointSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request, job_id: int):
-        return Response({"results": training_job_checkpoints(job=training_job_get(user=request.user, pk=job_id))})
+        return paginate(request, training_job_checkpoints(job=training_job_get(user=request.user, pk=job_id)), list)
 
 
 class JobCheckpointAdapterApi(APIView):
-    @extend_schema(request=None, description="Turn the checkpoint at this step into an adapter.")
+    @extend_schema(request=None, responses={201: AdapterOutputSerializer},
+                   description="Turn the checkpoint at this step into an adapter.")
     def post(self, request, job_id: int, step: int):
         from adapters_app.apis import AdapterOutputSerializer
 

@@ -9,7 +9,14 @@ from training_app.models import FineTuningJob
 
 
 def training_job_list(*, user, team=None) -> QuerySet[FineTuningJob]:
-    qs = visible_to(FineTuningJob.objects.select_related("team", "base_model", "dataset"), user)
+    """The user's teams' jobs, each with its final adapter's id and path (one query for the page)."""
+    from django.db.models import OuterRef, Subquery
+
+    from adapters_app.models import LoRAAdapter
+
+    final = LoRAAdapter.objects.filter(job=OuterRef("pk"), source="job").order_by("-version")
+    qs = visible_to(FineTuningJob.objects.select_related("team", "base_model", "dataset"), user).annotate(
+        final_adapter_id=Subquery(final.values("pk")[:1]), final_adapter_path=Subquery(final.values("path")[:1]))
     return qs.filter(team=team) if team is not None else qs
 
 

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "channels",
     "nexus",
@@ -120,10 +121,16 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Datasets, fine-tuning jobs and adapters. Token auth: `Authorization: Token <key>`.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # section 5.3's enum names
     "ENUM_NAME_OVERRIDES": {
         "TrainingStatus": "training_app.models.FineTuningJob.Status",
         "DatasetStatus": "datasets_app.models.Dataset.Status",
+        "DatasetFormat": "datasets_app.engine.formats.FORMATS",
+        "DatasetFormatOrAuto": "datasets_app.models.Dataset.Format",
+        "DatasetFileType": "datasets_app.engine.readers.FILE_TYPES",
     },
 }
 
