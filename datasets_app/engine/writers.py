@@ -59,6 +59,20 @@ def _to_format(messages: list[dict], fmt: str) -> tuple[dict[str, Any], str | No
     raise ConversionError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...) and worse).
+# OWASP's advice for CSV output: prefix such a cell with a single quote, which shows the text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text, never evaluates (JSON for lists and objects)."""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_records(records: Iterable[dict], *, fmt: str, file_type: str) -> tuple[bytes, dict[str, int]]:
     """Serialize normalized records; returns the bytes and a count of lossy conversions by reason."""
     if fmt not in FORMATS:
@@ -89,7 +103,7 @@ def write_records(records: Iterable[dict], *, fmt: str, file_type: str) -> tuple
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+            writer.writerow({k: csv_cell(v) for k, v in r.items()})
         return buf.getvalue().encode(), notes
     import pyarrow as pa
     import pyarrow.parquet as pq

