@@ -7,6 +7,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from adapters_app.deployments import deployment_fail, deployment_launch, deployments_reap
+from nexus.redact import public_error
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ def start_deployment(deployment_id: int) -> None:
     try:
         deployment_launch(deployment_id=deployment_id)
     except BaseException as exc:  # SoftTimeLimitExceeded and friends: never leave it 'starting'
-        deployment_fail(deployment_id=deployment_id, error=f"{type(exc).__name__}: {exc}")
+        deployment_fail(deployment_id=deployment_id, error=public_error(exc, what="Starting the server"))
         raise
 
 

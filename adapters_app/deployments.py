@@ -24,6 +24,7 @@ from django.utils import timezone
 from adapters_app.engine import serving
 from adapters_app.models import AdapterExport, Deployment, DeploymentArm, DeploymentRequest, LoRAAdapter
 from nexus.errors import NexusError
+from nexus.redact import public_error
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
@@ -266,7 +267,7 @@ def deployment_launch(*, deployment_id: int) -> Deployment:
                    data={"arm": arm.label, "load_seconds": round(seconds, 2)})
     except (serving.ServerFailed, NexusError, OSError) as exc:
         if _status_is(deployment_id, S.STARTING):
-            return deployment_fail(deployment_id=deployment_id, error=getattr(exc, "message", None) or str(exc))
+            return deployment_fail(deployment_id=deployment_id, error=public_error(exc, what="Starting the server"))
         return Deployment.objects.get(pk=deployment_id)
     with transaction.atomic():
         if Deployment.objects.filter(pk=deployment_id, status=S.STARTING).update(status=S.RUNNING,

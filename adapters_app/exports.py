@@ -6,7 +6,6 @@ import json
 import shutil
 import tempfile
 import time
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +18,7 @@ from adapters_app.engine import gguf as gguf_engine
 from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.services import adapter_local_dir, adapter_slug, file_sha256
 from nexus.errors import NexusError
+from nexus.redact import public_error
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
@@ -133,9 +133,8 @@ def export_run(*, export_id: int) -> AdapterExport:
         with tempfile.TemporaryDirectory(dir=work_root, prefix=f"export-{export.pk}-") as tmp:
             runner = {Kind.MERGE: _run_merge, Kind.ADAPTER_GGUF: _run_adapter_gguf, Kind.MODEL_GGUF: _run_model_gguf}
             runner[export.kind](export, Path(tmp))
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the export with its traceback
-        _event(export.pk, traceback.format_exc(), level="error")
-        return export_fail(export_id=export.pk, error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded: a sentence here, the traceback in the log
+        return export_fail(export_id=export.pk, error=public_error(exc, what="The export"))
     export.refresh_from_db()
     _event(export.pk, f"Finished in {time.perf_counter() - started:.1f}s")
     return export

@@ -7,6 +7,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from adapters_app.exports import export_claim, export_fail, export_run, exports_reap, exports_requeue
+from nexus.redact import public_error
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def run_adapter_export(self, export_id: int) -> None:
     try:
         export_run(export_id=export_id)
     except BaseException as exc:  # SoftTimeLimitExceeded and friends: never leave it running
-        export_fail(export_id=export_id, error=f"{type(exc).__name__}: {exc}")
+        export_fail(export_id=export_id, error=public_error(exc, what="The export"))
         raise
 
 

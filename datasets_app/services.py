@@ -20,6 +20,7 @@ from datasets_app.engine.writers import ConversionError, write_records
 from datasets_app.models import Dataset
 from nexus.catalog import base_model_default
 from nexus.errors import NexusError
+from nexus.redact import jsonb_safe, public_text
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
@@ -55,12 +56,14 @@ def dataset_create(*, team: Team, user, name: str, file: UploadedFile, descripti
         )
     if not file.size:
         raise NexusError(f"{file.name} is empty: there are no records to read.", code="empty_file", details={"file": file.name})
-    dataset = Dataset(team=team, created_by=user, name=(name.strip() or Path(file.name).name)[:200], description=description,
-                      format=format, original_filename=file.name, file_size=file.size or 0)
-    dataset.original_file.save(Path(file.name).name, file, save=False)
+    filename = file.name.replace("\x00", "")  # Postgres text cannot hold NUL; a file name never needs one
+    dataset = Dataset(team=team, created_by=user, name=(name.replace("\x00", "").strip() or Path(filename).name)[:200],
+                      description=description.replace("\x00", ""), format=format, original_filename=filename,
+                      file_size=file.size or 0)
+    dataset.original_file.save(Path(filename).name, file, save=False)
     dataset.full_clean()
     dataset.save()
-    _event(dataset, f"Uploaded {file.name} ({dataset.file_size:,} bytes)")
+    _event(dataset, f"Uploaded {filename} ({dataset.file_size:,} bytes)")
     _enqueue_processing(dataset)
     return dataset
 
@@ -267,14 +270,16 @@ def dataset_process(*, dataset_id: int) -> Dataset:
             status=Dataset.Status.READY,
             format=parsed.format if dataset.format == "auto" else dataset.format,
             file_type=parsed.file_type,
-            detection={"format": d.format, "confidence": d.confidence, "evidence": d.evidence, "votes": d.votes} if d else {},
+            detection=jsonb_safe({"format": d.format, "confidence": d.confidence, "evidence": d.evidence,
+                                  "votes": d.votes}) if d else {},
             normalized_file=name,
             num_examples=len(records),
             num_invalid=len(problems),
             total_tokens=stats["total_tokens"],
-            statistics=stats,
-            validation_errors=[p.as_dict() for p in problems[:MAX_LISTED_PROBLEMS]],
-            duplicates=duplicates,
+            # NUL is valid in a record's text but not in Postgres JSON: samples and messages show it as ␀
+            statistics=jsonb_safe(stats),
+            validation_errors=jsonb_safe([p.as_dict() for p in problems[:MAX_LISTED_PROBLEMS]]),
+            duplicates=jsonb_safe(duplicates),
             # a decision made earlier survives re-validation for the records that still exist
             excluded_indices=sorted(i for i in current.excluded_indices if i in valid_indices),
             validated_with=model,
@@ -290,6 +295,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
 @transaction.atomic
 def dataset_fail(*, dataset: Dataset, message: str, details: dict | None = None) -> Dataset:
     # Nothing half-written: an errored dataset carries no usable-looking counts or normalized file.
+    message = public_text(message)
     Dataset.objects.filter(pk=dataset.pk).update(
         status=Dataset.Status.ERROR, error_message=message, normalized_file="", num_examples=0, num_invalid=0,
         total_tokens=0, statistics={}, duplicates={},

@@ -6,6 +6,7 @@ from celery import shared_task
 
 from datasets_app.models import Dataset
 from datasets_app.services import dataset_claim, dataset_fail, dataset_process
+from nexus.redact import public_error
 
 log = logging.getLogger(__name__)
 
@@ -19,4 +20,4 @@ def process_dataset(dataset_id: int) -> None:
         dataset_process(dataset_id=dataset_id)
     except Exception as exc:  # the dataset must never stay 'processing'
         log.exception("processing dataset %s failed", dataset_id)
-        dataset_fail(dataset=Dataset.objects.get(pk=dataset_id), message=f"Processing failed: {type(exc).__name__}: {exc}")
+        dataset_fail(dataset=Dataset.objects.get(pk=dataset_id), message=public_error(exc, what="Processing"))

@@ -41,7 +41,9 @@ def _first_message(detail: Any) -> str:
 
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, NexusError):
-        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+        from nexus.redact import public_data, public_text
+
+        return Response(error_body(exc.code, public_text(exc.message), public_data(exc.details)), status=exc.status_code)
     if isinstance(exc, Http404):
         return Response(error_body("not_found", "Not found."), status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, DjangoValidationError):

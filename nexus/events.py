@@ -9,6 +9,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 
 from nexus.models import JobEvent
+from nexus.redact import public_data, public_text
 
 _KIND_LOCK = {JobEvent.Kind.DATASET: 1, JobEvent.Kind.TRAINING: 2, JobEvent.Kind.EXPORT: 3, JobEvent.Kind.DEPLOYMENT: 4}
 
@@ -42,7 +43,7 @@ def job_event_record(
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_KIND_LOCK[kind], job_id])
     event = JobEvent.objects.create(
         job_kind=kind, job_id=job_id, seq=job_events_last_seq(kind=kind, job_id=job_id) + 1, type=type, level=level,
-        message=message, data=data or {},
+        message=public_text(message), data=public_data(data or {}),
     )
     payload = event.as_message()
     transaction.on_commit(lambda: _push(kind, job_id, payload))

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import re
-import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from nexus.control import control_clear, control_receive, control_send
 from nexus.errors import NexusError
 from nexus.events import job_event_record
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
+from nexus.redact import public_error
 from nexus.models import BaseModel, JobEvent, Team
 from training_app.engine.config import (
     DESIGN_TARGET_MODULES,
@@ -467,6 +467,11 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
     FineTuningJob.objects.filter(pk=job.pk).update(output_dir=str(output_dir))
     try:
         config = parse_job_config(job.lora_config, job.training_config, job.qlora_config)
+        folder = Path(job.base_model.hf_path)
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise NexusError(f"The base model '{job.base_model.name}' has no weights on this worker: its HF folder "
+                             "holds no .safetensors (or .bin) file. Register it again with its weights.",
+                             code="model_missing")
         records = dataset_load_records(dataset=job.dataset)
         eval_records = dataset_load_records(dataset=job.eval_dataset) if job.eval_dataset_id else None
         result = train(model_dir=job.base_model.hf_path, records=records, eval_records=eval_records, config=config,
@@ -498,9 +503,8 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
         early = " (stopped early)" if result.stopped_early else ""
         loss = f"; final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
         return _finish(job, FineTuningJob.Status.COMPLETED, f"Completed {result.steps} steps in {result.runtime_s:.0f}s{early}{loss}")
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job with its traceback
-        _event(job.pk, traceback.format_exc(), level="error")
-        return training_job_fail(job_id=job.pk, error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded: a sentence here, the traceback in the log
+        return training_job_fail(job_id=job.pk, error=public_error(exc, what="Training"))
 
 
 def _finish(job: FineTuningJob, status: str, message: str) -> FineTuningJob:

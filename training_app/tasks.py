@@ -7,6 +7,7 @@ import socket
 from celery import shared_task
 from celery.signals import worker_ready
 
+from nexus.redact import public_error
 from training_app.services import (
     training_job_claim,
     training_job_fail,
@@ -29,7 +30,7 @@ def run_training_job(self, job_id: int) -> None:
     try:
         training_job_run(job_id=job_id)
     except BaseException as exc:  # SoftTimeLimitExceeded and friends: never leave it 'running'
-        training_job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+        training_job_fail(job_id=job_id, error=public_error(exc, what="Training"))
         raise
 
 

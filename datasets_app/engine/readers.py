@@ -9,11 +9,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 FILE_TYPES = ("jsonl", "json", "csv", "parquet")
+
+
+def _without_paths(text: str) -> str:
+    """A library's message without the absolute paths it names (the user sees it)."""
+    return re.sub(r"(?<![\w.:/])/(?:[^\s'\"/]+/)+([^\s'\"/]*)", r"…/\1", text)
 
 
 class DatasetFileError(Exception):
@@ -138,7 +144,9 @@ def _parquet(path: Path, name: str) -> Iterator[RawRecord]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
-        raise DatasetFileError(f"{name}: not a readable Parquet file ({exc})") from exc
+        # pyarrow's message names the server's path: say what is wrong in the file's own terms
+        reason = str(exc).split(". ")[0].replace(str(path), name)
+        raise DatasetFileError(f"{name}: not a readable Parquet file ({_without_paths(reason)})") from exc
     for index, obj in enumerate(table.to_pylist()):
         yield RawRecord(index, None, obj)
 

@@ -179,3 +179,59 @@ def test_csv_downloads_and_conversions_do_not_carry_spreadsheet_formulas(api, us
     content = b"".join(converted.streaming_content) if converted.streaming else converted.content
     first = next(csv.DictReader(io.StringIO(content.decode())))
     assert first["instruction"].startswith("'=HYPERLINK")
+
+
+def test_nul_characters_in_valid_records_are_processed(user, base_model):
+    """Two identical records holding \\u0000: valid data (JSON allows it). They once ended the
+    dataset in `error` with raw SQL in the message (duplicate samples go into a Postgres JSON field)."""
+    records = [{"instruction": "Say a\x00b", "input": "", "output": "Arr\x00 matey"}] * 2 + \
+              [{"instruction": "Another", "input": "", "output": "Fine"}]
+    dataset = make_ready_dataset(user, records)
+    assert dataset.status == "ready", dataset.error_message
+    assert dataset.num_examples == 3 and dataset.duplicates["summary"]["exact_duplicates"] == 1
+    assert "\u2400" in dataset.duplicates["exact"][0]["samples"][0]  # shown as ␀ in the samples
+    from datasets_app.services import dataset_load_records
+
+    assert dataset_load_records(dataset=dataset)[0]["messages"][0]["content"] == "Say a\x00b"  # the data stays exact
+
+
+def test_user_facing_errors_carry_no_server_paths_sql_or_tracebacks(api, user, base_model, tmp_path, settings):
+    """A broken Parquet file's message named the server's path; a crash's message was the raw
+    exception. Users see a clear sentence (with a reference to the server's log)."""
+    import re
+
+    from tests.factories import alpaca_upload
+
+    r = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload(name="broken.parquet", raw=b"PAR1 not parquet PAR1")},
+                 format="multipart")
+    assert r.status_code == 201
+    from datasets_app.models import Dataset
+    from datasets_app.services import dataset_claim, dataset_process
+
+    dataset_claim(dataset_id=r.json()["id"])
+    dataset = dataset_process(dataset_id=r.json()["id"])
+    assert dataset.status == "error" and dataset.error_message.startswith("broken.parquet: not a readable Parquet file")
+    server_paths = re.compile(r"/(work|tmp|var|root|home|usr|opt)/")
+    assert not server_paths.search(dataset.error_message), dataset.error_message
+    detail = api.get(f"/api/v1/finetune/datasets/{dataset.pk}").json()
+    events = api.get(f"/api/v1/finetune/datasets/{dataset.pk}/events").json()["results"]
+    for text in [detail["error_message"], *[e["message"] for e in events], *[p["message"] for p in detail["validation_errors"]]]:
+        assert not server_paths.search(text) and "Traceback" not in text, text
+    assert Dataset.objects.get(pk=dataset.pk).status == "error"
+
+
+def test_an_unexpected_failure_is_a_sentence_with_a_reference(caplog):
+    from nexus.redact import public_error, public_text
+
+    try:
+        open("/work/no/such/dir/file.bin")  # noqa: SIM115 - raised for its message
+    except OSError as exc:
+        with caplog.at_level("ERROR", logger="nexus.errors"):
+            message = public_error(exc, what="Training")
+    assert message.startswith("Training failed with an unexpected FileNotFoundError") and "reference" in message
+    reference = message.rsplit("reference ", 1)[1].rstrip(".")
+    assert "/work/" not in message and reference in caplog.text and "/work/no/such/dir" in caplog.text
+    assert public_text("Saved PEFT adapter to /work/main/var/jobs/job-1/adapter after 3 steps") == \
+        "Saved PEFT adapter to …/adapter after 3 steps"
+    assert public_text("POST /api/v1/finetune/adapters/3/export with a\x00b") == \
+        "POST /api/v1/finetune/adapters/3/export with a\u2400b"
