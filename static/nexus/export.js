@@ -50,9 +50,13 @@
         reloadTable();
       }
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       delete sockets[id];
       if (ended) return;
+      if (e.code === 4503 && e.reason) {  // the server's message broker is unreachable: say so, keep trying
+        const stage = document.querySelector(`#export-${id} .export-stage`);
+        if (stage) stage.textContent = e.reason;
+      }
       setTimeout(() => {  // follow again if the row is still in progress
         const row = document.getElementById(`export-${id}`);
         if (row && row.hasAttribute("data-active")) follow(id);

@@ -99,9 +99,10 @@
     window.nexusJobSocket = ws;  // lets a test (or the console) drop the connection to check resuming
     ws.onopen = () => { delay = 500; window.nexusConnects = (window.nexusConnects || 0) + 1; setState("live", "live"); };
     ws.onmessage = (msg) => handle(JSON.parse(msg.data));
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (finished) { setState("closed", "finished"); return; }
-      setState("reconnecting", "reconnecting…");
+      // 4503: the server's message broker is unreachable; it says so, and we keep trying
+      setState("reconnecting", e.code === 4503 && e.reason ? e.reason : "reconnecting…");
       setTimeout(() => connect(Math.min(delay * 2, 10000)), delay);
     };
   }
