@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from adapters_app.compare import adapter_compare
 from adapters_app.deployments import (
+    deployment_check_use,
     ArmInput,
     ProxyResult,
     deployment_arm_stats,
@@ -253,6 +254,8 @@ class DeploymentOpenAIApi(APIView):
 
     def _proxy(self, request, deployment_id: int, endpoint: str, method: str):
         deployment = deployment_reap(deployment=deployment_get(user=request.user, pk=deployment_id))
+        if endpoint.rstrip("/") != "models":  # listing the model spends nothing
+            deployment_check_use(user=request.user, deployment=deployment)
         payload = request.data if method == "POST" else None
         if method == "POST" and not isinstance(payload, dict):
             raise NexusError("The body must be a JSON object", code="validation_error")

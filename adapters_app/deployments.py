@@ -24,6 +24,7 @@ from django.utils import timezone
 from adapters_app.engine import serving
 from adapters_app.models import AdapterExport, Deployment, DeploymentArm, DeploymentRequest, LoRAAdapter
 from nexus.errors import NexusError
+from nexus.quotas import quota_check
 from nexus.redact import public_error
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
@@ -132,6 +133,7 @@ def deployment_create(*, team: Team, user, name: str, base_model: BaseModel, arm
     if total != 100:
         raise NexusError(f"arms: traffic weights must add up to 100%, got {total}%", code="validation_error",
                          details={"arms": "weights"})
+    quota_check(team=team, kind="live_deployments")
     deployment = Deployment(team=team, name=name.strip() or base_model.name, base_model=base_model,
                             settings=_settings(base_model, settings), created_by=user, status=S.STARTING)
     deployment.full_clean()
@@ -161,10 +163,25 @@ def _lock_ended(deployment: Deployment, *, code: str, hint: str) -> Deployment:
     return deployment
 
 
+def deployment_check_use(*, user, deployment: Deployment) -> None:
+    """Sending requests to a deployment spends the team's compute: members may; viewers only when
+    the team allows it (`Team.viewers_use_deployments`, off by default). 403 otherwise."""
+    from django.core.exceptions import PermissionDenied
+
+    from nexus.models import Membership
+    from nexus.teams import membership_for
+
+    membership = membership_for(user, deployment.team_id)
+    if membership and membership.role == Membership.Role.VIEWER and not deployment.team.viewers_use_deployments:
+        raise PermissionDenied("Viewers may not send requests to this team's deployments: they spend the team's "
+                               "compute. A team owner can allow it (the team's 'viewers use deployments' setting).")
+
+
 @transaction.atomic
 def deployment_start(*, deployment: Deployment) -> Deployment:
     """Start a stopped or failed deployment again."""
     deployment = _lock_ended(deployment, code="conflict", hint="it is already live")
+    quota_check(team=deployment.team, kind="live_deployments")
     deployment.status, deployment.error, deployment.started_at, deployment.stopped_at = S.STARTING, "", None, None
     deployment.save(update_fields=["status", "error", "started_at", "stopped_at"])
     deployment.arms.update(pid=None, port=None, healthy_at=None)

@@ -18,6 +18,7 @@ from adapters_app.engine import gguf as gguf_engine
 from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.services import adapter_local_dir, adapter_slug, file_sha256
 from nexus.errors import NexusError
+from nexus.quotas import quota_check
 from nexus.redact import public_error
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent
@@ -88,6 +89,7 @@ def export_create(*, adapter: LoRAAdapter, user, kind: str, quantization: str = 
         running = adapter.exports.filter(kind=kind, quantization=quantization, status__in=AdapterExport.ACTIVE).first()
         if running:
             return running
+        quota_check(team=adapter.team, kind="active_exports")
         export = AdapterExport(team=adapter.team, adapter=adapter, kind=kind, quantization=quantization)
         export.full_clean()
         export.save()

@@ -20,6 +20,7 @@ from datasets_app.engine.writers import ConversionError, write_records
 from datasets_app.models import Dataset
 from nexus.catalog import base_model_default
 from nexus.errors import NexusError
+from nexus.quotas import quota_check
 from nexus.redact import jsonb_safe, public_text
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
@@ -56,6 +57,7 @@ def dataset_create(*, team: Team, user, name: str, file: UploadedFile, descripti
         )
     if not file.size:
         raise NexusError(f"{file.name} is empty: there are no records to read.", code="empty_file", details={"file": file.name})
+    quota_check(team=team, kind="processing_datasets")
     filename = file.name.replace("\x00", "")  # Postgres text cannot hold NUL; a file name never needs one
     dataset = Dataset(team=team, created_by=user, name=(name.replace("\x00", "").strip() or Path(filename).name)[:200],
                       description=description.replace("\x00", ""), format=format, original_filename=filename,
@@ -92,6 +94,7 @@ def dataset_revalidate(*, dataset: Dataset, base_model: BaseModel | None = None,
         raise NexusError("The dataset is being processed; wait for it to finish.", code="busy", status_code=409)
     if dataset.parent_id and not dataset.original_file:
         raise NexusError("A split has no original upload to validate again; validate its parent.", code="invalid")
+    quota_check(team=dataset.team, kind="processing_datasets")
     config = {"base_model_id": base_model.pk if base_model else None, "max_tokens": max_tokens, "min_tokens": min_tokens,
               "dedup": dedup or {}, "languages": languages or []}
     Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.UPLOADING, validation_config=config,

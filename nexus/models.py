@@ -15,6 +15,9 @@ class Team(models.Model):
         on_delete=models.CASCADE,
         related_name="personal_team",
     )
+    # Chatting with a deployment spends the team's compute: members may; viewers only when allowed.
+    viewers_use_deployments = models.BooleanField(
+        default=False, help_text="Let the team's viewers send requests to its deployments (chat and the OpenAI endpoint)")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

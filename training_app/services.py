@@ -17,6 +17,7 @@ from nexus.control import control_clear, control_receive, control_send
 from nexus.errors import NexusError
 from nexus.events import job_event_record
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
+from nexus.quotas import quota_check
 from nexus.redact import public_error
 from nexus.models import BaseModel, JobEvent, Team
 from training_app.engine.config import (
@@ -173,6 +174,7 @@ def training_job_create(
         message = ("training_config.early_stopping_patience: early stopping keeps the best checkpoint, so it needs "
                    "training_config.load_best_model_at_end")
         raise NexusError(message, code="validation_error", details={"training_config.early_stopping_patience": message})
+    quota_check(team=team, kind="active_training_jobs")
     job = FineTuningJob(team=team, created_by=user, name=name.strip(), description=description, base_model=model,
                         dataset=dataset, eval_dataset=eval_dataset, warnings=warnings, **config.as_dicts())
     job.full_clean()

@@ -235,3 +235,68 @@ def test_an_unexpected_failure_is_a_sentence_with_a_reference(caplog):
         "Saved PEFT adapter to …/adapter after 3 steps"
     assert public_text("POST /api/v1/finetune/adapters/3/export with a\x00b") == \
         "POST /api/v1/finetune/adapters/3/export with a\u2400b"
+
+
+def test_quotas_refuse_more_work_with_a_429_that_names_them(api, user, base_model, settings):
+    from adapters_app.models import AdapterExport, Deployment
+    from datasets_app.models import Dataset
+    from tests.factories import alpaca_upload, make_adapter, make_job
+    from training_app.models import FineTuningJob
+
+    settings.NEXUS_QUOTA_LIVE_DEPLOYMENTS = 1
+    settings.NEXUS_QUOTA_ACTIVE_TRAINING_JOBS = 1
+    settings.NEXUS_QUOTA_ACTIVE_EXPORTS = 1
+    settings.NEXUS_QUOTA_PROCESSING_DATASETS = 1
+
+    def refused(r, quota):
+        assert r.status_code == 429, r.content
+        error = r.json()["error"]
+        assert error["code"] == "quota_exceeded" and quota in error["message"] and error["details"]["limit"] == 1
+        return True
+
+    assert api.post("/api/v1/finetune/deployments", {"base_model": base_model.name}, format="json").status_code == 201
+    assert refused(api.post("/api/v1/finetune/deployments", {"base_model": base_model.name}, format="json"),
+                   "NEXUS_QUOTA_LIVE_DEPLOYMENTS")
+    assert Deployment.objects.count() == 1
+
+    dataset = make_ready_dataset(user)
+    body = {"name": "q", "base_model": base_model.name, "dataset_id": dataset.pk}
+    assert api.post("/api/v1/finetune/jobs", body, format="json").status_code == 201
+    assert refused(api.post("/api/v1/finetune/jobs", body, format="json"), "NEXUS_QUOTA_ACTIVE_TRAINING_JOBS")
+    assert FineTuningJob.objects.count() == 1
+
+    assert api.post("/api/v1/finetune/datasets", {"file": alpaca_upload()}, format="multipart").status_code == 201
+    assert refused(api.post("/api/v1/finetune/datasets", {"file": alpaca_upload()}, format="multipart"),
+                   "NEXUS_QUOTA_PROCESSING_DATASETS")
+    assert Dataset.objects.count() == 2
+
+    from nexus.storage import storage_save_bytes
+
+    adapter = make_adapter(make_job(user, base_model, dataset=dataset, status="completed"))
+    storage_save_bytes(f"{adapter.path}/adapter_config.json", b'{"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]}')
+    storage_save_bytes(f"{adapter.path}/adapter_model.safetensors", b"weights")
+    export = f"/api/v1/finetune/adapters/{adapter.pk}/export"
+    assert api.post(export, {"quantization": "q8_0"}, format="json").status_code == 202
+    assert refused(api.post(export, {"quantization": "f16"}, format="json"), "NEXUS_QUOTA_ACTIVE_EXPORTS")
+    assert AdapterExport.objects.count() == 1
+
+
+def test_viewers_may_not_spend_compute_through_a_deployment_unless_the_team_allows(user, base_model):
+    from nexus.models import Membership
+    from nexus.teams import team_member_add
+    from tests.conftest import api_client_for
+    from tests.factories import make_deployment, make_user, personal_team
+
+    deployment = make_deployment(user, base_model)
+    viewer = make_user("vince")
+    team = personal_team(user)
+    team_member_add(team=team, user=viewer, role=Membership.Role.VIEWER)
+    client = api_client_for(viewer)
+    url = f"/api/v1/finetune/deployments/{deployment.pk}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    r = client.post(url, body, format="json")
+    assert r.status_code == 403 and "Viewers may not send requests" in r.json()["error"]["message"]
+    assert client.get(f"/api/v1/finetune/deployments/{deployment.pk}").status_code == 200  # reading is fine
+    team.viewers_use_deployments = True
+    team.save()
+    assert client.post(url, body, format="json").status_code != 403  # allowed (this one has no server running)
