@@ -8,6 +8,7 @@ import json
 import random
 import re
 import socket
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from adapters_app.engine import serving
 from adapters_app.models import AdapterExport, Deployment, DeploymentArm, DeploymentRequest, LoRAAdapter
 from nexus.errors import NexusError
 from nexus.quotas import quota_check
+from nexus.secrets import secret_encrypt
 from nexus.redact import public_error
 from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
@@ -243,13 +245,15 @@ def _spawn_arms(deployment_id: int) -> list[DeploymentArm]:
             port = serving.free_port(exclude=taken)
             taken.add(port)
             log = _log_path(arm)
+            api_key = secrets.token_urlsafe(32)  # a new key each start; the old server (if any) is gone
             spec = serving.ServerSpec(model_path=model_path, lora_path=lora_path, port=port, log_path=str(log),
                                       n_ctx=deployment.settings.get("n_ctx", 2048), n_threads=threads,
-                                      n_gpu_layers=deployment.settings.get("n_gpu_layers", 0))
+                                      n_gpu_layers=deployment.settings.get("n_gpu_layers", 0), api_key=api_key)
             pid = serving.spawn(spec)
             arm.model_path, arm.lora_path, arm.host, arm.port, arm.pid = model_path, lora_path, spec.host, port, pid
-            arm.log_path, arm.healthy_at = str(log), None
-            arm.save(update_fields=["model_path", "lora_path", "host", "port", "pid", "log_path", "healthy_at"])
+            arm.log_path, arm.healthy_at, arm.api_key_encrypted = str(log), None, secret_encrypt(api_key)
+            arm.save(update_fields=["model_path", "lora_path", "host", "port", "pid", "log_path", "healthy_at",
+                                    "api_key_encrypted"])
             _event(deployment_id, f"Arm {arm.label}: llama.cpp server started (pid {pid}, port {port}) serving "
                                   f"{arm.serves}", data={"arm": arm.label, "pid": pid, "port": port})
         return arms
@@ -278,7 +282,7 @@ def deployment_launch(*, deployment_id: int) -> Deployment:
 
         for arm in arms:
             seconds = serving.wait_healthy(pid=arm.pid, host=arm.host, port=arm.port, log_path=arm.log_path,
-                                           timeout=START_TIMEOUT_S, should_stop=stopped)
+                                           timeout=START_TIMEOUT_S, should_stop=stopped, api_key=arm.api_key)
             DeploymentArm.objects.filter(pk=arm.pk).update(healthy_at=timezone.now())
             _event(deployment_id, f"Arm {arm.label} answers on port {arm.port} ({seconds:.1f} s to load)",
                    data={"arm": arm.label, "load_seconds": round(seconds, 2)})
@@ -395,12 +399,13 @@ def deployment_arm_pick(*, deployment: Deployment, rng: random.Random | None = N
     return (rng or random).choices(arms, weights=[a.weight for a in arms])[0]
 
 
-def deployment_endpoint_url(*, deployment: Deployment, arm: DeploymentArm | None = None) -> str:
-    """An OpenAI-compatible base URL (ending in /v1) of a running deployment's arm, for internal
-    code on this machine (distillation teacher, evaluation target). Picks an arm by weight unless
-    one is named. Calls made here are not recorded; `deployment_call` routes and records them."""
+def deployment_endpoint(*, deployment: Deployment, arm: DeploymentArm | None = None) -> tuple[str, str]:
+    """An OpenAI-compatible base URL (ending in /v1) of a running deployment's arm and the API key
+    its server requires, for internal code on this machine (distillation teacher, evaluation
+    target). Picks an arm by weight unless one is named. Calls made with it are not recorded;
+    `deployment_call` routes and records them."""
     arm = arm or deployment_arm_pick(deployment=deployment)
-    return f"http://{arm.host}:{arm.port}/v1"
+    return f"http://{arm.host}:{arm.port}/v1", arm.api_key
 
 
 def deployment_public_path(*, deployment: Deployment) -> str:
@@ -460,7 +465,7 @@ def deployment_call(*, deployment: Deployment, endpoint: str, method: str = "POS
     started = time.perf_counter()
     try:
         r = requests.request(method, url, json=payload if method == "POST" else None, stream=stream,
-                             timeout=(5, PROXY_TIMEOUT_S))
+                             headers=serving.auth_headers(arm.api_key), timeout=(5, PROXY_TIMEOUT_S))
     except requests.RequestException as exc:
         raise _unreachable(deployment, arm, endpoint, user, started, exc) from exc
 
@@ -543,7 +548,7 @@ def deployment_health(*, deployment: Deployment) -> list[dict[str, Any]]:
     for arm in deployment.arms.all():
         alive = serving.is_alive(arm.pid, arm.port)
         started = time.perf_counter()
-        answer = serving.health(arm.host, arm.port, timeout=2.0) if alive else None
+        answer = serving.health(arm.host, arm.port, timeout=2.0, api_key=arm.api_key) if alive else None
         if answer is not None:
             arm.healthy_at = timezone.now()
             DeploymentArm.objects.filter(pk=arm.pk).update(healthy_at=arm.healthy_at)

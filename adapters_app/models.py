@@ -154,6 +154,8 @@ class DeploymentArm(models.Model):
     port = models.PositiveIntegerField(null=True, blank=True)
     pid = models.PositiveIntegerField(null=True, blank=True)
     log_path = models.CharField(max_length=1000, blank=True)
+    # the server's own API key (a new one each start), encrypted; only Nexus's proxy sends it
+    api_key_encrypted = models.TextField(blank=True, editable=False)
     healthy_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -162,6 +164,12 @@ class DeploymentArm(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment.name}/{self.label}"
+
+    @property
+    def api_key(self) -> str:
+        from nexus.secrets import secret_decrypt
+
+        return secret_decrypt(self.api_key_encrypted)
 
     @property
     def serves(self) -> str:

@@ -36,6 +36,9 @@ class ServerSpec:
     n_threads: int | None = None
     n_gpu_layers: int = 0
     verbose: bool = False  # llama.cpp's own load and per-request timing output; the HTTP access log stays
+    # every request must carry it (Bearer); passed in the environment, which other users cannot read,
+    # never on the command line, which they can (/proc/<pid>/cmdline)
+    api_key: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def command(self, python: str = sys.executable) -> list[str]:
@@ -73,8 +76,11 @@ def spawn(spec: ServerSpec) -> int:
     with log.open("ab") as fh:
         fh.write(f"$ {' '.join(spec.command())}\n".encode())
         fh.flush()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", LOG_ENV: str(log)}
+        if spec.api_key:
+            env["API_KEY"] = spec.api_key  # llama-cpp-python's server settings read it from the environment
         proc = subprocess.Popen(spec.command(), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1", LOG_ENV: str(log)})
+                                start_new_session=True, close_fds=True, env=env)
     return proc.pid
 
 
@@ -100,23 +106,28 @@ def is_alive(pid: int | None, port: int | None) -> bool:
     return any(a == "--port" and b == str(port) for a, b in zip(args, args[1:])) and "llama_cpp.server" in args
 
 
-def health(host: str, port: int, timeout: float = 2.0) -> dict | None:
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def health(host: str, port: int, timeout: float = 2.0, api_key: str = "") -> dict | None:
     """GET /v1/models; the parsed answer when the server answers 200, else None."""
+    request = urllib.request.Request(f"http://{host}:{port}/v1/models", headers=auth_headers(api_key))
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/v1/models", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             return json.loads(r.read() or b"{}") if r.status == 200 else None
     except (OSError, urllib.error.URLError, ValueError):
         return None
 
 
 def wait_healthy(*, pid: int, host: str, port: int, log_path: str, timeout: float = 120.0,
-                 should_stop=lambda: False) -> float:  # noqa: ANN001
+                 should_stop=lambda: False, api_key: str = "") -> float:  # noqa: ANN001
     """Wait until the server answers; seconds taken. ServerFailed (with the log tail) when it exits or times out."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if not is_alive(pid, port):
             raise ServerFailed(f"llama.cpp server (pid {pid}, port {port}) exited while starting:\n{log_tail(log_path)}")
-        if health(host, port, timeout=1.0) is not None:
+        if health(host, port, timeout=1.0, api_key=api_key) is not None:
             return time.monotonic() - start
         if should_stop():
             raise ServerFailed("start cancelled")

@@ -45,6 +45,8 @@ NEXUS_DATA_DIR = Path(_str("NEXUS_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 # Where provisioned base models live; shared between runs so the demo model is built once.
 NEXUS_MODELS_DIR = Path(_str("NEXUS_MODELS_DIR", str(NEXUS_DATA_DIR / "models"))).resolve()
 SECRET_KEY = _str("SECRET_KEY", "")
+# Fernet keys for secrets at rest (comma-separated; the first encrypts, every one decrypts: rotation)
+NEXUS_SECRET_KEYS = _list("NEXUS_SECRET_KEYS", "")
 ALLOWED_HOSTS = _list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 DEBUG = _bool("DEBUG", False)
 NEXUS_MAX_UPLOAD_MB = int(_str("NEXUS_MAX_UPLOAD_MB", "512"))

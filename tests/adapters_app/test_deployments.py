@@ -125,6 +125,21 @@ def test_base_deployment_starts_answers_plain_and_streamed_and_stops(celery_work
 
     log = api.get(f"{API}/deployments/{d['id']}/logs", {"arm": "A"}).json()["log"]
     assert "llama_cpp.server" in log and str(arm["port"]) in log
+
+    # the server itself takes only requests with its own key, which only Nexus's proxy holds
+    import requests
+
+    from adapters_app.models import DeploymentArm
+
+    row = DeploymentArm.objects.get(deployment_id=d["id"], label="A")
+    key = row.api_key
+    direct = f"http://127.0.0.1:{arm['port']}/v1/chat/completions"
+    assert requests.post(direct, json=CHAT, timeout=30).status_code == 401  # another local user, no key
+    assert requests.post(direct, json=CHAT, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+    assert requests.post(direct, json=CHAT, headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code == 200
+    assert len(key) >= 40 and key not in row.api_key_encrypted  # encrypted at rest
+    assert key.encode() not in Path(f"/proc/{arm['pid']}/cmdline").read_bytes()  # not visible to `ps`
+    assert key not in json.dumps(api.get(f"{API}/deployments/{d['id']}").json()) and key not in log
     detail = api.get(f"{API}/deployments/{d['id']}").json()
     assert detail["arms"][0]["stats"]["requests"] == 4 and len(detail["recent_requests"]) == 4
 

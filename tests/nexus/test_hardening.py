@@ -300,3 +300,27 @@ def test_viewers_may_not_spend_compute_through_a_deployment_unless_the_team_allo
     team.viewers_use_deployments = True
     team.save()
     assert client.post(url, body, format="json").status_code != 403  # allowed (this one has no server running)
+
+
+def test_secrets_rotate_to_a_new_key_and_old_tokens_need_their_key(settings, user, base_model):
+    from cryptography.fernet import Fernet
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.management import call_command
+
+    from adapters_app.models import DeploymentArm
+    from nexus.secrets import secret_decrypt, secret_encrypt
+    from tests.factories import make_deployment
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.NEXUS_SECRET_KEYS = [old]
+    arm = make_deployment(user, base_model).arms.get()
+    arm.api_key_encrypted = secret_encrypt("server-key-1234")
+    arm.save()
+    settings.NEXUS_SECRET_KEYS = [new, old]  # rotation: the new key first, the old one still decrypts
+    assert DeploymentArm.objects.get(pk=arm.pk).api_key == "server-key-1234"
+    call_command("nexus_rotate_secrets")
+    settings.NEXUS_SECRET_KEYS = [new]  # the old key dropped
+    assert DeploymentArm.objects.get(pk=arm.pk).api_key == "server-key-1234"
+    settings.NEXUS_SECRET_KEYS = [old]
+    with pytest.raises(ImproperlyConfigured, match="cannot be decrypted"):
+        secret_decrypt(DeploymentArm.objects.get(pk=arm.pk).api_key_encrypted)
