@@ -21,9 +21,16 @@ def _generated_key_file() -> list[bytes]:
     path = Path(settings.NEXUS_DATA_DIR) / "secret-keys"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        partial = path.with_name(f".secret-keys-{os.getpid()}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(Fernet.generate_key() + b"\n")
+        try:
+            os.link(partial, path)  # the first process to get there wins; the others read its key
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink(missing_ok=True)
     return [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
 
 
