@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ImproperlyConfigured
 
+from nexus.settings import env
 from nexus.settings.base import *  # noqa: F401,F403
 from nexus.settings.base import SECRET_KEY
 
@@ -14,3 +15,12 @@ DEBUG = False
 NEXUS_SERVE_STATIC = False
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
+# HTTPS only: plain HTTP is redirected, browsers are told to use HTTPS (HSTS). Behind a proxy that
+# terminates TLS, NEXUS_BEHIND_TLS_PROXY=1 makes Django trust its X-Forwarded-Proto header.
+SECURE_SSL_REDIRECT = True
+SECURE_HSTS_SECONDS = env.NEXUS_HSTS_SECONDS
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = env.NEXUS_HSTS_PRELOAD  # NEXUS_HSTS_PRELOAD=0 before a domain may ever serve plain HTTP
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+if env.NEXUS_BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
