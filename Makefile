@@ -14,7 +14,7 @@ test-fast:       ## everything but the whole-system tests
 	.venv/bin/pytest -m "not e2e and not browser"
 
 serve:
-	.venv/bin/daphne -b 127.0.0.1 -p 8000 nexus.asgi:application
+	.venv/bin/uvicorn nexus.asgi:application --host 127.0.0.1 --port 8000 --workers $${NEXUS_WEB_WORKERS:-$$(nproc)}
 
 worker:
 	.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n local@%h -l info

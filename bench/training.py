@@ -391,8 +391,14 @@ def _with_path(url: str, path: str) -> str:
     return urlunparse(urlparse(url)._replace(path=path))
 
 
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
 class System:
-    """The bench's own database, Redis database and data folder, a Celery worker and daphne."""
+    """The bench's own database, Redis database and data folder, a Celery worker and the web server."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -403,7 +409,7 @@ class System:
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "nexus.settings.production", "DATABASE_URL": self.database_url,
                     "REDIS_URL": self.redis_url, "NEXUS_DATA_DIR": str(workdir / "data"),
                     "NEXUS_MODELS_DIR": str(ROOT / "var/models"), "SECRET_KEY": secrets.token_urlsafe(32),
-                    "PYTHONUNBUFFERED": "1"}
+                    "NEXUS_SECRET_KEYS": _fernet_key(), "NEXUS_HTTPS_ONLY": "0", "PYTHONUNBUFFERED": "1"}
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
 
     def _manage(self, *args: str) -> str:
@@ -467,8 +473,8 @@ class System:
             except OSError:
                 return False
 
-        self._start("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                               "nexus.asgi:application"], listening)
+        self._start("web", [sys.executable, "-m", "uvicorn", "nexus.asgi:application", "--host", "127.0.0.1", "--port",
+                            str(self.port), "--workers", str(os.cpu_count() or 2)], listening)
 
     def stop(self) -> None:
         for name, proc, _ in reversed(self.procs):
@@ -753,7 +759,7 @@ def summary(*, sizes: Sizes, device: str, supervised: int, real_tokens: int, run
             if use]
     if load:
         lines.append("other processes' CPU use while each trainer ran, in cores (background noise; for (c) it includes "
-                     "daphne, Postgres, Redis, Celery's main process and this bench's websocket client): "
+                     "the web server, Postgres, Redis, Celery's main process and this bench's websocket client): "
                      + ", ".join(f"{name} {use.other / use.seconds:.2f}" for name, use in load))
     if a:
         lines.append(f"token slots computed: TRL {a.extra['slots']:,} (padded batches) vs Nexus {a.extra['nexus_slots']:,} "

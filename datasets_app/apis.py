@@ -34,7 +34,14 @@ from datasets_app.services import (
     dataset_update,
 )
 from nexus.catalog import base_model_lookup
-from nexus.pagination import CURSOR_PARAMETERS, PAGE_PARAMETERS, cursor_page, paginate, paginated, with_links
+from nexus.pagination import (
+    CURSOR_PARAMETERS,
+    PAGE_PARAMETERS,
+    cursor_page,
+    paginate_values,
+    paginated,
+    with_links,
+)
 from nexus.parsers import StrictJSONParser
 from nexus.schema import EventPageSerializer
 from nexus.api_utils import int_query_param, request_team, request_team_filter
@@ -67,7 +74,7 @@ class DatasetListItemSerializer(serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id")
     parent_id = serializers.IntegerField(allow_null=True)
     validated_with = serializers.CharField(source="validated_with.name", allow_null=True, default=None)
-    num_usable = serializers.SerializerMethodField()
+    num_usable = serializers.IntegerField(source="num_usable_now", help_text="valid records not excluded as duplicates")
 
     class Meta:
         model = Dataset
@@ -75,8 +82,11 @@ class DatasetListItemSerializer(serializers.ModelSerializer):
                   "num_usable", "total_tokens", "file_path", "original_filename", "file_size", "error_message",
                   "validated_with", "parent_id", "split", "created_at", "updated_at"]
 
-    def get_num_usable(self, dataset: Dataset) -> int:
-        return max(0, dataset.num_examples - (dataset.num_excluded or 0))
+
+# DatasetListItemSerializer's fields as columns, for the list's fast path (a test keeps the two equal)
+DATASET_LIST_ITEM = {name: {"team": "team_id", "num_usable": "num_usable_now", "file_path": "original_file",
+                            "validated_with": "validated_with__name"}.get(name, name)
+                     for name in DatasetListItemSerializer.Meta.fields}
 
 
 class _OffsetPageSerializer(serializers.Serializer):
@@ -135,8 +145,8 @@ class DatasetListCreateApi(APIView):
 
     @extend_schema(responses=paginated(DatasetListItemSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
-        qs = dataset_list_lean(user=request.user, team=request_team_filter(request))
-        return paginate(request, qs, lambda items: DatasetListItemSerializer(items, many=True).data)
+        return paginate_values(request, dataset_list_lean(user=request.user, team=request_team_filter(request)),
+                               DATASET_LIST_ITEM)
 
     @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer})
     def post(self, request):

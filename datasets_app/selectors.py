@@ -19,11 +19,13 @@ def dataset_list_lean(*, user, team=None) -> QuerySet[Dataset]:
     """The list as the API pages it: without the large per-dataset JSON (problems, statistics,
     duplicate clusters), with the excluded count computed in the database."""
     from django.db.models import F, Func, IntegerField
+    from django.db.models.functions import Greatest
 
-    return dataset_list(user=user, team=team).defer(
+    excluded = Func(F("excluded_indices"), function="jsonb_array_length", output_field=IntegerField())
+    return dataset_list(user=user, team=team).select_related(None).defer(
         "validation_errors", "statistics", "duplicates", "excluded_indices", "dedup_actions", "detection",
         "validation_config").select_related("validated_with").annotate(
-        num_excluded=Func(F("excluded_indices"), function="jsonb_array_length", output_field=IntegerField()))
+        num_excluded=excluded, num_usable_now=Greatest(F("num_examples") - excluded, 0))
 
 
 def dataset_get(*, user, pk: int, write: bool = False) -> Dataset:

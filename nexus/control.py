@@ -22,7 +22,7 @@ def control_key(kind: str, job_id: int) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
+def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
@@ -33,7 +33,7 @@ def control_send(*, kind: str, job_id: int, command: str) -> bool:
         raise ValueError(f"unknown control command {command!r}")
     key = control_key(kind, job_id)
     try:
-        pipe = _client(settings.NEXUS_CONTROL_REDIS_URL).pipeline()
+        pipe = redis_client(settings.NEXUS_CONTROL_REDIS_URL).pipeline()
         pipe.rpush(key, command)
         pipe.expire(key, TTL_SECONDS)
         pipe.execute()
@@ -47,7 +47,7 @@ def control_receive(*, kind: str, job_id: int) -> list[str] | None:
     """Take every command queued for the job, oldest first; None when Redis cannot be reached."""
     key = control_key(kind, job_id)
     try:
-        pipe = _client(settings.NEXUS_CONTROL_REDIS_URL).pipeline()  # MULTI/EXEC: read and clear at once
+        pipe = redis_client(settings.NEXUS_CONTROL_REDIS_URL).pipeline()  # MULTI/EXEC: read and clear at once
         pipe.lrange(key, 0, -1)
         pipe.delete(key)
         raw, _ = pipe.execute()
@@ -59,6 +59,6 @@ def control_receive(*, kind: str, job_id: int) -> list[str] | None:
 def control_clear(*, kind: str, job_id: int) -> None:
     """Forget stale commands (a job starting or restarting acts on its row, not on old signals)."""
     try:
-        _client(settings.NEXUS_CONTROL_REDIS_URL).delete(control_key(kind, job_id))
+        redis_client(settings.NEXUS_CONTROL_REDIS_URL).delete(control_key(kind, job_id))
     except redis.RedisError:
         pass

@@ -14,6 +14,7 @@ from datasets_app import apis as dataset_apis
 from datasets_app import views as dataset_views
 from evaluation_app import views as evaluation_views
 from nexus import apis as nexus_apis
+from nexus.health import healthz
 from nexus.schema_views import SchemaView
 from training_app import apis as training_apis
 from training_app import views as training_views
@@ -103,6 +104,7 @@ pages = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/finetune/datasets/", permanent=False)),
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -17,7 +17,8 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-.venv/bin/daphne -b "$HOST" -p "$PORT" nexus.asgi:application >var/log/web.log 2>&1 &
+.venv/bin/uvicorn nexus.asgi:application --host "$HOST" --port "$PORT" --workers "${NEXUS_WEB_WORKERS:-$(nproc)}" \
+  >var/log/web.log 2>&1 &
 WEB=$!
 PIDS+=($WEB)
 .venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n demo@%h -l info >var/log/worker.log 2>&1 &

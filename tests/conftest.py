@@ -169,13 +169,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def asgi_server(django_db_setup, django_db_blocker) -> str:
-    """The real ASGI server (daphne: HTTP + websockets) in its own process; yields its base URL."""
+    """The real ASGI server as `make serve` runs it (uvicorn, HTTP + websockets, two worker
+    processes that share websocket groups through Redis) in its own process; yields its base URL."""
     port = _free_port()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = LOG_DIR / "daphne.log"
+    log = LOG_DIR / "web.log"
     fh = log.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "nexus.asgi:application"],
+        [sys.executable, "-m", "uvicorn", "nexus.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2"],
         cwd=ROOT, env=_subprocess_env(), stdout=fh, stderr=subprocess.STDOUT,
     )
 
@@ -188,7 +190,7 @@ def asgi_server(django_db_setup, django_db_blocker) -> str:
 
     _wait_for(up, 60, "the ASGI server", log)
     if proc.poll() is not None:
-        raise RuntimeError(f"daphne exited:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(f"the web server exited:\n{log.read_text()[-3000:]}")
     yield f"http://127.0.0.1:{port}"
     with django_db_blocker.unblock():
         _stop(proc, timeout=15)

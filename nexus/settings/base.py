@@ -68,6 +68,11 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.parse_database_url(env.DATABASE_URL)}
+# A pool of Postgres connections per process (psycopg_pool): a new connection per request cost more
+# than the request itself under load. Per-thread persistent connections (CONN_MAX_AGE) leak under
+# ASGI, where each request runs in a thread of its own. 0 turns the pool off.
+if env.NEXUS_DB_POOL_MAX > 0:
+    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": env.NEXUS_DB_POOL_MAX, "timeout": 10}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

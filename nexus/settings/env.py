@@ -40,6 +40,7 @@ def parse_database_url(url: str) -> dict:
 
 
 DATABASE_URL = _str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/nexus")
+NEXUS_DB_POOL_MAX = int(_str("NEXUS_DB_POOL_MAX", "8"))  # connections per process at most; 0: no pool
 REDIS_URL = _str("REDIS_URL", "redis://127.0.0.1:6379/0")
 NEXUS_DATA_DIR = Path(_str("NEXUS_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 # Where provisioned base models live; shared between runs so the demo model is built once.
@@ -51,6 +52,8 @@ NEXUS_SECRET_KEYS = _list("NEXUS_SECRET_KEYS", "")
 NEXUS_BEHIND_TLS_PROXY = _bool("NEXUS_BEHIND_TLS_PROXY", False)
 NEXUS_HSTS_SECONDS = int(_str("NEXUS_HSTS_SECONDS", str(365 * 24 * 3600)))
 NEXUS_HSTS_PRELOAD = _bool("NEXUS_HSTS_PRELOAD", True)
+# 0 only for a production-settings process on plain HTTP on one machine (benchmarks): no redirect, no HSTS
+NEXUS_HTTPS_ONLY = _bool("NEXUS_HTTPS_ONLY", True)
 ALLOWED_HOSTS = _list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 DEBUG = _bool("DEBUG", False)
 NEXUS_MAX_UPLOAD_MB = int(_str("NEXUS_MAX_UPLOAD_MB", "512"))

@@ -17,8 +17,8 @@ SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 # HTTPS only: plain HTTP is redirected, browsers are told to use HTTPS (HSTS). Behind a proxy that
 # terminates TLS, NEXUS_BEHIND_TLS_PROXY=1 makes Django trust its X-Forwarded-Proto header.
-SECURE_SSL_REDIRECT = True
-SECURE_HSTS_SECONDS = env.NEXUS_HSTS_SECONDS
+SECURE_SSL_REDIRECT = env.NEXUS_HTTPS_ONLY
+SECURE_HSTS_SECONDS = env.NEXUS_HSTS_SECONDS if env.NEXUS_HTTPS_ONLY else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = env.NEXUS_HSTS_PRELOAD  # NEXUS_HSTS_PRELOAD=0 before a domain may ever serve plain HTTP
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP

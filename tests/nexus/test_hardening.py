@@ -324,3 +324,32 @@ def test_secrets_rotate_to_a_new_key_and_old_tokens_need_their_key(settings, use
     settings.NEXUS_SECRET_KEYS = [old]
     with pytest.raises(ImproperlyConfigured, match="cannot be decrypted"):
         secret_decrypt(DeploymentArm.objects.get(pk=arm.pk).api_key_encrypted)
+
+
+def test_healthz_answers_without_login_and_says_what_is_down(client, settings):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["database"] == "ok" and r.json()["redis"] == "ok"
+    settings.NEXUS_CONTROL_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    r = client.get("/healthz")
+    assert r.status_code == 503 and r.json()["redis"] == "down" and r.json()["database"] == "ok"
+
+
+def test_the_fast_list_rows_equal_what_their_serializers_document(api, user, base_model):
+    """The dataset and job lists read columns straight into the page; their serializers document
+    the items. Both must give the same items, field for field."""
+    from datasets_app.apis import DatasetListItemSerializer
+    from datasets_app.selectors import dataset_list_lean
+    from tests.factories import make_adapter, make_job
+    from training_app.apis import JobListItemSerializer
+    from training_app.selectors import training_job_list
+
+    job = make_job(user, base_model, warnings=["a warning"], started_at="2026-01-02T03:04:05Z", current_loss=0.5)
+    make_adapter(job)
+    make_job(user, base_model, dataset=job.dataset, name="second")
+    listed = api.get("/api/v1/finetune/jobs").json()["results"]
+    assert listed == JobListItemSerializer(training_job_list(user=user), many=True).data
+    assert listed[-1]["adapter_id"] and listed[-1]["warnings"] == ["a warning"] and listed[-1]["base_model"] == base_model.name
+    listed = api.get("/api/v1/finetune/datasets").json()["results"]
+    assert listed == DatasetListItemSerializer(dataset_list_lean(user=user), many=True).data
+    assert listed[0]["num_usable"] == 8 and listed[0]["file_path"]
