@@ -213,7 +213,7 @@ def main() -> None:
     for key in ("datasets", "jobs"):
         r = results[now][key]
         print(f"  {paths[key]}: {r['rps'] / health:.2f}x /healthz (target >= 0.5), "
-              f"{r["rps"] / results[before][key]["rps"]:.1f}x one daphne process here, "
+              f"{r['rps'] / results[before][key]['rps']:.1f}x one daphne process here, "
               f"{r['rps'] / PROBE_RPS:.1f}x the probe's {PROBE_RPS} (target >= 10), p99 {r['p99']:.0f} ms "
               f"(target <= 500), errors {r['errors']} (target 0)")
     print(json.dumps(results))
