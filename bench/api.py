@@ -144,6 +144,35 @@ class Instance:
         self._maintenance(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds used so far by a server process and its worker processes."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _postgres_cpu() -> float:
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if (proc.info["name"] or "").startswith("postgres"):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -193,8 +222,12 @@ def main() -> None:
                     for key, path in paths.items():
                         url = f"http://127.0.0.1:{port}{path}"
                         wrk(url, token=token, seconds=2, connections=args.connections)  # warm-up, untimed
-                        results.setdefault(name, {})[key] = wrk(url, token=token, seconds=args.seconds,
-                                                                connections=args.connections)
+                        web0, db0 = _cpu(instance.proc.pid), _postgres_cpu()
+                        r = wrk(url, token=token, seconds=args.seconds, connections=args.connections)
+                        served = max(r["rps"] * args.seconds, 1)
+                        r["web_cpu_ms"] = round((_cpu(instance.proc.pid) - web0) * 1000 / served, 2)
+                        r["db_cpu_ms"] = round((_postgres_cpu() - db0) * 1000 / served, 2)
+                        results.setdefault(name, {})[key] = r
                 finally:
                     instance.stop()
         finally:
@@ -203,11 +236,13 @@ def main() -> None:
     before, now = list(results)
     print(f"\nGET with {args.connections} connections for {args.seconds} s each (wrk), {args.items} datasets and jobs, "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
-    print(f"{'':34s}{'requests/s':>12s}{'p50 ms':>10s}{'p99 ms':>10s}{'errors':>8s}")
+    print(f"{'':34s}{'requests/s':>12s}{'p50 ms':>10s}{'p99 ms':>10s}{'errors':>8s}{'web CPU':>10s}{'db CPU':>9s}")
     for name, rows in results.items():
         print(name)
         for key, r in rows.items():
-            print(f"  {paths[key]:32s}{r['rps']:12.1f}{r['p50'] or 0:10.1f}{r['p99'] or 0:10.1f}{r['errors']:8d}")
+            print(f"  {paths[key]:32s}{r['rps']:12.1f}{r['p50'] or 0:10.1f}{r['p99'] or 0:10.1f}{r['errors']:8d}"
+                  f"{r['web_cpu_ms']:10.2f}{r['db_cpu_ms']:9.2f}")
+    print("(web CPU and db CPU: milliseconds of CPU per request in the server's processes and in Postgres)")
     print("\nratios (now):")
     health = results[now]["healthz"]["rps"]
     for key in ("datasets", "jobs"):
