@@ -37,6 +37,7 @@ from nexus.catalog import base_model_lookup
 from nexus.pagination import (
     CURSOR_PARAMETERS,
     PAGE_PARAMETERS,
+    OffsetPageSerializer,
     cursor_page,
     paginate_values,
     paginated,
@@ -89,20 +90,12 @@ DATASET_LIST_ITEM = {name: {"team": "team_id", "num_usable": "num_usable_now", "
                      for name in DatasetListItemSerializer.Meta.fields}
 
 
-class _OffsetPageSerializer(serializers.Serializer):
-    count = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-
-
-class PreviewPageSerializer(_OffsetPageSerializer):
+class PreviewPageSerializer(OffsetPageSerializer):
     results = serializers.ListField(child=serializers.DictField(), help_text="normalized conversations: messages, "
                                     "source_index, line, excluded")
 
 
-class ValidationErrorsPageSerializer(_OffsetPageSerializer):
+class ValidationErrorsPageSerializer(OffsetPageSerializer):
     listed = serializers.IntegerField(help_text="problems kept with their lines (the first 10,000)")
     by_category = serializers.DictField(child=serializers.IntegerField())
     results = serializers.ListField(child=serializers.DictField(), help_text="line, index, category, message")

@@ -113,3 +113,13 @@ def paginate_values(request: Request, items: QuerySet, mapping: dict[str, str]) 
     results = [{name: _DATETIME.to_representation(row[lookup]) if isinstance(row[lookup], datetime) else row[lookup]
                 for name, lookup in mapping.items()} for row in rows]
     return _page(request, count=count, limit=limit, offset=offset, results=results)
+
+
+class OffsetPageSerializer(serializers.Serializer):
+    """The fields of a selector's page (`with_links`); subclasses add `results`."""
+
+    count = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)

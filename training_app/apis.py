@@ -12,6 +12,7 @@ from nexus.api_utils import int_query_param, request_team, request_team_filter
 from nexus.pagination import (
     CURSOR_PARAMETERS,
     PAGE_PARAMETERS,
+    OffsetPageSerializer,
     cursor_page,
     paginate,
     paginate_values,
@@ -134,12 +135,7 @@ class CheckpointSerializer(serializers.Serializer):
     is_best = serializers.BooleanField(help_text="lowest validation loss so far")
 
 
-class LogPageSerializer(serializers.Serializer):
-    count = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
+class LogPageSerializer(OffsetPageSerializer):
     results = EventSerializer(many=True)
 
 
