@@ -22,70 +22,31 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
+# bench/ holds a datasets.py: keep it from shadowing the `datasets` package
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from bench.benchlib import BenchSystem, free_port  # noqa: E402
 BENCH_DB = "nexus_bench_api"
 BENCH_REDIS_DB = 11
 PROBE_RPS = 15.8  # what the probe measured on the list endpoints with one daphne process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _with_path(url: str, path: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=path))
-
-
-class Instance:
+class Instance(BenchSystem):
     def __init__(self, workdir: Path):
-        from cryptography.fernet import Fernet
-
-        self.workdir = workdir
-        self.database_url = _with_path(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/nexus"),
-                                       f"/{BENCH_DB}")
-        self.redis_url = _with_path(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{BENCH_REDIS_DB}")
-        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "nexus.settings.production",
-                    "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
-                    "NEXUS_DATA_DIR": str(workdir / "data"), "NEXUS_MODELS_DIR": str(ROOT / "var/models"),
-                    "SECRET_KEY": secrets.token_urlsafe(40), "NEXUS_SECRET_KEYS": Fernet.generate_key().decode(),
-                    "NEXUS_HTTPS_ONLY": "0", "PYTHONUNBUFFERED": "1"}
+        super().__init__(workdir, database=BENCH_DB, redis_db=BENCH_REDIS_DB)
         self.proc: subprocess.Popen | None = None
-
-    def _manage(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
-                             text=True)
-        if out.returncode:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-        return out.stdout
-
-    def _maintenance(self, sql: str) -> None:
-        import psycopg
-
-        u = urlparse(self.database_url)
-        with psycopg.connect(host=u.hostname, port=u.port or 5432, user=u.username or "postgres",
-                             password=u.password or "", dbname="postgres", autocommit=True) as conn:
-            conn.execute(sql)
 
     def prepare(self, items: int) -> str:
         """A fresh database with a user whose team has `items` datasets and jobs; returns a token."""
-        import redis
-
-        self._maintenance(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        self._maintenance(f"CREATE DATABASE {BENCH_DB}")
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self._manage("migrate", "--noinput")
-        self._manage("nexus_demo_model")
-        out = self._manage("shell", "-c", (
+        self.fresh()
+        out = self.manage("shell", "-c", (
             "from rest_framework.authtoken.models import Token\n"
             "from datasets_app.models import Dataset\n"
             "from training_app.models import FineTuningJob\n"
@@ -136,12 +97,6 @@ class Instance:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
-
-    def drop(self) -> None:
-        import redis
-
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self._maintenance(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
 def _cpu(pid: int) -> float:
@@ -216,7 +171,7 @@ def main() -> None:
                     str(port), "--workers", str(args.workers), "--no-access-log", "--log-level", "warning"],
             }
             for name, command in servers.items():
-                port = _free_port()
+                port = free_port()
                 instance.start(name.split(",")[0], command(port), port)
                 try:
                     for key, path in paths.items():

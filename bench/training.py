@@ -80,7 +80,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ is first on the path when this runs as a script, and bench/datasets.py would hide the
@@ -90,6 +90,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.benchlib import BenchSystem, free_port  # noqa: E402
 from training_app.engine.data import IGNORE_INDEX, encode_conversation, encode_records, pack_rows  # noqa: E402
 from training_app.engine.trainer import NullHooks  # noqa: E402
 
@@ -381,61 +382,19 @@ def run_engine(records: list[dict], sizes: Sizes, workdir: Path) -> Run:
 # ----------------------------------------------------------------------------- (c) the system
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _with_path(url: str, path: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=path))
-
-
-def _fernet_key() -> str:
-    from cryptography.fernet import Fernet
-
-    return Fernet.generate_key().decode()
-
-
-class System:
+class System(BenchSystem):
     """The bench's own database, Redis database and data folder, a Celery worker and the web server."""
 
     def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.port = _free_port()
+        super().__init__(workdir, database=BENCH_DB, redis_db=BENCH_REDIS_DB)
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.database_url = _with_path(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/nexus"), f"/{BENCH_DB}")
-        self.redis_url = _with_path(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{BENCH_REDIS_DB}")
-        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "nexus.settings.production", "DATABASE_URL": self.database_url,
-                    "REDIS_URL": self.redis_url, "NEXUS_DATA_DIR": str(workdir / "data"),
-                    "NEXUS_MODELS_DIR": str(ROOT / "var/models"), "SECRET_KEY": secrets.token_urlsafe(32),
-                    "NEXUS_SECRET_KEYS": _fernet_key(), "NEXUS_HTTPS_ONLY": "0", "PYTHONUNBUFFERED": "1"}
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
-
-    def _manage(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-        return out.stdout
-
-    def _maintenance(self, sql: str) -> None:
-        import psycopg
-
-        u = urlparse(self.database_url)
-        with psycopg.connect(host=u.hostname, port=u.port or 5432, user=u.username or "postgres", password=u.password or "",
-                             dbname="postgres", autocommit=True) as conn:
-            conn.execute(sql)
 
     def prepare(self) -> dict[str, str]:
         """Fresh database and Redis db, the demo model registered, a user; returns its token and session id."""
-        import redis
-
-        self._maintenance(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        self._maintenance(f"CREATE DATABASE {BENCH_DB}")
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self._manage("migrate", "--noinput")
-        self._manage("nexus_demo_model")
-        out = self._manage("shell", "-c", (
+        self.fresh()
+        out = self.manage("shell", "-c", (
             "import json\n"
             "from django.test import Client\n"
             "from rest_framework.authtoken.models import Token\n"
@@ -494,12 +453,6 @@ class System:
         worker = next((proc for name, proc, _ in self.procs if name == "worker"), None)
         children = psutil.Process(worker.pid).children() if worker else []
         return children[0].pid if len(children) == 1 else None
-
-    def drop(self) -> None:
-        import redis
-
-        redis.Redis.from_url(self.redis_url).flushdb()
-        self._maintenance(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
 class EventStream:
