@@ -22,7 +22,7 @@ PAGE_PARAMETERS = [
 ]
 CURSOR_PARAMETERS = [
     OpenApiParameter("after", int, description="only events with a seq greater than this (the cursor)"),
-    OpenApiParameter("limit", int, description=f"events per page (default 1000, at most 1000)"),
+    OpenApiParameter("limit", int, description="events per page (default 1000, at most 1000)"),
 ]
 
 
@@ -30,17 +30,21 @@ def page_bounds(request: Request, *, default: int = DEFAULT_LIMIT, most: int = M
     return (int_query_param(request, "limit", default, lo=1, hi=most), int_query_param(request, "offset", 0, hi=10**9))
 
 
-def _page(request: Request, *, count: int, limit: int, offset: int, results: list) -> Response:
-    url = request.build_absolute_uri()
-    following = replace_query_param(replace_query_param(url, "limit", limit), "offset", offset + limit) \
-        if offset + limit < count else None
+def _links(request: Request, *, count: int, limit: int, offset: int) -> dict[str, str | None]:
+    """`next` and `previous` of a page of `limit` items from `offset` in a list of `count`."""
+    url = replace_query_param(request.build_absolute_uri(), "limit", limit)
+    following = replace_query_param(url, "offset", offset + limit) if offset + limit < count else None
     if offset <= 0:
         previous = None
     elif offset - limit <= 0:
-        previous = remove_query_param(replace_query_param(url, "limit", limit), "offset")
+        previous = remove_query_param(url, "offset")
     else:
-        previous = replace_query_param(replace_query_param(url, "limit", limit), "offset", offset - limit)
-    return Response({"count": count, "next": following, "previous": previous, "results": results})
+        previous = replace_query_param(url, "offset", offset - limit)
+    return {"next": following, "previous": previous}
+
+
+def _page(request: Request, *, count: int, limit: int, offset: int, results: list) -> Response:
+    return Response({"count": count, **_links(request, count=count, limit=limit, offset=offset), "results": results})
 
 
 def paginate(request: Request, items: QuerySet | Sequence, serialize: Callable[[Iterable], Any], *,
@@ -84,14 +88,9 @@ def paginated(serializer: type[serializers.Serializer], name: str | None = None)
 def with_links(request: Request, body: dict, *, listed: int | None = None) -> dict:
     """A selector's `{count, offset, limit, results}` page with `next` and `previous` links
     (`listed`: how many items can be paged, when `count` says more exist than are kept)."""
-    count = body["count"] if listed is None else listed
-    offset, limit = body["offset"], body["limit"]
-    url = replace_query_param(request.build_absolute_uri(), "limit", limit)
-    body["next"] = replace_query_param(url, "offset", offset + limit) if offset + limit < count else None
-    body["previous"] = (None if offset <= 0 else remove_query_param(url, "offset") if offset - limit <= 0
-                        else replace_query_param(url, "offset", offset - limit))
+    body.update(_links(request, count=body["count"] if listed is None else listed, limit=body["limit"],
+                       offset=body["offset"]))
     return body
-
 
 
 _DATETIME = serializers.DateTimeField()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("nexus.errors")
 
@@ -21,26 +21,25 @@ def public_text(text: str) -> str:
     return _PATH.sub(lambda m: "…/" + (m.group(0).rstrip("/").rsplit("/", 1)[-1] or ""), text)
 
 
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """JSON with `fn` applied to every string in it, keys too."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {_map_strings(k, fn): _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
 def public_data(value: Any) -> Any:
     """JSON to store and show: every string (keys too) through public_text."""
-    if isinstance(value, str):
-        return public_text(value)
-    if isinstance(value, dict):
-        return {public_text(k) if isinstance(k, str) else k: public_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [public_data(v) for v in value]
-    return value
+    return _map_strings(value, public_text)
 
 
 def jsonb_safe(value: Any) -> Any:
     """JSON that Postgres can store: NUL characters (valid in user data) shown as ␀, nothing else changed."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\u2400")
-    if isinstance(value, dict):
-        return {jsonb_safe(k): jsonb_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonb_safe(v) for v in value]
-    return value
+    return _map_strings(value, lambda text: text.replace("\x00", "\u2400"))
 
 
 _MEMORY = ("out of memory", "Cannot allocate memory")

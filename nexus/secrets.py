@@ -68,11 +68,6 @@ def secret_rotate(token: str) -> str:
     return _box().rotate(token.encode()).decode() if token else ""
 
 
-def secret_hint(plain: str) -> str:
-    """What a page or API may show of a secret: its last four characters."""
-    return f"…{plain[-4:]}" if plain else ""
-
-
 # Every model field that holds a secret_encrypt() token, for rotation ("app_label.Model", field).
 ENCRYPTED_FIELDS = [("adapters_app.DeploymentArm", "api_key_encrypted")]
 

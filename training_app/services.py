@@ -282,11 +282,10 @@ def preset_create(*, team: Team, user, name: str, description: str = "", lora_co
 
     config = parse_config(lora_config, training_config, qlora_config)
     # stored in the design's spelling, with only the fields given (the rest stay the defaults)
-    try:
-        given = {name_: {k: v for k, v in section.items() if k in given_fields(name_, raw)}
-                 for (name_, section), raw in zip(config.as_dicts().items(), (lora_config, training_config, qlora_config))}
-    except ConfigError as exc:
-        raise _config_error(exc) from exc
+    given = {}
+    for (section, values), raw in zip(config.as_dicts().items(), (lora_config, training_config, qlora_config)):
+        keep = given_fields(section, raw)
+        given[section] = {k: v for k, v in values.items() if k in keep}
     if name.strip().lower() in {p["name"].lower() for p in BUILTIN_BY_ID.values()} or \
             TrainingPreset.objects.filter(team=team, name__iexact=name.strip()).exists():
         raise NexusError(f"name: a preset called '{name}' already exists", code="validation_error", details={"name": name})
