@@ -62,19 +62,17 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         # before the handshake: connect() replays the backlog first, then closes with the reason
 
     async def _close_layer_down(self) -> None:
-        if self.group:
-            self.group = None
+        self.group = None  # nothing to leave: the broker is gone
         await self.close(code=LAYER_DOWN_CODE, reason=LAYER_DOWN_REASON)
 
     async def _join(self) -> bool:
         """Join the job's group; a connection that died with a Redis restart is retried once."""
-        for attempt in range(2):
+        for _ in range(2):
             try:
                 await self.channel_layer.group_add(self.group, self.channel_name)
                 return True
             except LAYER_ERRORS:
-                if attempt:
-                    return False
+                pass
         return False
 
     async def connect(self):
