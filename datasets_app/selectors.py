@@ -72,6 +72,8 @@ def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
     """Training time for the default preset from throughput measured by finished jobs on this
     deployment (never a guess): tokens a job would see / measured tokens per second."""
     from training_app.engine.config import TrainingConfig
+    from training_app.engine.data import load_tokenizer, template_overhead
+    from training_app.engine.estimate import estimate_time
     from training_app.selectors import measured_throughput
 
     model = dataset.validated_with
@@ -81,18 +83,20 @@ def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
     if not jobs:
         return {"available": False, "reason": f"no completed job on {model.name} has measured throughput here yet; "
                                               "train once and the estimate appears"}
-    epochs = TrainingConfig().num_epochs
-    from datasets_app.services import _template_overhead
-
-    tokens = (dataset.total_tokens + dataset.num_usable * _template_overhead(model)[0]) * epochs
+    training = TrainingConfig()
+    # as a job on this model gets it: the default max_seq_length, cut to the model's context
+    training.max_seq_length = min(training.max_seq_length, model.context_length or training.max_seq_length)
+    estimate = estimate_time(total_tokens=dataset.total_tokens, num_examples=dataset.num_examples,
+                             num_usable=dataset.num_usable, template_tokens=template_overhead(load_tokenizer(model.hf_path))[0],
+                             training=training, tokens_per_second=tps)
     return {
         "available": True,
         "base_model": model.name,
-        "preset": f"defaults ({epochs:g} epochs)",
-        "tokens_per_second": round(tps, 1),
+        "preset": f"defaults ({training.num_epochs:g} epochs)",
+        "tokens_per_second": estimate["tokens_per_second"],
         "measured_by_jobs": jobs,
-        "tokens": int(tokens),
-        "seconds": round(tokens / tps),
+        "tokens": estimate["tokens"],
+        "seconds": estimate["seconds"],
     }
 
 

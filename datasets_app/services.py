@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import functools
-import threading
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +10,11 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from datasets_app.engine.dedup import DedupConfig, find_duplicates, normalize, prompt_text, record_text
-from datasets_app.engine.formats import FORMAT_CHOICES, DatasetFileError, RecordProblem, parse_dataset_file
-from datasets_app.engine.stats import count_tokens, token_statistics
+from datasets_app.engine.dedup import DedupConfig
+from datasets_app.engine.formats import FORMAT_CHOICES, DatasetFileError, parse_dataset_file
+from datasets_app.engine.splits import SPLITS, assign_splits, contamination
+from datasets_app.engine.stats import token_statistics
+from datasets_app.engine.validate import ValidationConfig, validate_records
 from datasets_app.engine.writers import ConversionError, write_records
 from datasets_app.models import Dataset
 from nexus.catalog import base_model_default
@@ -26,10 +25,9 @@ from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
 from nexus.storage import local_path, storage_delete_prefix, storage_save_bytes
+from training_app.engine.data import load_tokenizer
 
 MAX_LISTED_PROBLEMS = 10_000
-MAX_LISTED_CLUSTERS = 2_000
-SPLITS = ("train", "val", "test")
 
 
 def _event(dataset: Dataset, message: str, level: str = "info", type: str = JobEvent.Type.LOG, data: dict | None = None) -> None:
@@ -42,6 +40,10 @@ def _progress(dataset: Dataset, percent: int, stage: str) -> None:
 
 def _folder(dataset: Dataset) -> str:
     return f"datasets/team-{dataset.team_id}/dataset-{dataset.pk}"
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
 @transaction.atomic
@@ -122,85 +124,6 @@ def datasets_requeue(*, stale_after_s: int = 2400) -> list[int]:
     return ids
 
 
-_TRANSFORMERS_LOCK = threading.Lock()
-
-
-@functools.lru_cache(maxsize=4)
-def _load_tokenizer(path: str):
-    # transformers resolves its names lazily, and two threads doing that for the first time at once
-    # can get "cannot import name 'AutoTokenizer'" (the ASGI server runs views in a thread pool)
-    with _TRANSFORMERS_LOCK:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-
-
-def _tokenizer_for(model: BaseModel | None):
-    if model is None or not model.hf_path:
-        return None
-    return _load_tokenizer(model.hf_path)
-
-
-def _template_overhead(model: BaseModel) -> tuple[int, int]:
-    """Tokens the chat template adds: for one exchange, and for each further exchange."""
-    from training_app.engine.data import encode_conversation
-
-    tokenizer = _tokenizer_for(model)
-    u, a = {"role": "user", "content": ""}, {"role": "assistant", "content": ""}
-    one = len(encode_conversation(tokenizer, [u, a], 1 << 20)["input_ids"])
-    two = len(encode_conversation(tokenizer, [u, a, u, a], 1 << 20)["input_ids"])
-    return one, two - one
-
-
-def _length_problems(records: list[dict], counts: list[tuple[int, int]], *, min_tokens: int, max_tokens: int | None,
-                     overhead: tuple[int, int] = (0, 0)) -> tuple[list[dict], list[tuple[int, int]], list[RecordProblem]]:
-    """Too long counts what training sees: content plus the chat template's tokens."""
-    kept, kept_counts, problems = [], [], []
-    for record, (p, r) in zip(records, counts):
-        where = f"line {record['source_line']}" if record.get("source_line") else f"record {record['source_index']}"
-        total = p + r
-        exchanges = max(1, sum(1 for m in record["messages"] if m["role"] == "assistant"))
-        with_template = total + overhead[0] + (exchanges - 1) * overhead[1]
-        if max_tokens and with_template > max_tokens:
-            problems.append(RecordProblem(record["source_index"], record.get("source_line"), "too_long",
-                                          f"{where}: {with_template} tokens with the chat template, more than the maximum of {max_tokens}"))
-        elif total < min_tokens:
-            problems.append(RecordProblem(record["source_index"], record.get("source_line"), "too_short",
-                                          f"{where}: {total} tokens, fewer than the minimum of {min_tokens}"))
-        else:
-            kept.append(record)
-            kept_counts.append((p, r))
-    return kept, kept_counts, problems
-
-
-def _language_problems(records: list[dict], counts: list[tuple[int, int]], allowed: list[str]
-                       ) -> tuple[list[dict], list[tuple[int, int]], list[RecordProblem]]:
-    from datasets_app.engine.language import language_problem
-
-    kept, kept_counts, problems = [], [], []
-    for record, count in zip(records, counts):
-        reason = language_problem(record["messages"], allowed)
-        if reason:
-            where = f"line {record['source_line']}" if record.get("source_line") else f"record {record['source_index']}"
-            problems.append(RecordProblem(record["source_index"], record.get("source_line"), "language", f"{where}: {reason}"))
-        else:
-            kept.append(record)
-            kept_counts.append(count)
-    return kept, kept_counts, problems
-
-
-def _clusters_for_display(records: list[dict], clusters: list[list[int]]) -> list[dict]:
-    out = []
-    for cluster in clusters[:MAX_LISTED_CLUSTERS]:
-        members = [records[i] for i in cluster]
-        out.append({
-            "members": [m["source_index"] for m in members],
-            "lines": [m.get("source_line") for m in members],
-            "samples": [record_text(m["messages"])[:160] for m in members[:5]],
-        })
-    return out
-
-
 def dataset_process(*, dataset_id: int) -> Dataset:
     """Parse, validate, find duplicates and count tokens from the original upload; ends `ready` or `error`."""
     dataset = Dataset.objects.select_related("validated_with").get(pk=dataset_id)
@@ -217,55 +140,24 @@ def dataset_process(*, dataset_id: int) -> Dataset:
            + (f" (detected with confidence {d.confidence:.0%}: {d.evidence})" if d and dataset.format == "auto" else ""))
     model = BaseModel.objects.filter(pk=config.get("base_model_id")).first() if config.get("base_model_id") else None
     model = model or base_model_default()
-    max_tokens = config.get("max_tokens") or (model.context_length if model and model.context_length else None)
-    min_tokens = config["min_tokens"] if config.get("min_tokens") is not None else 1
-    counts = count_tokens(parsed.records, _tokenizer_for(model))
-    overhead = _template_overhead(model) if model else (0, 0)
-    if model is None:
-        min_tokens, max_tokens = 0, None  # no tokenizer: lengths cannot be checked
-    _progress(dataset, 50, "tokens counted")
-    records, counts, length_problems = _length_problems(parsed.records, counts, min_tokens=min_tokens, max_tokens=max_tokens,
-                                                        overhead=overhead)
-    if config.get("languages"):
-        records, counts, language_problems = _language_problems(records, counts, config["languages"])
-        length_problems += language_problems
-    problems = sorted(parsed.problems + length_problems, key=lambda p: p.index)
+    if model is not None and not model.hf_path:
+        return dataset_fail(dataset=dataset, message=f"The model '{model.name}' has no local HF folder, so its tokenizer "
+                                                     "cannot count tokens; validate with a model registered with one.")
+    validation = ValidationConfig(
+        max_tokens=config.get("max_tokens") or (model.context_length if model and model.context_length else None),
+        min_tokens=config["min_tokens"] if config.get("min_tokens") is not None else 1,
+        languages=config.get("languages") or [],
+        dedup=DedupConfig(**{k: v for k, v in (config.get("dedup") or {}).items() if k in ("threshold", "shingle_size")}))
+    report = validate_records(parsed, load_tokenizer(model.hf_path) if model else None, validation,
+                              tokenizer_name=model.name if model else None,
+                              progress=lambda percent, stage: _progress(dataset, percent, stage))
+    records, problems, stats = report.records, report.problems, report.statistics
     if not records:
         first = problems[0].message if problems else "no usable records"
         return dataset_fail(dataset=dataset, message=f"None of the {parsed.total_records} records is usable; first problem: {first}")
-    dedup_config = DedupConfig(**{k: v for k, v in (config.get("dedup") or {}).items() if k in ("threshold", "shingle_size")})
-    report = find_duplicates(records, dedup_config)
-    _progress(dataset, 80, "duplicates found")
     _event(dataset, "Duplicates: {exact_duplicates} exact, {near_duplicates} near, {overlap_clusters} prompts with different answers"
-           .format(**report.summary()))
-    stats = token_statistics(records, counts, tokenizer_name=model.name if model else None)
-    by_category: dict[str, int] = {}
-    for p in problems:
-        by_category[p.category] = by_category.get(p.category, 0) + 1
-    stats.update({
-        "total_records": parsed.total_records,
-        "valid": len(records),
-        "invalid": len(problems),
-        "invalid_by_category": by_category,
-        "duplicates": report.summary(),
-        "min_tokens": min_tokens,
-        "max_tokens": max_tokens,
-    })
-    duplicates = {
-        "config": report.config,
-        "summary": report.summary(),
-        "exact": _clusters_for_display(records, report.exact_clusters),
-        "near": _clusters_for_display(records, report.near_clusters),
-        "overlap": _clusters_for_display(records, report.overlap_clusters),
-        "removable": sorted(records[i]["source_index"] for i in report.removable()),
-        # every cluster in full (record source indices); the lists above are trimmed for display
-        "clusters": {kind: [[records[i]["source_index"] for i in c] for c in clusters] for kind, clusters in
-                     (("exact", report.exact_clusters), ("near", report.near_clusters), ("overlap", report.overlap_clusters))},
-    }
-    for record, (p, r) in zip(records, counts):
-        record["tokens"], record["prompt_tokens"], record["response_tokens"] = p + r, p, r
-    normalized = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    name = storage_save_bytes(f"{_folder(dataset)}/normalized.jsonl", normalized.encode())
+           .format(**stats["duplicates"]))
+    name = storage_save_bytes(f"{_folder(dataset)}/normalized.jsonl", _jsonl(records))
     valid_indices = {r["source_index"] for r in records}
     with transaction.atomic():
         current = Dataset.objects.select_for_update().get(pk=dataset.pk)
@@ -282,7 +174,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
             # NUL is valid in a record's text but not in Postgres JSON: samples and messages show it as ␀
             statistics=jsonb_safe(stats),
             validation_errors=jsonb_safe([p.as_dict() for p in problems[:MAX_LISTED_PROBLEMS]]),
-            duplicates=jsonb_safe(duplicates),
+            duplicates=jsonb_safe(report.duplicates),
             # a decision made earlier survives re-validation for the records that still exist
             excluded_indices=sorted(i for i in current.excluded_indices if i in valid_indices),
             validated_with=model,
@@ -388,29 +280,6 @@ def dataset_dedup_apply(*, dataset: Dataset, user, action: str, kinds: list[str]
     return dataset
 
 
-def _split_groups(dataset: Dataset, records: list[dict]) -> list[list[int]]:
-    """Positions that must stay on one side: the dataset's exact, near (with its own dedup
-    settings) and same-prompt clusters."""
-    position = {r["source_index"]: n for n, r in enumerate(records)}
-    parent = list(range(len(records)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for clusters in dataset.duplicates.get("clusters", {}).values():
-        for cluster in clusters:
-            members = [position[i] for i in cluster if i in position]
-            for m in members[1:]:
-                parent[find(m)] = find(members[0])
-    groups: dict[int, list[int]] = {}
-    for n in range(len(records)):
-        groups.setdefault(find(n), []).append(n)
-    return list(groups.values())
-
-
 @transaction.atomic
 def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.1, test: float = 0.1, seed: int = 42,
                   against: Dataset | None = None) -> list[Dataset]:
@@ -426,27 +295,19 @@ def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.
     records = dataset_load_records(dataset=dataset)
     if len(records) < 3:
         raise NexusError(f"Need at least 3 usable records to split, have {len(records)}.", code="too_small")
-    groups = _split_groups(dataset, records)
-    random.Random(seed).shuffle(groups)
-    targets = {k: v * len(records) for k, v in fractions.items()}
-    parts: dict[str, list[dict]] = {k: [] for k in SPLITS}
-    for group in sorted(groups, key=len, reverse=True) if max(map(len, groups)) > 1 else groups:
-        # the split furthest below its target takes the whole group
-        name = max(SPLITS, key=lambda k: (targets[k] - len(parts[k])) / max(targets[k], 1e-9) if targets[k] else -1)
-        parts[name].extend(records[i] for i in group)
+    parts = assign_splits(records, dataset.duplicates.get("clusters", {}), fractions, seed)
     created = []
     for name in SPLITS:
-        if not parts[name]:
+        rows = parts[name]
+        if not rows:
             continue
-        rows = sorted(parts[name], key=lambda r: r["source_index"])
         child = Dataset(team=dataset.team, created_by=user, name=f"{dataset.name} [{name}]"[:200],
                         description=f"{name} split of '{dataset.name}' (seed {seed}, {train:g}/{val:g}/{test:g})",
                         format="chatml", status=Dataset.Status.READY, parent=dataset, split=name,
                         file_type="jsonl", num_examples=len(rows), total_tokens=sum(r.get("tokens", 0) for r in rows),
                         validated_with=dataset.validated_with, original_filename=f"{name}.jsonl")
         child.save()
-        child.normalized_file = storage_save_bytes(f"{_folder(child)}/normalized.jsonl",
-                                                   "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        child.normalized_file = storage_save_bytes(f"{_folder(child)}/normalized.jsonl", _jsonl(rows))
         child.original_file.save(f"{name}.jsonl", ContentFile(write_records(rows, fmt="chatml", file_type="jsonl")[0]), save=False)
         counts = [(r.get("prompt_tokens", 0), r.get("response_tokens", 0)) for r in rows]
         child.statistics = {**token_statistics(rows, counts, tokenizer_name=dataset.statistics.get("tokenizer")),
@@ -468,28 +329,8 @@ def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.
 
 def dataset_contamination(*, dataset: Dataset, against: Dataset, threshold: float | None = None) -> dict[str, Any]:
     """Records of `dataset` that are exact or near duplicates of records in `against`, or share its prompts."""
-    mine = dataset_load_records(dataset=dataset)
-    theirs = dataset_load_records(dataset=against)
-    combined = mine + theirs
-    report = find_duplicates(combined, DedupConfig(threshold=threshold) if threshold else DedupConfig())
-    n = len(mine)
-    pairs: dict[str, list[dict]] = {"exact": [], "near": [], "same_prompt": []}
-    for kind, clusters in (("exact", report.exact_clusters), ("near", report.near_clusters),
-                           ("same_prompt", report.overlap_clusters)):
-        for cluster in clusters:
-            a = [combined[i]["source_index"] for i in cluster if i < n]
-            b = [combined[i]["source_index"] for i in cluster if i >= n]
-            if a and b:
-                pairs[kind].append({"dataset": a, "against": b, "sample": prompt_text(combined[cluster[0]]["messages"])[:160]})
-    same_prompt = {normalize(prompt_text(r["messages"])) for r in theirs}
-    contaminated = {i for kind in pairs for p in pairs[kind] for i in p["dataset"]}
-    return {
-        "dataset": dataset.pk, "against": against.pk,
-        "contaminated_records": len(contaminated),
-        "fraction": round(len(contaminated) / max(len(mine), 1), 4),
-        "exact": pairs["exact"][:500], "near": pairs["near"][:500], "same_prompt": pairs["same_prompt"][:500],
-        "checked_prompts": len(same_prompt),
-    }
+    return {"dataset": dataset.pk, "against": against.pk,
+            **contamination(dataset_load_records(dataset=dataset), dataset_load_records(dataset=against), threshold)}
 
 
 def dataset_export(*, dataset: Dataset, fmt: str, file_type: str) -> tuple[bytes, dict[str, int]]:

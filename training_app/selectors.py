@@ -90,23 +90,7 @@ def training_job_logs(*, job: FineTuningJob, offset: int, limit: int, level: str
 
 def training_job_checkpoints(*, job: FineTuningJob) -> list[dict]:
     """Saved checkpoints, oldest first; `is_best` marks the one with the lowest validation loss."""
-    import json
-    from datetime import datetime, timezone as tz
+    from training_app.engine.checkpoints import checkpoint_list
+    from training_app.runner import training_job_output_dir
 
-    from training_app.engine.trainer import checkpoints
-    from training_app.services import training_job_output_dir
-
-    found = checkpoints(training_job_output_dir(job))
-    best = None
-    if found:
-        state = json.loads((found[-1] / "trainer_state.json").read_text())
-        best = state.get("best_model_checkpoint")
-        best = int(str(best).rsplit("-", 1)[-1]) if best else None
-    out = []
-    for path in found:
-        files = [p for p in path.iterdir() if p.is_file()]
-        step = int(path.name.split("-")[-1])
-        out.append({"step": step, "size_bytes": sum(p.stat().st_size for p in files),
-                    "created_at": datetime.fromtimestamp(path.stat().st_mtime, tz=tz.utc).isoformat(),
-                    "has_optimizer_state": (path / "optimizer.pt").is_file(), "is_best": step == best})
-    return out
+    return checkpoint_list(training_job_output_dir(job))

@@ -1,24 +1,19 @@
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from datasets_app.models import Dataset
 from datasets_app.selectors import dataset_get
-from datasets_app.services import dataset_load_records
-from nexus.control import control_clear, control_receive, control_send
+from nexus.control import control_clear, control_send
 from nexus.errors import NexusError
 from nexus.events import job_event_record
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
 from nexus.quotas import quota_check
-from nexus.redact import public_error
 from nexus.models import BaseModel, JobEvent, Team
 from training_app.engine.config import (
     DESIGN_TARGET_MODULES,
@@ -33,7 +28,6 @@ from training_app.engine.config import (
 from training_app.models import FineTuningJob
 
 STALE_AFTER_SECONDS = 15 * 60
-DB_POLL_SECONDS = 5.0  # the worker re-reads the job's row this often, in case a control message was lost
 RUNNING = FineTuningJob.RUNNING
 
 
@@ -299,29 +293,23 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
                       lora_config: dict | None = None, training_config: dict | None = None,
                       qlora_config: dict | None = None, device: str = "cuda") -> dict[str, Any]:
     """Memory broken down from the model's real config, and time from throughput measured here."""
-    from datasets_app.selectors import dataset_get
+    from training_app.engine.data import load_tokenizer, template_overhead
     from training_app.engine.estimate import estimate_memory, estimate_time
+    from training_app.selectors import measured_throughput
 
     lora_config, training_config, qlora_config = _with_preset(user, preset, lora_config, training_config, qlora_config)
     model = _resolve_base_model(base_model, user=user)
     config, info, warnings = job_config_for_model(model=model, lora_config=lora_config, training_config=training_config,
                                                   qlora_config=qlora_config)
     memory = estimate_memory(info, model.parameter_count, config, device=device)
-    from training_app.selectors import measured_throughput
-
     tps, jobs = measured_throughput(model=model)
-    tc = config.training
-    tokens_per_step = tc.batch_size * tc.gradient_accumulation_steps * tc.max_seq_length
     time_estimate: dict[str, Any] = {"available": False, "reason": "name a dataset to estimate the time"}
     if dataset_id:
         dataset = dataset_get(user=user, pk=dataset_id)
-        from datasets_app.services import _template_overhead
-
-        per_record = dataset.total_tokens / max(dataset.num_examples, 1) + _template_overhead(model)[0]
-        tokens_per_epoch = int(min(per_record, tc.max_seq_length) * dataset.num_usable)
-        tokens_per_step = int(min(per_record, tc.max_seq_length) * tc.batch_size * tc.gradient_accumulation_steps)
-        time_estimate = estimate_time(tokens_per_epoch=tokens_per_epoch, epochs=tc.num_epochs, max_steps=tc.max_steps,
-                                      tokens_per_step=tokens_per_step, tokens_per_second=tps)
+        time_estimate = estimate_time(total_tokens=dataset.total_tokens, num_examples=dataset.num_examples,
+                                      num_usable=dataset.num_usable,
+                                      template_tokens=template_overhead(load_tokenizer(model.hf_path))[0],
+                                      training=config.training, tokens_per_second=tps)
         time_estimate["steps"] = total_steps_for(config, dataset.num_usable)
         if jobs:
             time_estimate["measured_by_jobs"] = jobs
@@ -342,182 +330,6 @@ def training_job_claim(*, job_id: int, worker: str) -> bool:
         control_clear(kind=JobEvent.Kind.TRAINING, job_id=job_id)
         _status_event(job_id, "preparing", f"Preparing on {worker}: loading the base model and encoding the data")
     return claimed
-
-
-class _JobHooks:
-    """Bridges engine callbacks to the database (the source of truth) and the job's group, and
-    reads the job's control channel after every step."""
-
-    def __init__(self, job: FineTuningJob):
-        self.job = job
-        self._db_polled = 0.0
-
-    def log(self, message: str, level: str = "info") -> None:
-        _event(self.job.pk, message, level=level)
-        # every log line is also a heartbeat for the stale-job reaper
-        FineTuningJob.objects.filter(pk=self.job.pk).update(updated_at=timezone.now())
-
-    def warn(self, message: str) -> None:
-        """A setting the run could not honour as asked: logged, and kept on the job's `warnings`
-        (once, though a resumed run meets it again)."""
-        with transaction.atomic():
-            job = FineTuningJob.objects.select_for_update().get(pk=self.job.pk)
-            if message not in job.warnings:
-                job.warnings = [*job.warnings, message]
-                job.save(update_fields=["warnings", "updated_at"])
-            _event(job.pk, message, level="warning", data={"warning": message})
-
-    def on_start(self, *, total_steps: int, num_examples: int, num_eval_examples: int) -> None:
-        self.job.total_steps = total_steps
-        self.job.save(update_fields=["total_steps", "updated_at"])
-        validation = f" (validation: {num_eval_examples} examples)" if num_eval_examples else ""
-        self._set_status(FineTuningJob.Status.TRAINING, f"Training started: {total_steps} steps over {num_examples} examples{validation}")
-
-    def on_phase(self, phase: str) -> None:
-        messages = {"training": "Training", "evaluating": f"Evaluating: validation loss at step {self.job.current_step}",
-                    "exporting": "Exporting: saving the adapter"}
-        self._set_status(phase, messages[phase])
-
-    def _set_status(self, status: str, message: str) -> None:
-        with transaction.atomic():
-            changed = FineTuningJob.objects.filter(pk=self.job.pk, status__in=RUNNING).exclude(status=status).update(
-                status=status, updated_at=timezone.now())
-            if changed:
-                self.job.status = status
-                _status_event(self.job.pk, status, message)
-
-    def on_step(self, metrics: dict[str, Any]) -> None:
-        job = self.job
-        with transaction.atomic():
-            job.current_step = metrics["step"]
-            job.total_steps = metrics["total_steps"] or job.total_steps
-            job.progress = round(100.0 * job.current_step / max(job.total_steps, 1), 2)
-            job.current_epoch = metrics["epoch"]
-            job.current_loss = metrics["loss"]
-            job.best_loss = metrics["loss"] if job.best_loss is None else min(job.best_loss, metrics["loss"])
-            job.tokens_per_second = metrics["tokens_per_second"]
-            peak = max(metrics["peak_memory_bytes"], job.metrics.get("peak_memory_bytes") or 0)
-            job.metrics = {**job.metrics, "last": metrics, "tokens_seen": metrics["tokens_seen"],
-                           "supervised_tokens_seen": metrics["supervised_tokens_seen"], "peak_memory_bytes": peak}
-            job.save(update_fields=["current_step", "total_steps", "progress", "current_epoch", "current_loss", "best_loss",
-                                    "tokens_per_second", "metrics", "updated_at"])
-            _event(job.pk, f"step {metrics['step']}/{metrics['total_steps']} loss {metrics['loss']:.4f} "
-                   f"lr {metrics['learning_rate']:.2e} {metrics['tokens_per_second']:.0f} tok/s",
-                   type=JobEvent.Type.METRIC, data=metrics)
-
-    def on_evaluate(self, metrics: dict[str, Any]) -> None:
-        job = self.job
-        with transaction.atomic():
-            job.current_eval_loss = metrics["eval_loss"]
-            job.best_eval_loss = metrics["best_eval_loss"]
-            job.best_checkpoint_step = metrics["best_step"]
-            job.save(update_fields=["current_eval_loss", "best_eval_loss", "best_checkpoint_step", "updated_at"])
-            _event(job.pk, f"step {metrics['step']} validation loss {metrics['eval_loss']:.4f} "
-                   f"(best {metrics['best_eval_loss']:.4f} at step {metrics['best_step']})",
-                   type=JobEvent.Type.METRIC, data=metrics)
-
-    def on_checkpoint(self, step: int, *, reason: str) -> None:
-        why = {"request": " on request", "pause": " to pause"}.get(reason, "")
-        with transaction.atomic():
-            if reason == "request":
-                FineTuningJob.objects.filter(pk=self.job.pk).update(checkpoint_requested=False)
-            _event(self.job.pk, f"Checkpoint saved at step {step}{why}", data={"checkpoint_step": step, "reason": reason})
-
-    def poll(self) -> set[str]:
-        """Commands for this step: the Redis channel every step, the row every few seconds (or
-        whenever Redis cannot be reached). The row wins: a job ended elsewhere (reaped) stops."""
-        import time
-
-        commands: set[str] = set()
-        received = control_receive(kind=JobEvent.Kind.TRAINING, job_id=self.job.pk)
-        for command in received or []:
-            if command == "resume":
-                commands.discard("pause")
-            else:
-                commands.add(command)
-        if received is None or time.monotonic() - self._db_polled >= DB_POLL_SECONDS or commands:
-            self._db_polled = time.monotonic()
-            row = FineTuningJob.objects.filter(pk=self.job.pk).values(
-                "status", "cancel_requested", "pause_requested", "checkpoint_requested").first()
-            if row is None or row["status"] not in RUNNING or row["cancel_requested"]:
-                return {"stop"}
-            # the row decides pause (a withdrawn pause may still be on the channel), and adds lost signals
-            commands.discard("pause")
-            if row["pause_requested"]:
-                commands.add("pause")
-            if row["checkpoint_requested"]:
-                commands.add("checkpoint")
-        return commands
-
-
-def training_job_output_dir(job: FineTuningJob) -> Path:
-    """Where a job's checkpoints and adapter live. The creation time is part of the name, so a job
-    never picks up another's checkpoints (ids start again after a database is reset or restored)."""
-    if job.output_dir:
-        return Path(job.output_dir)
-    return Path(settings.NEXUS_DATA_DIR) / "jobs" / f"job-{job.pk}-{job.created_at:%Y%m%d%H%M%S%f}"
-
-
-def training_job_run(*, job_id: int) -> FineTuningJob:
-    """Train a claimed job to the end; records completed / paused / cancelled / failed with its logs kept."""
-    from adapters_app.services import adapter_create_from_job
-    from training_app.engine.trainer import train
-
-    job = FineTuningJob.objects.select_related("base_model", "dataset", "eval_dataset", "team").get(pk=job_id)
-    output_dir = training_job_output_dir(job)
-    FineTuningJob.objects.filter(pk=job.pk).update(output_dir=str(output_dir))
-    try:
-        config = parse_job_config(job.lora_config, job.training_config, job.qlora_config)
-        folder = Path(job.base_model.hf_path)
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-            raise NexusError(f"The base model '{job.base_model.name}' has no weights on this worker: its HF folder "
-                             "holds no .safetensors (or .bin) file. Register it again with its weights.",
-                             code="model_missing")
-        records = dataset_load_records(dataset=job.dataset)
-        eval_records = dataset_load_records(dataset=job.eval_dataset) if job.eval_dataset_id else None
-        result = train(model_dir=job.base_model.hf_path, records=records, eval_records=eval_records, config=config,
-                       output_dir=output_dir, hooks=_JobHooks(job))
-        job.refresh_from_db()
-        if result.status == "paused":
-            with transaction.atomic():
-                if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(
-                        status=FineTuningJob.Status.PAUSED, pause_requested=False, updated_at=timezone.now()):
-                    _status_event(job.pk, "paused", f"Paused at step {result.steps} of {result.total_steps}")
-            job.refresh_from_db()
-            return job
-        if result.status == "cancelled":
-            if job.status not in RUNNING:
-                return job  # ended elsewhere while training (reaped): keep that outcome
-            return _finish(job, FineTuningJob.Status.CANCELLED, f"Cancelled at step {result.steps} of {result.total_steps}")
-        job.metrics = {**job.metrics, "train_runtime_s": round(result.runtime_s, 2), "tokens_seen": result.tokens_seen,
-                       "supervised_tokens_seen": result.supervised_tokens,
-                       "peak_memory_bytes": max(result.peak_memory_bytes, job.metrics.get("peak_memory_bytes") or 0),
-                       "best_eval_loss": result.best_eval_loss, "best_step": result.best_step,
-                       "stopped_early": result.stopped_early, "config": asdict(config.training)}
-        job.save(update_fields=["metrics", "updated_at"])
-        adapter = adapter_create_from_job(job=job, adapter_dir=result.adapter_dir, final_loss=result.final_loss, metrics={
-            "steps": result.steps, "final_loss": result.final_loss, "best_eval_loss": result.best_eval_loss,
-            "best_step": result.best_step, "train_runtime_s": round(result.runtime_s, 2),
-            "tokens_seen": result.tokens_seen, "stopped_early": result.stopped_early})
-        _event(job.pk, f"Adapter '{adapter.name}' v{adapter.version} saved ({adapter.size_bytes / 1e6:.1f} MB)",
-               data={"adapter_id": adapter.pk})
-        early = " (stopped early)" if result.stopped_early else ""
-        loss = f"; final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-        return _finish(job, FineTuningJob.Status.COMPLETED, f"Completed {result.steps} steps in {result.runtime_s:.0f}s{early}{loss}")
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded: a sentence here, the traceback in the log
-        return training_job_fail(job_id=job.pk, error=public_error(exc, what="Training"))
-
-
-def _finish(job: FineTuningJob, status: str, message: str) -> FineTuningJob:
-    """running -> a final state; a job that was already ended (e.g. reaped) keeps its state."""
-    with transaction.atomic():
-        fields = {"status": status, "finished_at": timezone.now(), "updated_at": timezone.now()}
-        if status == FineTuningJob.Status.COMPLETED:
-            fields["progress"] = 100.0
-        if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(**fields):
-            _status_event(job.pk, status, message, level="info" if status == FineTuningJob.Status.COMPLETED else "warning")
-    job.refresh_from_db()
-    return job
 
 
 def training_job_fail(*, job_id: int, error: str) -> FineTuningJob:
@@ -552,7 +364,8 @@ def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_
         qs = qs.filter(worker=worker)
     else:
         qs = qs.filter(updated_at__lt=timezone.now() - timezone.timedelta(seconds=stale_after_s))
-    from training_app.engine.trainer import latest_checkpoint
+    from training_app.engine.checkpoints import checkpoint_step, latest_checkpoint
+    from training_app.runner import training_job_output_dir
     from training_app.tasks import run_training_job
 
     reaped = []
@@ -563,7 +376,7 @@ def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_
                 if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(
                         status=FineTuningJob.Status.QUEUED, updated_at=timezone.now()):
                     _status_event(job.pk, "queued", f"The worker running this job stopped; resuming from the checkpoint "
-                                                    f"at step {checkpoint.name.split('-')[-1]}", level="warning")
+                                                    f"at step {checkpoint_step(checkpoint)}", level="warning")
                     enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc, pk=job.pk: _event(
                         pk, QUEUE_ERROR.format(error=exc, status="queued"), level="error"))
         else:
@@ -578,21 +391,17 @@ def training_job_checkpoint_to_adapter(*, job: FineTuningJob, step: int):
     import tempfile
 
     from adapters_app.services import adapter_create_from_job
-    from training_app.engine.trainer import checkpoints
+    from training_app.engine.checkpoints import checkpoint_losses, checkpoint_step, checkpoints, copy_adapter_files
+    from training_app.runner import training_job_output_dir
 
-    found = {int(p.name.split("-")[-1]): p for p in checkpoints(training_job_output_dir(job))}
+    found = {checkpoint_step(p): p for p in checkpoints(training_job_output_dir(job))}
     if step not in found:
         raise NexusError(f"No checkpoint at step {step}; available: {sorted(found) or 'none'}", code="not_found", status_code=404)
+    loss, eval_loss = checkpoint_losses(found[step])
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            (folder / name).write_bytes((found[step] / name).read_bytes())
-        state = json.loads((found[step] / "trainer_state.json").read_text())
-        losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
-        evals = [h["eval_loss"] for h in state.get("log_history", []) if "eval_loss" in h]
-        adapter = adapter_create_from_job(job=job, adapter_dir=folder, final_loss=losses[-1] if losses else None,
-                                          name=f"{job.name}@step{step}", checkpoint_step=step,
-                                          metrics={"steps": step, "final_loss": losses[-1] if losses else None,
-                                                   "eval_loss": evals[-1] if evals else None})
+        copy_adapter_files(found[step], Path(tmp))
+        adapter = adapter_create_from_job(job=job, adapter_dir=Path(tmp), final_loss=loss, name=f"{job.name}@step{step}",
+                                          checkpoint_step=step,
+                                          metrics={"steps": step, "final_loss": loss, "eval_loss": eval_loss})
     _event(job.pk, f"Checkpoint at step {step} saved as adapter '{adapter.name}' v{adapter.version}", data={"adapter_id": adapter.pk})
     return adapter

@@ -8,13 +8,8 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from nexus.redact import public_error
-from training_app.services import (
-    training_job_claim,
-    training_job_fail,
-    training_job_run,
-    training_jobs_reap,
-    training_jobs_requeue,
-)
+from training_app.runner import training_job_run
+from training_app.services import training_job_claim, training_job_fail, training_jobs_reap, training_jobs_requeue
 
 log = logging.getLogger(__name__)
 

@@ -244,7 +244,7 @@ def test_optional_language_check_lists_records_in_another_language(api, base_mod
 
 
 def test_removal_covers_every_cluster_even_beyond_the_displayed_ones(api, base_model):
-    from datasets_app.services import MAX_LISTED_CLUSTERS
+    from datasets_app.engine.validate import MAX_LISTED_CLUSTERS
 
     rows = qa(MAX_LISTED_CLUSTERS + 100)
     d = upload(api, rows + rows)

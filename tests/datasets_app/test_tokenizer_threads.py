@@ -12,11 +12,11 @@ SCRIPT = """
 import os, sys, threading
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nexus.settings.test")
 import django; django.setup()
-from datasets_app.services import _load_tokenizer
+from training_app.engine.data import load_tokenizer
 errors = []
 def load():
     try:
-        _load_tokenizer(sys.argv[1])
+        load_tokenizer(sys.argv[1])
     except Exception as exc:
         errors.append(repr(exc))
 threads = [threading.Thread(target=load) for _ in range(8)]

@@ -171,7 +171,8 @@ def test_concurrent_writers_get_distinct_consecutive_seqs(user, base_model):
 
 @pytest.mark.django_db
 def test_a_reaped_job_is_not_flipped_back_by_the_trainer_finishing(user, base_model):
-    from training_app.services import _finish, training_job_claim, training_jobs_reap
+    from training_app.runner import _finish
+    from training_app.services import training_job_claim, training_jobs_reap
 
     job = make_job(user, base_model)
     training_job_claim(job_id=job.pk, worker="w1@host")

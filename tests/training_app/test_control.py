@@ -12,7 +12,7 @@ from nexus.teams import team_member_add
 from tests.conftest import api_client_for
 from tests.factories import make_job, make_ready_dataset, make_user, personal_team
 from training_app.models import FineTuningJob
-from training_app.services import _JobHooks
+from training_app.runner import _JobHooks
 
 pytestmark = pytest.mark.django_db
 

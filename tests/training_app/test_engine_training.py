@@ -8,7 +8,8 @@ import pytest
 
 from training_app.engine.config import ConfigError, parse_job_config
 from training_app.engine.data import IGNORE_INDEX, PackingCollator, PaddingCollator, encode_records, pack_rows
-from training_app.engine.trainer import NullHooks, checkpoints, train
+from training_app.engine.checkpoints import checkpoints
+from training_app.engine.trainer import NullHooks, train
 
 
 def _records(n: int, words: int = 6) -> list[dict]:

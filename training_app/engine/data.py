@@ -1,9 +1,23 @@
 """Turning conversations into token ids with the loss on assistant tokens only. Django-free."""
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, Iterable
 
 IGNORE_INDEX = -100
+_TRANSFORMERS_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: str) -> Any:
+    """A model folder's tokenizer, loaded once per process (not for training, which changes its padding)."""
+    # transformers resolves its names lazily, and two threads doing that for the first time at once
+    # can get "cannot import name 'AutoTokenizer'" (the ASGI server runs views in a thread pool)
+    with _TRANSFORMERS_LOCK:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
 
 
 def _ids(encoded: Any) -> list[int]:
@@ -57,6 +71,14 @@ def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], max_seq_
             labels.extend(ids if learned else [IGNORE_INDEX] * len(ids))
     full, labels = full[:max_seq_length], labels[:max_seq_length]
     return {"input_ids": full, "labels": labels}
+
+
+def template_overhead(tokenizer: Any) -> tuple[int, int]:
+    """Tokens the chat template adds: for one exchange, and for each further exchange."""
+    u, a = {"role": "user", "content": ""}, {"role": "assistant", "content": ""}
+    one = len(encode_conversation(tokenizer, [u, a], 1 << 20)["input_ids"])
+    two = len(encode_conversation(tokenizer, [u, a, u, a], 1 << 20)["input_ids"])
+    return one, two - one
 
 
 def encode_records(tokenizer: Any, records: Iterable[dict], max_seq_length: int) -> tuple[list[dict], int]:

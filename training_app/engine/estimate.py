@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training_app.engine.config import JobConfig
+from training_app.engine.config import JobConfig, TrainingConfig
 from training_app.engine.modelinfo import ModelInfo
 
 GIB = 1024**3
@@ -71,10 +71,17 @@ def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *,
     }
 
 
-def estimate_time(*, tokens_per_epoch: int, epochs: float, max_steps: int | None, tokens_per_step: int,
-                  tokens_per_second: float | None) -> dict[str, Any]:
+def estimate_time(*, total_tokens: int, num_examples: int, num_usable: int, template_tokens: int,
+                  training: TrainingConfig, tokens_per_second: float | None) -> dict[str, Any]:
+    """Time to train on a dataset at the throughput measured here. An example is its content plus
+    the chat template's tokens, cut at max_seq_length as the trainer cuts it; the dataset's mean
+    example stands for each (the dataset keeps token totals, not every record's length)."""
     if not tokens_per_second:
         return {"available": False, "reason": "no throughput measured on this deployment for this model yet"}
-    tokens = tokens_per_step * max_steps if max_steps else tokens_per_epoch * epochs
+    per_example = min(total_tokens / max(num_examples, 1) + template_tokens, training.max_seq_length)
+    if training.max_steps:
+        tokens = int(per_example * training.batch_size * training.gradient_accumulation_steps) * training.max_steps
+    else:
+        tokens = int(per_example * num_usable) * training.num_epochs
     return {"available": True, "tokens": int(tokens), "tokens_per_second": round(tokens_per_second, 1),
             "seconds": round(tokens / tokens_per_second)}

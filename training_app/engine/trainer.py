@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
+from training_app.engine.checkpoints import checkpoint_step, latest_checkpoint
 from training_app.engine.config import JobConfig, total_steps_for, warmup_steps_for
 from training_app.engine.data import encode_records
 
@@ -124,18 +125,6 @@ class MemoryMeter:
         import resource
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (those with trainer state), oldest first."""
-    folder = Path(output_dir) / "trainer"
-    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = checkpoints(output_dir)
-    return found[-1] if found else None
 
 
 def device_summary() -> str:
@@ -463,7 +452,7 @@ def train(
     trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     if checkpoint is not None:
-        step = int(checkpoint.name.split("-")[-1])
+        step = checkpoint_step(checkpoint)
         hooks.log(f"Resuming from checkpoint at step {step} (adapter, optimizer, scheduler and RNG state)")
         state["last_step"] = step
     hooks.on_phase("training")
