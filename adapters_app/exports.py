@@ -6,21 +6,21 @@ import json
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from adapters_app.engine import gguf as gguf_engine
+from adapters_app.engine.merge import merge_adapter
 from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.services import adapter_local_dir, adapter_slug, file_sha256
 from nexus.errors import NexusError
 from nexus.quotas import quota_check
 from nexus.redact import public_error
 from nexus.events import job_event_record
+from nexus.modelfiles import hf_config
 from nexus.models import BaseModel, JobEvent
 from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
 from nexus.storage import local_path, storage_save_file, storage_save_folder
@@ -161,45 +161,9 @@ def _complete(export: AdapterExport, *, path: str, size: int, sha256: str, verif
         _status(export.pk, Status.COMPLETED, f"Completed: {Path(path).name}, {size / 1e6:.1f} MB, verified")
 
 
-@contextmanager
-def _peft_model(adapter: LoRAAdapter) -> Iterator[tuple]:
-    """Base model (float32) with the adapter applied, and the tokenizer."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base_dir = adapter.base_model.hf_path
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    with adapter_local_dir(adapter) as folder:
-        model = PeftModel.from_pretrained(model, str(folder))
-    model.eval()
-    yield model, tokenizer
-
-
 def _merged_folder(adapter: LoRAAdapter, out: Path, progress: _Progress) -> dict:
-    """Merge the adapter into the base weights, save a safetensors folder and check that the merged
-    model's logits equal base + adapter on a few prompts; returns the check."""
-    import torch
-
-    with _peft_model(adapter) as (model, tokenizer):
-        progress(0.2, "Loaded the base model and the adapter")
-        prompts = ["The capital of France is", "def fibonacci(n):", VERIFY_PROMPT]
-        batch = [tokenizer(p, return_tensors="pt") for p in prompts]
-        with torch.no_grad():
-            before = [model(**b).logits for b in batch]
-        merged = model.merge_and_unload()
-        progress(0.5, "Merged the LoRA weights into the base weights")
-        with torch.no_grad():
-            after = [merged(**b).logits for b in batch]
-        diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
-        same_top1 = all(bool((a.argmax(-1) == b.argmax(-1)).all()) for a, b in zip(before, after))
-        if diff > 1e-3 or not same_top1:
-            raise RuntimeError(f"merged logits differ from base + adapter by up to {diff:.2e}; not offering it")
-        merged.save_pretrained(str(out), safe_serialization=True)
-        tokenizer.save_pretrained(str(out))
-    progress(0.7, f"Saved the merged model; its logits match base + adapter (max difference {diff:.1e})")
-    return {"prompts": prompts, "max_abs_logit_diff": diff, "same_greedy_tokens": same_top1}
+    with adapter_local_dir(adapter) as folder:
+        return merge_adapter(adapter.base_model.hf_path, folder, out, progress)
 
 
 def _run_merge(export: AdapterExport, tmp: Path) -> None:
@@ -251,7 +215,7 @@ def _run_adapter_gguf(export: AdapterExport, tmp: Path) -> None:
     adapter = export.adapter
     progress = _Progress(export)
     base = _base_gguf(adapter)
-    config = json.loads(Path(adapter.base_model.hf_path, "config.json").read_text())
+    config = hf_config(adapter.base_model.hf_path)
     out = tmp / f"{adapter_slug(adapter)}.lora.gguf"
     with adapter_local_dir(adapter) as folder:
         gguf_engine.write_adapter_gguf(Path(folder), config, out, name=str(adapter),

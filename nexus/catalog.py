@@ -1,76 +1,37 @@
 """The base-model catalog: registering models from a local HF folder or a GGUF file."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from nexus.errors import NexusError
+from nexus.modelfiles import context_length, has_chat_template, hf_config, parameter_count, read_gguf
 from nexus.models import BaseModel
 
 
 def _inspect_hf_folder(folder: Path) -> dict[str, Any]:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not (folder / "config.json").is_file():
         raise NexusError(f"{folder} is not a Hugging Face model folder: config.json is missing", code="invalid_model")
-    config = json.loads(config_path.read_text())
-    has_template = (folder / "chat_template.jinja").is_file()
-    tok_cfg = folder / "tokenizer_config.json"
-    if tok_cfg.is_file():
-        has_template = has_template or bool(json.loads(tok_cfg.read_text()).get("chat_template"))
-    params = 0
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        params = int(json.loads(index.read_text()).get("metadata", {}).get("total_parameters", 0))
-    if not params:
-        params = _count_safetensors_parameters(folder)
+    config = hf_config(folder)
     return {
         "architecture": (config.get("architectures") or [config.get("model_type", "")])[0],
-        "context_length": int(config.get("max_position_embeddings") or 0),
-        "has_chat_template": has_template,
-        "parameter_count": params,
+        "context_length": context_length(config),
+        "has_chat_template": has_chat_template(folder),
+        "parameter_count": parameter_count(folder),
     }
 
 
-def _count_safetensors_parameters(folder: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for file in folder.glob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                shape = f.get_slice(key).get_shape()
-                n = 1
-                for d in shape:
-                    n *= d
-                total += n
-    return total
-
-
 def _inspect_gguf(path: Path) -> dict[str, Any]:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-
-    def field(name: str) -> Any:
-        f = reader.fields.get(name)
-        if f is None:
-            return None
-        value = f.parts[f.data[0]]
-        if f.types and f.types[0].name == "STRING":
-            return bytes(value).decode("utf-8", errors="replace")
-        return value.tolist()[0] if hasattr(value, "tolist") else value
-
-    arch = field("general.architecture") or ""
-    params = sum(int(t.n_elements) for t in reader.tensors)
+    info = read_gguf(path)
     return {
-        "architecture": arch,
-        "context_length": int(field(f"{arch}.context_length") or 0),
-        "has_chat_template": reader.fields.get("tokenizer.chat_template") is not None,
-        "parameter_count": params,
+        "architecture": info.architecture,
+        "context_length": info.context_length,
+        "has_chat_template": "tokenizer.chat_template" in info.fields,
+        "parameter_count": info.parameter_count,
     }
 
 
@@ -110,7 +71,7 @@ def base_model_default() -> BaseModel | None:
     return BaseModel.objects.exclude(hf_path="").order_by("created_at").first()
 
 
-def base_models_visible(user) -> "QuerySet[BaseModel]":
+def base_models_visible(user) -> QuerySet[BaseModel]:
     """The operator's models and the user's teams' own (merged) models."""
     from django.db.models import Q
 

@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from nexus import modelfiles
+
 Progress = Callable[[float, str], None]
 
 # HF architecture -> GGUF architecture. Mistral and SmolLM2 are Llama in llama.cpp.
@@ -86,7 +88,7 @@ class HParams:
             n_ff=int(config["intermediate_size"]), n_head=n_head,
             n_head_kv=int(config.get("num_key_value_heads") or n_head),
             head_dim=int(config.get("head_dim") or n_embd // n_head),
-            context_length=int(config.get("max_position_embeddings") or 2048),
+            context_length=modelfiles.context_length(config) or 2048,
             rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
             rms_eps=float(config.get("rms_norm_eps") or 1e-6), vocab_size=int(config["vocab_size"]),
             tied_embeddings=bool(config.get("tie_word_embeddings", False)), rope_scaling=scaling,
@@ -94,10 +96,9 @@ class HParams:
 
     @classmethod
     def from_folder(cls, folder: Path) -> HParams:
-        config = folder / "config.json"
-        if not config.is_file():
+        if not (folder / "config.json").is_file():
             raise UnsupportedModel(f"{folder} has no config.json")
-        return cls.from_config(json.loads(config.read_text()))
+        return cls.from_config(modelfiles.hf_config(folder))
 
 
 def gguf_tensor_name(hf_name: str) -> str | None:
@@ -194,20 +195,10 @@ def _copy_tokenizer_from_gguf(writer, gguf_path: Path) -> None:
         vtype = field.types[0]
         if vtype == gguf.GGUFValueType.ARRAY:
             sub = field.types[1]
-            values = [_field_value(field, i, sub) for i in field.data]
+            values = [modelfiles.gguf_value(field, i, sub) for i in field.data]
             writer.add_key_value(key, values, vtype, sub_type=sub)
         else:
-            writer.add_key_value(key, _field_value(field, field.data[0], vtype), vtype)
-
-
-def _field_value(field, index: int, vtype):
-    import gguf
-
-    part = field.parts[index]
-    if vtype == gguf.GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="surrogateescape")
-    value = part.tolist()
-    return value[0] if isinstance(value, list) else value
+            writer.add_key_value(key, modelfiles.gguf_value(field, field.data[0], vtype), vtype)
 
 
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -320,21 +311,15 @@ def _add_tokenizer(writer, hf_folder: Path, base_gguf: Path | None, vocab_size: 
 
 def _safetensors_plan(folder: Path, hp: HParams, dtype: str) -> list[tuple[str, str, Path, tuple, "np.dtype"]]:
     """(gguf name, HF name, file, shape, output dtype) of every tensor llama.cpp uses, in file order."""
-    from safetensors import safe_open
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+    if not any(folder.glob("*.safetensors")):
         raise UnsupportedModel(f"{folder} holds no .safetensors weights")
     plan = []
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                target = gguf_tensor_name(key)
-                if target is None or (target == "output.weight" and hp.tied_embeddings):
-                    continue
-                shape = tuple(f.get_slice(key).get_shape())
-                out = np.dtype(np.float16 if len(shape) == 2 and dtype == "f16" else np.float32)
-                plan.append((target, key, file, shape, out))
+    for file, key, shape in modelfiles.safetensors_tensors(folder):
+        target = gguf_tensor_name(key)
+        if target is None or (target == "output.weight" and hp.tied_embeddings):
+            continue
+        out = np.dtype(np.float16 if len(shape) == 2 and dtype == "f16" else np.float32)
+        plan.append((target, key, file, shape, out))
     expected = 2 + 9 * hp.n_layer
     if len([p for p in plan if p[0].endswith(".weight")]) < expected:
         raise UnsupportedModel(f"{folder} has {len(plan)} usable tensors, fewer than the {expected} a "
@@ -476,15 +461,10 @@ def quantize(src: Path, dst: Path, quantization: str, *, threads: int | None = N
 
 def read_metadata(path: Path) -> dict:
     """A few GGUF header fields, for checks and display."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    out = {}
-    for key in ("general.architecture", "general.type", "general.name", "general.file_type", "adapter.type",
-                "adapter.lora.alpha", "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template"):
-        field = reader.fields.get(key)
-        if field is not None:
-            out[key] = _field_value(field, field.data[0], field.types[0])
-    out["tensor_count"] = len(reader.tensors)
-    out["tensor_types"] = sorted({t.tensor_type.name for t in reader.tensors})
+    info = modelfiles.read_gguf(path)
+    out = {key: info.fields[key] for key in (
+        "general.architecture", "general.type", "general.name", "general.file_type", "adapter.type", "adapter.lora.alpha",
+        "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template") if key in info.fields}
+    out["tensor_count"] = info.tensor_count
+    out["tensor_types"] = info.tensor_types
     return out

@@ -137,3 +137,41 @@ def test_a_completion_is_plain_text_and_fully_learned(demo_model_files):
     assert "Once upon a time" in text
     assert "assistant" not in text and "system" not in text  # no chat template around plain text
     assert sum(label != IGNORE_INDEX for label in ex["labels"]) >= len(tok.encode("Once upon a time", add_special_tokens=False))
+
+
+def test_the_time_estimate_cuts_each_example_at_max_seq_length():
+    from training_app.engine.config import TrainingConfig
+    from training_app.engine.estimate import estimate_time
+
+    def tokens(total: int, **training) -> int:
+        return estimate_time(total_tokens=total, num_examples=10, num_usable=8, template_tokens=20,
+                             training=TrainingConfig(**{"num_epochs": 2, **training}), tokens_per_second=100.0)["tokens"]
+
+    assert tokens(1_000) == (100 + 20) * 8 * 2  # content plus the chat template, usable records only
+    assert tokens(100_000, max_seq_length=512) == 512 * 8 * 2  # the trainer cuts longer examples
+    assert tokens(100_000, max_seq_length=512, max_steps=5, batch_size=2, gradient_accumulation_steps=3) == 512 * 6 * 5
+    assert estimate_time(total_tokens=1_000, num_examples=10, num_usable=8, template_tokens=20, training=TrainingConfig(),
+                         tokens_per_second=None)["available"] is False
+
+
+def test_checkpoints_are_read_from_their_trainer_state(tmp_path):
+    import json
+
+    from training_app.engine.checkpoints import checkpoint_list, checkpoint_losses, copy_adapter_files, latest_checkpoint
+
+    for step, history in ((2, [{"loss": 2.5}]), (4, [{"loss": 2.5}, {"loss": 1.5, "eval_loss": 1.8}, {"loss": 1.25}])):
+        folder = tmp_path / "trainer" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        best = str(tmp_path / "trainer" / "checkpoint-2")
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history, "best_model_checkpoint": best}))
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (tmp_path / "trainer" / "checkpoint-6").mkdir()  # being written: no trainer state yet
+    assert latest_checkpoint(tmp_path).name == "checkpoint-4"
+    assert checkpoint_losses(latest_checkpoint(tmp_path)) == (1.25, 1.8)
+    listed = checkpoint_list(tmp_path)
+    assert [(c["step"], c["is_best"], c["has_optimizer_state"]) for c in listed] == [(2, True, False), (4, False, False)]
+    out = tmp_path / "adapter"
+    out.mkdir()
+    copy_adapter_files(latest_checkpoint(tmp_path), out)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]

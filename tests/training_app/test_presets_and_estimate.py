@@ -112,6 +112,19 @@ def test_estimate_breaks_memory_down_and_times_from_measured_throughput(api, use
     assert timed["seconds"] == round(timed["tokens"] / 200.0) and timed["steps"] >= 1
 
 
+def test_the_dataset_statistics_and_the_estimate_api_time_a_default_job_alike(api, user, base_model):
+    """One formula: content plus the chat template per example, cut at the default max_seq_length (2048)."""
+    long = [{"instruction": f"Tell the long tale number {i}.", "output": "Arr, the sea was wide. " * 500} for i in range(4)]
+    for records, capped in ((None, False), (long, True)):
+        dataset = make_ready_dataset(user, records=records)
+        make_job(user, base_model, dataset=dataset, status="completed", metrics={"tokens_seen": 2000, "train_runtime_s": 10.0})
+        page = api.get(f"/api/v1/finetune/datasets/{dataset.pk}/statistics").json()["training_estimate"]
+        timed = api.post("/api/v1/finetune/estimate", {"base_model": base_model.name, "dataset_id": dataset.pk},
+                         format="json").json()["time"]
+        assert (page["tokens"], page["seconds"]) == (timed["tokens"], timed["seconds"])
+        assert (page["tokens"] == 2048 * dataset.num_usable * 3) is capped
+
+
 def test_estimate_rejects_bad_config_naming_the_field(api, base_model):
     r = api.post("/api/v1/finetune/estimate", {"base_model": base_model.name, "lora_config": {"lora_dropout": 2}}, format="json")
     assert r.status_code == 400

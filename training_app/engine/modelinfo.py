@@ -1,12 +1,12 @@
 """What a local HF model folder says about itself: linear module names, dimensions, and the
 LoRA target modules that fit its architecture. Reads config.json and safetensors headers only
-(no weights are loaded). Django-free."""
+(no weights are loaded), through nexus.modelfiles. Django-free."""
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
-from pathlib import Path
+
+from nexus.modelfiles import context_length, first_layer_linears, hf_config
 
 # Attention projections first, then the MLP: the defaults per architecture family (appendix C).
 ARCH_DEFAULTS = {
@@ -51,20 +51,8 @@ class ModelInfo:
 
 @functools.lru_cache(maxsize=16)
 def model_info(folder: str) -> ModelInfo:
-    from safetensors import safe_open
-
-    path = Path(folder)
-    config = json.loads((path / "config.json").read_text())
-    shapes: dict[str, tuple[int, int]] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                parts = key.split(".")
-                if parts[-1] != "weight" or ".layers.0." not in f".{key}":
-                    continue
-                shape = f.get_slice(key).get_shape()
-                if len(shape) == 2:
-                    shapes[parts[-2]] = (int(shape[1]), int(shape[0]))
+    config = hf_config(folder)
+    shapes = first_layer_linears(folder)
     heads = int(config.get("num_attention_heads") or 1)
     return ModelInfo(
         model_type=str(config.get("model_type", "")),
@@ -74,7 +62,7 @@ def model_info(folder: str) -> ModelInfo:
         num_kv_heads=int(config.get("num_key_value_heads") or heads),
         intermediate_size=int(config.get("intermediate_size") or 0),
         vocab_size=int(config.get("vocab_size") or 0),
-        context_length=int(config.get("max_position_embeddings") or 0),
+        context_length=context_length(config),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         linear_modules=tuple(sorted(shapes)),
         module_shapes=tuple((name, i, o) for name, (i, o) in sorted(shapes.items())),
