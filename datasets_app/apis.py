@@ -38,8 +38,8 @@ from nexus.pagination import (
     CURSOR_PARAMETERS,
     PAGE_PARAMETERS,
     OffsetPageSerializer,
+    ValuesList,
     cursor_page,
-    paginate_values,
     paginated,
     with_links,
 )
@@ -88,6 +88,7 @@ class DatasetListItemSerializer(serializers.ModelSerializer):
 DATASET_LIST_ITEM = {name: {"team": "team_id", "num_usable": "num_usable_now", "file_path": "original_file",
                             "validated_with": "validated_with__name"}.get(name, name)
                      for name in DatasetListItemSerializer.Meta.fields}
+DATASET_LIST = ValuesList(dataset_list_lean, DATASET_LIST_ITEM)
 
 
 class PreviewPageSerializer(OffsetPageSerializer):
@@ -138,8 +139,7 @@ class DatasetListCreateApi(APIView):
 
     @extend_schema(responses=paginated(DatasetListItemSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
-        return paginate_values(request, dataset_list_lean(user=request.user, team=request_team_filter(request)),
-                               DATASET_LIST_ITEM)
+        return DATASET_LIST.page(request, team=request_team_filter(request))
 
     @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer})
     def post(self, request):

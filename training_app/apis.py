@@ -13,9 +13,9 @@ from nexus.pagination import (
     CURSOR_PARAMETERS,
     PAGE_PARAMETERS,
     OffsetPageSerializer,
+    ValuesList,
     cursor_page,
     paginate,
-    paginate_values,
     paginated,
     with_links,
 )
@@ -109,6 +109,7 @@ class JobListItemSerializer(serializers.ModelSerializer):
 JOB_LIST_ITEM = {name: {"team": "team_id", "base_model": "base_model__name", "adapter_id": "final_adapter_id",
                         "adapter_path": "final_adapter_path", "completed_at": "finished_at"}.get(name, name)
                  for name in JobListItemSerializer.Meta.fields}
+JOB_LIST = ValuesList(training_job_list, JOB_LIST_ITEM)
 
 
 @extend_schema_serializer(component_name="Preset")
@@ -180,8 +181,7 @@ class JobListCreateApi(APIView):
 
     @extend_schema(responses=paginated(JobListItemSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
-        qs = training_job_list(user=request.user, team=request_team_filter(request))
-        return paginate_values(request, qs, JOB_LIST_ITEM)
+        return JOB_LIST.page(request, team=request_team_filter(request))
 
     @extend_schema(request=InputSerializer, responses={201: JobOutputSerializer})
     def post(self, request):
