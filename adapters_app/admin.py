@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from adapters_app.models import AdapterExport, Deployment, DeploymentArm, DeploymentRequest, LoRAAdapter
+from adapters_app.models import AdapterExport, LoRAAdapter
 
 
 class ExportInline(admin.TabularInline):
@@ -29,24 +29,3 @@ class AdapterExportAdmin(admin.ModelAdmin):
                     "created_at"]
     list_filter = ["kind", "status", "verified", "team"]
     readonly_fields = ["sha256", "verification", "path", "worker", "heartbeat_at", "started_at", "finished_at"]
-
-
-class ArmInline(admin.TabularInline):
-    model = DeploymentArm
-    extra = 0
-    fields = ["label", "adapter", "export", "weight", "host", "port", "pid", "healthy_at"]
-
-
-@admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "team", "base_model", "status", "created_at", "started_at", "stopped_at"]
-    list_filter = ["status", "team"]
-    search_fields = ["name"]
-    inlines = [ArmInline]
-
-
-@admin.register(DeploymentRequest)
-class DeploymentRequestAdmin(admin.ModelAdmin):
-    list_display = ["id", "deployment", "arm", "endpoint", "status_code", "prompt_tokens", "completion_tokens",
-                    "latency_ms", "created_at"]
-    list_filter = ["deployment", "status_code"]

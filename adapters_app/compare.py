@@ -7,9 +7,9 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from adapters_app.deployments import gguf_local_path
 from adapters_app.engine import llama
 from adapters_app.models import LoRAAdapter
+from deployments_app.services import gguf_local_path
 from nexus.errors import NexusError
 
 CACHE_SIZE = 3

@@ -89,7 +89,7 @@ def adapter_local_dir(adapter: LoRAAdapter):
 @transaction.atomic
 def adapter_delete(*, adapter: LoRAAdapter) -> None:
     """Delete an adapter, its exports and their files; refused while a deployment serves it."""
-    from adapters_app.deployments import (  # noqa: PLC0415 - deployments import this module
+    from deployments_app.services import (  # noqa: PLC0415 - deployments import this module
         deployments_delete_ended,
         deployments_using,
     )

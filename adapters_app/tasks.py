@@ -33,5 +33,3 @@ def _reap_exports_on_start(sender=None, **kwargs) -> None:  # noqa: ANN001
         exports_requeue()
     except Exception:  # noqa: BLE001 - start-up must not fail because the broker hiccups
         log.exception("could not re-send queued exports")
-
-from adapters_app.deployment_tasks import *  # noqa: E402,F401,F403 - autodiscovery reads tasks.py

@@ -16,9 +16,10 @@ from django_htmx.http import reswap, retarget, trigger_client_event
 from adapters_app.downloads import adapter_download_response, export_download_response
 from adapters_app.engine.gguf import QUANTIZATIONS
 from adapters_app.exports import export_create
-from adapters_app.models import AdapterExport, DeploymentArm, LoRAAdapter
+from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.selectors import adapter_get, adapter_list, export_get, export_list
 from adapters_app.services import adapter_delete
+from deployments_app.models import DeploymentArm
 from nexus.errors import NexusError
 
 # The dialog's choices, in the order an engineer usually wants them.

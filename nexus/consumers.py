@@ -29,7 +29,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         JobEvent.Kind.TRAINING: ("training_app.selectors", "training_job_get"),
         JobEvent.Kind.DATASET: ("datasets_app.selectors", "dataset_get"),
         JobEvent.Kind.EXPORT: ("adapters_app.selectors", "export_get"),
-        JobEvent.Kind.DEPLOYMENT: ("adapters_app.selectors", "deployment_get"),
+        JobEvent.Kind.DEPLOYMENT: ("deployments_app.selectors", "deployment_get"),
     }
 
     async def __call__(self, scope, receive, send):

@@ -9,7 +9,7 @@ from nexus.models import Team
 
 def _active(kind: str, team: Team) -> int:
     if kind == "live_deployments":
-        from adapters_app.models import Deployment
+        from deployments_app.models import Deployment
 
         return Deployment.objects.filter(team=team, status__in=Deployment.LIVE).count()
     if kind == "active_training_jobs":

@@ -7,11 +7,11 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularSwaggerView
 
 from adapters_app import apis as adapter_apis
-from adapters_app import deployment_apis
-from adapters_app import deployment_views
 from adapters_app import views as adapter_views
 from datasets_app import apis as dataset_apis
 from datasets_app import views as dataset_views
+from deployments_app import apis as deployment_apis
+from deployments_app import views as deployment_views
 from evaluation_app import views as evaluation_views
 from nexus import apis as nexus_apis
 from nexus.health import healthz

@@ -62,7 +62,7 @@ def make_adapter(job):
 
 def make_deployment(user, base_model, *, adapter=None, status: str = "stopped"):
     """A deployment row with one arm and no server behind it."""
-    from adapters_app.models import Deployment, DeploymentArm
+    from deployments_app.models import Deployment, DeploymentArm
 
     deployment = Deployment.objects.create(team=personal_team(user), name="d", base_model=base_model, status=status,
                                            created_by=user)

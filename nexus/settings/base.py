@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "datasets_app",
     "training_app",
     "adapters_app",
+    "deployments_app",
     "evaluation_app",
 ]
 
@@ -166,7 +167,7 @@ CELERY_TASK_ROUTES = {
     "training_app.tasks.*": {"queue": "gpu"},
     "datasets_app.tasks.*": {"queue": "cpu"},
     "adapters_app.tasks.*": {"queue": "cpu"},
-    "adapters_app.deployment_tasks.*": {"queue": "cpu"},
+    "deployments_app.tasks.*": {"queue": "cpu"},
 }
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 
-from adapters_app.models import AdapterExport, Deployment, DeploymentArm
+from adapters_app.models import AdapterExport
+from deployments_app.models import Deployment, DeploymentArm
 from tests.factories import make_adapter, make_job
 
 pytestmark = pytest.mark.django_db
@@ -20,8 +21,8 @@ def test_admin_lists_and_opens_adapters_exports_and_deployments(client, user, ba
                       (f"/admin/adapters_app/loraadapter/{adapter.pk}/change/", "q8_0"),
                       ("/admin/adapters_app/adapterexport/", "q8_0"),
                       (f"/admin/adapters_app/adapterexport/{export.pk}/change/", "q8_0"),
-                      ("/admin/adapters_app/deployment/", "prod-chat"),
-                      (f"/admin/adapters_app/deployment/{deployment.pk}/change/", "prod-chat"),
-                      ("/admin/adapters_app/deploymentrequest/", "0 deployment requests")]:
+                      ("/admin/deployments_app/deployment/", "prod-chat"),
+                      (f"/admin/deployments_app/deployment/{deployment.pk}/change/", "prod-chat"),
+                      ("/admin/deployments_app/deploymentrequest/", "0 deployment requests")]:
         r = client.get(url)
         assert r.status_code == 200 and text in r.content.decode(), url

@@ -12,7 +12,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.test import Client
 
-from adapters_app.models import AdapterExport, Deployment, DeploymentArm, LoRAAdapter
+from adapters_app.models import AdapterExport, LoRAAdapter
+from deployments_app.models import Deployment, DeploymentArm
 from nexus.models import Membership
 from nexus.teams import team_member_add
 from tests.factories import make_job, make_user, personal_team

@@ -17,8 +17,8 @@ def dana(db):
 
 def test_chat_page_streams_the_answer_and_shows_the_arm_and_speed(celery_worker_process, asgi_server, base_model, dana,
                                                                   browser_page):  # noqa: F811
-    from adapters_app.engine import serving
-    from adapters_app.models import Deployment, DeploymentRequest
+    from deployments_app.engine import serving
+    from deployments_app.models import Deployment, DeploymentRequest
 
     page = browser_page
     page.set_default_timeout(30_000)

@@ -238,7 +238,8 @@ def test_an_unexpected_failure_is_a_sentence_with_a_reference(caplog):
 
 
 def test_quotas_refuse_more_work_with_a_429_that_names_them(api, user, base_model, settings):
-    from adapters_app.models import AdapterExport, Deployment
+    from adapters_app.models import AdapterExport
+    from deployments_app.models import Deployment
     from datasets_app.models import Dataset
     from tests.factories import alpaca_upload, make_adapter, make_job
     from training_app.models import FineTuningJob
@@ -307,7 +308,7 @@ def test_secrets_rotate_to_a_new_key_and_old_tokens_need_their_key(settings, use
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import call_command
 
-    from adapters_app.models import DeploymentArm
+    from deployments_app.models import DeploymentArm
     from nexus.secrets import secret_decrypt, secret_encrypt
     from tests.factories import make_deployment
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 from django.core.management import call_command
 
-from adapters_app.models import AdapterExport, Deployment
+from adapters_app.models import AdapterExport
+from deployments_app.models import Deployment
 from tests.factories import make_adapter, make_deployment, make_job
 
 pytestmark = pytest.mark.django_db

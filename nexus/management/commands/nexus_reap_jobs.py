@@ -14,9 +14,9 @@ class Command(BaseCommand):
         parser.add_argument("--stale-after", type=int, default=STALE_AFTER_SECONDS)
 
     def handle(self, *args, stale_after: int, **options):
-        from adapters_app.deployments import deployments_reap
         from adapters_app.exports import exports_requeue
         from datasets_app.services import datasets_requeue
+        from deployments_app.services import deployments_reap
 
         reaped = training_jobs_reap(stale_after_s=stale_after)
         self.stdout.write(f"Marked {len(reaped)} job(s) failed: {reaped}" if reaped else "No stale jobs.")

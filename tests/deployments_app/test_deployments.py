@@ -14,7 +14,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from adapters_app.engine import serving
+from deployments_app.engine import serving
 from tests.e2e.test_finetune_e2e import wait_for
 from tests.factories import make_adapter, make_deployment, make_job
 
@@ -88,7 +88,7 @@ def sse_text(response) -> tuple[str, list[str]]:
 
 @worker_test
 def test_base_deployment_starts_answers_plain_and_streamed_and_stops(celery_worker_process, base_model, user, api):
-    from adapters_app.models import DeploymentRequest
+    from deployments_app.models import DeploymentRequest
 
     d = deploy(api, name="base only")
     assert d["status"] == "starting" and d["arms"][0]["serves"] == base_model.name and d["arms"][0]["weight"] == 100
@@ -129,7 +129,7 @@ def test_base_deployment_starts_answers_plain_and_streamed_and_stops(celery_work
     # the server itself takes only requests with its own key, which only Nexus's proxy holds
     import requests
 
-    from adapters_app.models import DeploymentArm
+    from deployments_app.models import DeploymentArm
 
     row = DeploymentArm.objects.get(deployment_id=d["id"], label="A")
     key = row.api_key
@@ -157,7 +157,7 @@ def test_base_deployment_starts_answers_plain_and_streamed_and_stops(celery_work
 
 @worker_test
 def test_ab_split_routes_by_weight_and_records_which_arm_served(celery_worker_process, base_model, user, api):
-    from adapters_app.models import DeploymentRequest
+    from deployments_app.models import DeploymentRequest
 
     d = deploy(api, name="ab", arms=[{"weight": 70}, {"weight": 30}], settings={"n_threads": 1})
     d = wait_running(api, d["id"])

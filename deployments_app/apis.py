@@ -13,7 +13,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from adapters_app.compare import adapter_compare
-from adapters_app.deployments import (
+from adapters_app.selectors import adapter_get, export_get
+from deployments_app.models import Deployment, DeploymentArm, DeploymentRequest
+from deployments_app.selectors import deployment_get, deployment_list
+from deployments_app.services import (
     deployment_check_use,
     ArmInput,
     ProxyResult,
@@ -30,8 +33,6 @@ from adapters_app.deployments import (
     deployment_stop,
     deployments_reap,
 )
-from adapters_app.models import Deployment, DeploymentArm, DeploymentRequest
-from adapters_app.selectors import adapter_get, deployment_get, deployment_list, export_get
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 from nexus.catalog import base_model_lookup
 from nexus.errors import NexusError

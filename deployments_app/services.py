@@ -1,7 +1,7 @@
 """Deployments: managed llama.cpp servers behind one OpenAI-compatible endpoint per deployment.
 
 Writes (create, start, launch, stop, fail, reap, record) and the reads the pages and the proxy
-need. Processes are handled by `adapters_app.engine.serving`; this module keeps their rows right."""
+need. Processes are handled by `deployments_app.engine.serving`; this module keeps their rows right."""
 from __future__ import annotations
 
 import json
@@ -22,8 +22,9 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from adapters_app.engine import serving
-from adapters_app.models import AdapterExport, Deployment, DeploymentArm, DeploymentRequest, LoRAAdapter
+from adapters_app.models import AdapterExport, LoRAAdapter
+from deployments_app.engine import serving
+from deployments_app.models import Deployment, DeploymentArm, DeploymentRequest
 from nexus.errors import NexusError
 from nexus.quotas import quota_check
 from nexus.secrets import secret_encrypt
@@ -152,7 +153,7 @@ def deployment_create(*, team: Team, user, name: str, base_model: BaseModel, arm
 
 
 def _enqueue_start(deployment_id: int) -> None:
-    from adapters_app.deployment_tasks import start_deployment  # noqa: PLC0415 - the task module imports this one
+    from deployments_app.tasks import start_deployment  # noqa: PLC0415 - the task module imports this one
 
     enqueue_on_commit(start_deployment, deployment_id, on_error=_queue_error(deployment_id))
 

@@ -6,7 +6,10 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from adapters_app.deployments import (
+from adapters_app.models import AdapterExport
+from adapters_app.selectors import adapter_get, adapter_list, export_get
+from deployments_app.selectors import deployment_get, deployment_list
+from deployments_app.services import (
     ArmInput,
     deployment_arm_stats,
     deployment_create,
@@ -19,8 +22,6 @@ from adapters_app.deployments import (
     deployment_stop,
     deployments_reap,
 )
-from adapters_app.models import AdapterExport
-from adapters_app.selectors import adapter_get, adapter_list, deployment_get, deployment_list, export_get
 from nexus.catalog import base_model_lookup, base_models_visible
 from nexus.errors import NexusError
 from nexus.teams import resolve_team

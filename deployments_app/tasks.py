@@ -6,7 +6,7 @@ import logging
 from celery import shared_task
 from celery.signals import worker_ready
 
-from adapters_app.deployments import deployment_fail, deployment_launch, deployments_reap
+from deployments_app.services import deployment_fail, deployment_launch, deployments_reap
 from nexus.redact import public_error
 
 log = logging.getLogger(__name__)
