@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,12 +10,9 @@ from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.selectors import adapter_get, adapter_list, export_get
 from adapters_app.downloads import adapter_download_response, export_download_response
 from adapters_app.services import adapter_delete
-from nexus.api_utils import int_query_param, request_team_filter
-from nexus.events import job_events_after
+from nexus.api_utils import request_team_filter
 from nexus.errors import NexusError
-from nexus.models import JobEvent
-from nexus.pagination import CURSOR_PARAMETERS, PAGE_PARAMETERS, cursor_page, paginate, paginated
-from nexus.schema import EventPageSerializer
+from nexus.pagination import PAGE_PARAMETERS, paginate, paginated
 from training_app.schema import LoRAConfigField
 
 
@@ -144,16 +141,6 @@ class ExportDetailApi(APIView):
     @extend_schema(responses=ExportOutputSerializer)
     def get(self, request, export_id: int):
         return Response(ExportOutputSerializer(export_get(user=request.user, pk=export_id)).data)
-
-
-class ExportEventsApi(APIView):
-    @extend_schema(parameters=CURSOR_PARAMETERS, responses=EventPageSerializer)
-    def get(self, request, export_id: int):
-        export = export_get(user=request.user, pk=export_id)
-        after = int_query_param(request, "after", 0, hi=10**9)
-        limit = int_query_param(request, "limit", 1000, lo=1, hi=1000)
-        events = job_events_after(kind=JobEvent.Kind.EXPORT, job_id=export.pk, after=after, limit=limit)
-        return cursor_page(request, events, limit=limit)
 
 
 class ExportDownloadApi(APIView):

@@ -14,29 +14,20 @@ from django.utils import timezone
 
 from adapters_app.engine import gguf as gguf_engine
 from adapters_app.engine.merge import merge_adapter
+from adapters_app.jobs import EXPORT
 from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.services import adapter_local_dir, adapter_slug, file_sha256
 from nexus.errors import NexusError
 from nexus.quotas import quota_check
 from nexus.redact import public_error
-from nexus.events import job_event_record
 from nexus.modelfiles import hf_config
 from nexus.models import BaseModel, JobEvent
-from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
+from nexus.jobs import enqueue, event, is_transient, status_event
 from nexus.storage import local_path, storage_save_file, storage_save_folder
 
 Kind = AdapterExport.Kind
 Status = AdapterExport.Status
 VERIFY_PROMPT = "What is the capital of France?"
-
-
-def _event(export_id: int, message: str, *, level: str = "info", type: str = JobEvent.Type.LOG,
-           data: dict | None = None) -> None:
-    job_event_record(kind=JobEvent.Kind.EXPORT, job_id=export_id, message=message, level=level, type=type, data=data)
-
-
-def _status(export_id: int, status: str, message: str, level: str = "info") -> None:
-    _event(export_id, message, level=level, type=JobEvent.Type.STATUS, data={"status": status})
 
 
 def _check_exportable(adapter: LoRAAdapter, kind: str) -> None:
@@ -94,20 +85,9 @@ def export_create(*, adapter: LoRAAdapter, user, kind: str, quantization: str = 
         export.full_clean()
         export.save()
         what = export.get_kind_display() + (f" ({quantization})" if kind == Kind.MODEL_GGUF else "")
-        _status(export.pk, Status.QUEUED, f"{what} of '{adapter}' queued by {getattr(user, 'username', 'system')}")
-        from adapters_app.tasks import run_adapter_export
-
-        enqueue_on_commit(run_adapter_export, export.pk, on_error=lambda exc: _event(
-            export.pk, QUEUE_ERROR.format(error=exc, status="queued"), level="warning"))
+        status_event(EXPORT, export.pk, Status.QUEUED, f"{what} of '{adapter}' queued by {getattr(user, 'username', 'system')}")
+        enqueue(EXPORT, export.pk)
     return export
-
-
-def export_claim(*, export_id: int, worker: str) -> bool:
-    claimed = bool(AdapterExport.objects.filter(pk=export_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, worker=worker, started_at=timezone.now(), heartbeat_at=timezone.now()))
-    if claimed:
-        _status(export_id, Status.RUNNING, f"Started on {worker}")
-    return claimed
 
 
 class _Progress:
@@ -120,7 +100,7 @@ class _Progress:
         value = round(self.start + (self.end - self.start) * max(0.0, min(1.0, fraction)), 4)
         AdapterExport.objects.filter(pk=self.export.pk).update(progress=value, stage=stage[:200],
                                                                heartbeat_at=timezone.now())
-        _event(self.export.pk, stage, type=JobEvent.Type.METRIC, data={"progress": value, "stage": stage})
+        event(EXPORT, self.export.pk, stage, type=JobEvent.Type.METRIC, data={"progress": value, "stage": stage})
 
 
 def export_run(*, export_id: int) -> AdapterExport:
@@ -136,16 +116,18 @@ def export_run(*, export_id: int) -> AdapterExport:
             runner = {Kind.MERGE: _run_merge, Kind.ADAPTER_GGUF: _run_adapter_gguf, Kind.MODEL_GGUF: _run_model_gguf}
             runner[export.kind](export, Path(tmp))
     except Exception as exc:  # noqa: BLE001 - every failure is recorded: a sentence here, the traceback in the log
+        if is_transient(exc):
+            raise  # the job kit tries again with backoff
         return export_fail(export_id=export.pk, error=public_error(exc, what="The export"))
     export.refresh_from_db()
-    _event(export.pk, f"Finished in {time.perf_counter() - started:.1f}s")
+    event(EXPORT, export.pk, f"Finished in {time.perf_counter() - started:.1f}s")
     return export
 
 
 def export_fail(*, export_id: int, error: str) -> AdapterExport:
     AdapterExport.objects.filter(pk=export_id, status__in=AdapterExport.ACTIVE).update(
         status=Status.FAILED, error=error[:4000], finished_at=timezone.now())
-    _status(export_id, Status.FAILED, f"Failed: {error}", level="error")
+    status_event(EXPORT, export_id, Status.FAILED, f"Failed: {error}", level="error")
     return AdapterExport.objects.get(pk=export_id)
 
 
@@ -158,7 +140,7 @@ def _complete(export: AdapterExport, *, path: str, size: int, sha256: str, verif
         AdapterExport.objects.filter(pk=export.pk).update(
             status=Status.COMPLETED, progress=1.0, stage="done", path=path, size_bytes=size, sha256=sha256,
             verified=True, verification=verification, finished_at=timezone.now())
-        _status(export.pk, Status.COMPLETED, f"Completed: {Path(path).name}, {size / 1e6:.1f} MB, verified")
+        status_event(EXPORT, export.pk, Status.COMPLETED, f"Completed: {Path(path).name}, {size / 1e6:.1f} MB, verified")
 
 
 def _merged_folder(adapter: LoRAAdapter, out: Path, progress: _Progress) -> dict:
@@ -180,7 +162,7 @@ def _run_merge(export: AdapterExport, tmp: Path) -> None:
         LoRAAdapter.objects.filter(pk=adapter.pk).update(is_merged=True, merged_model=model)
         _complete(export, path=prefix, size=size, sha256=file_sha256(weights[0]) if weights else "",
                   verification={**check, "model": model.name})
-    _event(export.pk, f"Registered '{model.name}' in the model catalog: it can be trained, exported and deployed")
+    event(EXPORT, export.pk, f"Registered '{model.name}' in the model catalog: it can be trained, exported and deployed")
 
 
 def _register_merged(adapter: LoRAAdapter, folder: Path) -> BaseModel:
@@ -201,7 +183,7 @@ def _verify(export: AdapterExport, progress: _Progress, model_path: Path, lora_p
     from adapters_app.engine.llama import load_and_generate
 
     AdapterExport.objects.filter(pk=export.pk).update(status=Status.VERIFYING)
-    _status(export.pk, Status.VERIFYING, "Verifying in llama.cpp: load and a short greedy generation")
+    status_event(EXPORT, export.pk, Status.VERIFYING, "Verifying in llama.cpp: load and a short greedy generation")
     gen = load_and_generate(model_path, VERIFY_PROMPT, lora_path=lora_path, max_tokens=24)
     if gen.completion_tokens == 0 or not gen.text.strip():
         raise RuntimeError(f"llama.cpp loaded the export but generated nothing for {VERIFY_PROMPT!r}")
@@ -254,23 +236,3 @@ def _run_model_gguf(export: AdapterExport, tmp: Path) -> None:
     verification = {**_verify(export, bar, out), "merge_check": check}
     path = storage_save_file(f"{_storage_prefix(export)}/{out.name}", out)
     _complete(export, path=path, size=out.stat().st_size, sha256=file_sha256(out), verification=verification)
-
-
-def exports_reap(*, worker: str) -> list[int]:
-    """Exports left running by a worker that restarted start over (they are idempotent)."""
-    ids = list(AdapterExport.objects.filter(worker=worker, status__in=(Status.RUNNING, Status.VERIFYING))
-               .values_list("pk", flat=True))
-    for pk in ids:
-        AdapterExport.objects.filter(pk=pk).update(status=Status.QUEUED, progress=0.0, stage="")
-        _status(pk, Status.QUEUED, f"The worker {worker} restarted while this ran; queued again", level="warning")
-    return ids
-
-
-def exports_requeue() -> list[int]:
-    from adapters_app.tasks import run_adapter_export
-
-    ids = list(AdapterExport.objects.filter(status=Status.QUEUED).values_list("pk", flat=True))
-    for pk in ids:
-        run_adapter_export.delay(pk)
-    return ids
-

@@ -15,7 +15,6 @@ from datasets_app.engine.readers import FILE_TYPES
 from datasets_app.engine.writers import CONTENT_TYPES
 from datasets_app.models import Dataset
 from datasets_app.selectors import (
-    dataset_events,
     dataset_get,
     dataset_list_lean,
     dataset_preview,
@@ -35,16 +34,13 @@ from datasets_app.services import (
 )
 from nexus.catalog import base_model_lookup
 from nexus.pagination import (
-    CURSOR_PARAMETERS,
     PAGE_PARAMETERS,
     OffsetPageSerializer,
     ValuesList,
-    cursor_page,
     paginated,
     with_links,
 )
 from nexus.parsers import StrictJSONParser
-from nexus.schema import EventPageSerializer
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 
 
@@ -338,12 +334,3 @@ class DatasetConvertApi(APIView):
         report["problems"] = [{k: p[k] for k in ("line", "index", "category", "message")} for p in report["problems"][:20]]
         response["X-Nexus-Report"] = json.dumps(report, ensure_ascii=True)
         return response
-
-
-class DatasetEventsApi(APIView):
-    @extend_schema(parameters=CURSOR_PARAMETERS, responses=EventPageSerializer)
-    def get(self, request, dataset_id: int):
-        dataset = dataset_get(user=request.user, pk=dataset_id)
-        limit = int_query_param(request, "limit", 1000, lo=1, hi=1000)
-        after = int_query_param(request, "after", 0, hi=10**9)
-        return cursor_page(request, dataset_events(dataset=dataset, after=after, limit=limit), limit=limit)

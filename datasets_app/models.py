@@ -54,6 +54,7 @@ class Dataset(models.Model):
     split = models.CharField(max_length=16, blank=True, help_text="train, val or test for a split of `parent`")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    worker = models.CharField(max_length=255, blank=True, help_text="the worker processing it")
 
     class Meta:
         ordering = ["-created_at"]

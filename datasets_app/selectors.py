@@ -5,7 +5,6 @@ from typing import Any
 from django.db.models import QuerySet
 
 from datasets_app.models import Dataset
-from nexus.events import job_events_after
 from nexus.models import JobEvent
 from nexus.teams import get_for_user, visible_to
 
@@ -62,10 +61,6 @@ def dataset_validation_errors(*, dataset: Dataset, offset: int = 0, limit: int =
     body["listed"] = len(problems)  # at most the first 10,000 are kept with their lines
     body["by_category"] = dataset.statistics.get("invalid_by_category", {})
     return body
-
-
-def dataset_events(*, dataset: Dataset, after: int = 0, limit: int = 1000) -> list[JobEvent]:
-    return job_events_after(kind=JobEvent.Kind.DATASET, job_id=dataset.pk, after=after, limit=limit)
 
 
 def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:

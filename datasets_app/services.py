@@ -16,26 +16,22 @@ from datasets_app.engine.splits import SPLITS, assign_splits, contamination
 from datasets_app.engine.stats import token_statistics
 from datasets_app.engine.validate import ValidationConfig, validate_records
 from datasets_app.engine.writers import ConversionError, write_records
+from datasets_app.jobs import DATASET
 from datasets_app.models import Dataset
 from nexus.catalog import base_model_default
 from nexus.errors import NexusError
 from nexus.quotas import quota_check
 from nexus.redact import jsonb_safe, public_text
-from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
-from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
+from nexus.jobs import enqueue, event
 from nexus.storage import local_path, storage_delete_prefix, storage_save_bytes
 from training_app.engine.data import load_tokenizer
 
 MAX_LISTED_PROBLEMS = 10_000
 
 
-def _event(dataset: Dataset, message: str, level: str = "info", type: str = JobEvent.Type.LOG, data: dict | None = None) -> None:
-    job_event_record(kind=JobEvent.Kind.DATASET, job_id=dataset.pk, message=message, level=level, type=type, data=data)
-
-
 def _progress(dataset: Dataset, percent: int, stage: str) -> None:
-    _event(dataset, f"{percent}%: {stage}", level="debug", data={"progress": percent, "stage": stage})
+    event(DATASET, dataset.pk, f"{percent}%: {stage}", level="debug", data={"progress": percent, "stage": stage})
 
 
 def _folder(dataset: Dataset) -> str:
@@ -67,23 +63,9 @@ def dataset_create(*, team: Team, user, name: str, file: UploadedFile, descripti
     dataset.original_file.save(Path(filename).name, file, save=False)
     dataset.full_clean()
     dataset.save()
-    _event(dataset, f"Uploaded {filename} ({dataset.file_size:,} bytes)")
-    _enqueue_processing(dataset)
+    event(DATASET, dataset.pk, f"Uploaded {filename} ({dataset.file_size:,} bytes)")
+    enqueue(DATASET, dataset.pk)
     return dataset
-
-
-def _enqueue_processing(dataset: Dataset) -> None:
-    from datasets_app.tasks import process_dataset
-
-    enqueue_on_commit(process_dataset, dataset.pk, on_error=lambda exc: _event(
-        dataset, QUEUE_ERROR.format(error=exc, status="uploading"), level="error"))
-
-
-def dataset_claim(*, dataset_id: int) -> bool:
-    return bool(
-        Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.UPLOADING).update(
-            status=Dataset.Status.PROCESSING, updated_at=timezone.now())
-    )
 
 
 @transaction.atomic
@@ -101,34 +83,16 @@ def dataset_revalidate(*, dataset: Dataset, base_model: BaseModel | None = None,
               "dedup": dedup or {}, "languages": languages or []}
     Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.UPLOADING, validation_config=config,
                                                  updated_at=timezone.now())
-    _event(dataset, "Validation requested" + (f" with the {base_model.name} tokenizer" if base_model else ""))
-    _enqueue_processing(dataset)
+    event(DATASET, dataset.pk, "Validation requested" + (f" with the {base_model.name} tokenizer" if base_model else ""))
+    enqueue(DATASET, dataset.pk)
     dataset.refresh_from_db()
     return dataset
-
-
-def datasets_requeue(*, stale_after_s: int = 2400) -> list[int]:
-    """Send again what a lost message or a dead worker left behind. Processing is idempotent (it
-    rewrites the normalized file from the untouched original), so a stale `processing` row goes
-    back to `uploading`."""
-    from datasets_app.tasks import process_dataset
-
-    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_s)
-    stale = list(Dataset.objects.filter(status=Dataset.Status.PROCESSING, updated_at__lt=cutoff).values_list("pk", flat=True))
-    Dataset.objects.filter(pk__in=stale, status=Dataset.Status.PROCESSING).update(status=Dataset.Status.UPLOADING)
-    for pk in stale:
-        _event(Dataset(pk=pk), "Processing was interrupted (worker lost); processing again", level="warning")
-    ids = list(Dataset.objects.filter(status=Dataset.Status.UPLOADING).values_list("pk", flat=True))
-    for pk in ids:
-        process_dataset.delay(pk)
-    return ids
 
 
 def dataset_process(*, dataset_id: int) -> Dataset:
     """Parse, validate, find duplicates and count tokens from the original upload; ends `ready` or `error`."""
     dataset = Dataset.objects.select_related("validated_with").get(pk=dataset_id)
     config = dataset.validation_config or {}
-    _event(dataset, "Processing started", type=JobEvent.Type.STATUS, data={"status": "processing"})
     try:
         with local_path(dataset.original_file.name) as path:
             parsed = parse_dataset_file(path, format=dataset.format, name=dataset.original_filename or path.name)
@@ -136,7 +100,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
         return dataset_fail(dataset=dataset, message=exc.message, details={"line": exc.line})
     d = parsed.detection
     _progress(dataset, 30, "parsed")
-    _event(dataset, f"Read {parsed.total_records} records from a {parsed.file_type} file as {parsed.format}"
+    event(DATASET, dataset.pk, f"Read {parsed.total_records} records from a {parsed.file_type} file as {parsed.format}"
            + (f" (detected with confidence {d.confidence:.0%}: {d.evidence})" if d and dataset.format == "auto" else ""))
     model = BaseModel.objects.filter(pk=config.get("base_model_id")).first() if config.get("base_model_id") else None
     model = model or base_model_default()
@@ -155,7 +119,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
     if not records:
         first = problems[0].message if problems else "no usable records"
         return dataset_fail(dataset=dataset, message=f"None of the {parsed.total_records} records is usable; first problem: {first}")
-    _event(dataset, "Duplicates: {exact_duplicates} exact, {near_duplicates} near, {overlap_clusters} prompts with different answers"
+    event(DATASET, dataset.pk, "Duplicates: {exact_duplicates} exact, {near_duplicates} near, {overlap_clusters} prompts with different answers"
            .format(**stats["duplicates"]))
     name = storage_save_bytes(f"{_folder(dataset)}/normalized.jsonl", _jsonl(records))
     valid_indices = {r["source_index"] for r in records}
@@ -181,7 +145,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
             error_message="",
             updated_at=timezone.now(),
         )
-        _event(dataset, f"Ready: {len(records)} valid, {len(problems)} invalid of {parsed.total_records} records ({parsed.format})",
+        event(DATASET, dataset.pk, f"Ready: {len(records)} valid, {len(problems)} invalid of {parsed.total_records} records ({parsed.format})",
                type=JobEvent.Type.STATUS, data={"status": "ready"})
     dataset.refresh_from_db()
     return dataset
@@ -197,7 +161,7 @@ def dataset_fail(*, dataset: Dataset, message: str, details: dict | None = None)
         validation_errors=[{"category": "file", "message": message, "line": None, "index": None, **(details or {})}],
         updated_at=timezone.now(),
     )
-    _event(dataset, message, level="error", type=JobEvent.Type.STATUS, data={"status": "error"})
+    event(DATASET, dataset.pk, message, level="error", type=JobEvent.Type.STATUS, data={"status": "error"})
     dataset.refresh_from_db()
     return dataset
 
@@ -275,7 +239,7 @@ def dataset_dedup_apply(*, dataset: Dataset, user, action: str, kinds: list[str]
     dataset.dedup_actions = [*dataset.dedup_actions, {"action": action, "kinds": kinds, "records": changed,
                                                       "by": getattr(user, "username", None), "at": timezone.now().isoformat()}]
     dataset.save(update_fields=["excluded_indices", "dedup_actions", "updated_at"])
-    _event(dataset, f"{'Removed' if action == 'remove' else 'Restored'} {changed} duplicate record(s) ({', '.join(kinds)}); "
+    event(DATASET, dataset.pk, f"{'Removed' if action == 'remove' else 'Restored'} {changed} duplicate record(s) ({', '.join(kinds)}); "
                     f"{dataset.num_usable} usable")
     return dataset
 
@@ -313,7 +277,7 @@ def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.
         child.statistics = {**token_statistics(rows, counts, tokenizer_name=dataset.statistics.get("tokenizer")),
                             "total_records": len(rows), "valid": len(rows), "invalid": 0}
         child.save()
-        _event(child, f"Created as the {name} split of dataset #{dataset.pk} with {len(rows)} records",
+        event(DATASET, child.pk, f"Created as the {name} split of dataset #{dataset.pk} with {len(rows)} records",
                type=JobEvent.Type.STATUS, data={"status": "ready"})
         created.append(child)
     threshold = (dataset.validation_config.get("dedup") or {}).get("threshold")
@@ -323,7 +287,7 @@ def dataset_split(*, dataset: Dataset, user, train: float = 0.8, val: float = 0.
                   for o in others}
         child.statistics = {**child.statistics, "contamination": checks}
         child.save(update_fields=["statistics", "updated_at"])
-    _event(dataset, "Split into " + ", ".join(f"{c.split} {c.num_examples}" for c in created) + f" (seed {seed})")
+    event(DATASET, dataset.pk, "Split into " + ", ".join(f"{c.split} {c.num_examples}" for c in created) + f" (seed {seed})")
     return created
 
 

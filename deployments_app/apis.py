@@ -27,11 +27,9 @@ from deployments_app.services import (
     deployment_health,
     deployment_log_tail,
     deployment_public_path,
-    deployment_reap,
     deployment_recent_requests,
     deployment_start,
     deployment_stop,
-    deployments_reap,
 )
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 from nexus.catalog import base_model_lookup
@@ -111,7 +109,6 @@ class DeploymentListCreateApi(APIView):
     @extend_schema(responses=paginated(DeploymentOutputSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
         qs = deployment_list(user=request.user, team=request_team_filter(request))
-        deployments_reap(deployments=qs)
         return paginate(request, qs, lambda items: DeploymentOutputSerializer(items, many=True).data)
 
     @extend_schema(request=InputSerializer, responses={201: DeploymentOutputSerializer})
@@ -167,7 +164,7 @@ def _int(value: str, field: str) -> int:
 class DeploymentDetailApi(APIView):
     @extend_schema(responses=DeploymentOutputSerializer)
     def get(self, request, deployment_id: int):
-        deployment = deployment_reap(deployment=deployment_get(user=request.user, pk=deployment_id))
+        deployment = deployment_get(user=request.user, pk=deployment_id)
         return Response({**_detail(deployment), "recent_requests": RequestOutputSerializer(
             deployment_recent_requests(deployment=deployment), many=True).data})
 
@@ -185,10 +182,12 @@ class DeploymentStartApi(APIView):
 
 
 class DeploymentStopApi(APIView):
-    @extend_schema(request=None, responses=DeploymentOutputSerializer)
+    @extend_schema(request=None, responses={200: DeploymentOutputSerializer, 202: DeploymentOutputSerializer},
+                   description="202 while the worker on its host stops the servers (`stopping`); 200 when it is "
+                               "already stopped or failed. Follow it on /events or the websocket.")
     def post(self, request, deployment_id: int):
         deployment = deployment_stop(deployment=deployment_get(user=request.user, pk=deployment_id, write=True))
-        return Response(_detail(deployment))
+        return Response(_detail(deployment), status=202 if deployment.status == "stopping" else 200)
 
 
 class DeploymentStatusSerializer(serializers.Serializer):
@@ -221,7 +220,7 @@ class DeploymentStatusApi(APIView):
     @extend_schema(responses=DeploymentStatusSerializer,
                    description="Status and a live health check of each arm's server (GET /v1/models).")
     def get(self, request, deployment_id: int):
-        deployment = deployment_reap(deployment=deployment_get(user=request.user, pk=deployment_id))
+        deployment = deployment_get(user=request.user, pk=deployment_id)
         health = deployment_health(deployment=deployment) if deployment.is_live else []
         return Response({"id": deployment.pk, "status": deployment.status, "error": deployment.error, "arms": health})
 
@@ -254,7 +253,7 @@ class DeploymentOpenAIApi(APIView):
         return self._proxy(request, deployment_id, endpoint, "POST")
 
     def _proxy(self, request, deployment_id: int, endpoint: str, method: str):
-        deployment = deployment_reap(deployment=deployment_get(user=request.user, pk=deployment_id))
+        deployment = deployment_get(user=request.user, pk=deployment_id)
         if endpoint.rstrip("/") != "models":  # listing the model spends nothing
             deployment_check_use(user=request.user, deployment=deployment)
         payload = request.data if method == "POST" else None

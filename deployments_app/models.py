@@ -30,7 +30,11 @@ class Deployment(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     settings = models.JSONField(default=dict, blank=True, help_text="llama.cpp server options: n_ctx, threads, ...")
     error = models.TextField(blank=True)
+    # the machine whose worker started its servers: checks, stops and log reads go to that host's queue
+    host = models.CharField(max_length=255, blank=True)
+    worker = models.CharField(max_length=255, blank=True, help_text="the worker that is starting it")
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
 
@@ -63,6 +67,9 @@ class DeploymentArm(models.Model):
     # the server's own API key (a new one each start), encrypted; only Nexus's proxy sends it
     api_key_encrypted = models.TextField(blank=True, editable=False)
     healthy_at = models.DateTimeField(null=True, blank=True)
+    # written on its host by the last check: the web process never reads the file
+    log_tail = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["deployment", "label"]

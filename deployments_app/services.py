@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import socket
 import secrets
 import time
 from dataclasses import dataclass
@@ -29,14 +28,16 @@ from nexus.errors import NexusError
 from nexus.quotas import quota_check
 from nexus.secrets import secret_encrypt
 from nexus.redact import public_error
-from nexus.events import job_event_record
 from nexus.models import BaseModel, JobEvent, Team
-from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
+from deployments_app.jobs import DEPLOYMENT
+from nexus.jobs import enqueue, event, status_event
+from nexus.jobs.workers import host_name, host_queue
 
 S = Deployment.Status
 START_TIMEOUT_S = 180.0
 EXPORT_TIMEOUT_S = 30 * 60.0
 PROXY_TIMEOUT_S = 600.0
+LOG_LINES = 80  # of each server's log, kept on its arm by the host
 # OpenAI path below /v1 -> HTTP method the llama.cpp server answers it with
 ENDPOINTS = {"chat/completions": "POST", "completions": "POST", "models": "GET"}
 
@@ -50,18 +51,6 @@ class ArmInput:
     export: AdapterExport | None = None
 
 
-def _event(deployment_id: int, message: str, *, level: str = JobEvent.Level.INFO, data: dict | None = None) -> None:
-    job_event_record(kind=JobEvent.Kind.DEPLOYMENT, job_id=deployment_id, message=message, level=level, data=data)
-
-
-def _status_event(deployment_id: int, status: str, message: str, *, level: str = JobEvent.Level.INFO,
-                  data: dict | None = None) -> None:
-    job_event_record(kind=JobEvent.Kind.DEPLOYMENT, job_id=deployment_id, message=message, level=level,
-                     type=JobEvent.Type.STATUS, data={"status": status, **(data or {})})
-
-
-def _queue_error(deployment_id: int):  # noqa: ANN202
-    return lambda exc: _event(deployment_id, QUEUE_ERROR.format(error=exc, status="starting"), level="error")
 
 
 def gguf_local_path(name: str) -> str:
@@ -147,15 +136,9 @@ def deployment_create(*, team: Team, user, name: str, base_model: BaseModel, arm
         row.full_clean()
         row.save()
     shares = "; ".join(f"{a.label} ({a.weight}%): {a.serves}" for a in deployment.arms.all())
-    _status_event(deployment.pk, S.STARTING, f"Deployment created: {shares}")
-    _enqueue_start(deployment.pk)
+    status_event(DEPLOYMENT, deployment.pk, S.STARTING, f"Deployment created: {shares}")
+    enqueue(DEPLOYMENT, deployment.pk)
     return deployment
-
-
-def _enqueue_start(deployment_id: int) -> None:
-    from deployments_app.tasks import start_deployment  # noqa: PLC0415 - the task module imports this one
-
-    enqueue_on_commit(start_deployment, deployment_id, on_error=_queue_error(deployment_id))
 
 
 def _lock_ended(deployment: Deployment, *, code: str, hint: str) -> Deployment:
@@ -186,24 +169,27 @@ def deployment_start(*, deployment: Deployment) -> Deployment:
     deployment = _lock_ended(deployment, code="conflict", hint="it is already live")
     quota_check(team=deployment.team, kind="live_deployments")
     deployment.status, deployment.error, deployment.started_at, deployment.stopped_at = S.STARTING, "", None, None
-    deployment.save(update_fields=["status", "error", "started_at", "stopped_at"])
+    deployment.host = deployment.worker = ""
+    deployment.save(update_fields=["status", "error", "started_at", "stopped_at", "host", "worker", "updated_at"])
     deployment.arms.update(pid=None, port=None, healthy_at=None)
-    _status_event(deployment.pk, S.STARTING, "Starting again")
-    _enqueue_start(deployment.pk)
+    status_event(DEPLOYMENT, deployment.pk, S.STARTING, "Starting again")
+    enqueue(DEPLOYMENT, deployment.pk)
     return deployment
 
 
-def _ensure_adapter_gguf(deployment_id: int, adapter: LoRAAdapter, user) -> LoRAAdapter:
+def _ensure_adapter_gguf(deployment_id: int, adapter: LoRAAdapter, user, worker: str) -> LoRAAdapter:
     """The adapter's GGUF, exporting it first (synchronously, on this worker) when it has none."""
-    from adapters_app.exports import export_claim, export_create, export_run  # noqa: PLC0415 - exports import services
+    from adapters_app.exports import export_create, export_run  # noqa: PLC0415 - exports import services
+    from adapters_app.jobs import EXPORT
+    from nexus.jobs import claim
 
     adapter.refresh_from_db()
     if adapter.gguf_path:
         return adapter
-    _event(deployment_id, f"Adapter '{adapter}' has no GGUF yet; exporting it first")
+    event(DEPLOYMENT, deployment_id, f"Adapter '{adapter}' has no GGUF yet; exporting it first")
     # an identical export already queued or running is returned; whoever claims it runs it
     export = export_create(adapter=adapter, user=user, kind=AdapterExport.Kind.ADAPTER_GGUF)
-    if export_claim(export_id=export.pk, worker=f"deployment-{deployment_id}@{socket.gethostname()}"):
+    if claim(EXPORT, export.pk, worker=worker):  # held by this worker: the reaper knows whether it lives
         export = export_run(export_id=export.pk)
     deadline = time.monotonic() + EXPORT_TIMEOUT_S
     while export.status in AdapterExport.ACTIVE and time.monotonic() < deadline:  # another worker runs it
@@ -213,7 +199,7 @@ def _ensure_adapter_gguf(deployment_id: int, adapter: LoRAAdapter, user) -> LoRA
     if not adapter.gguf_path:
         raise serving.ServerFailed(f"The GGUF export of adapter '{adapter}' did not finish ({export.status}): "
                                    f"{export.error or 'no adapter GGUF was recorded'}")
-    _event(deployment_id, f"Adapter '{adapter}' exported to GGUF")
+    event(DEPLOYMENT, deployment_id, f"Adapter '{adapter}' exported to GGUF")
     return adapter
 
 
@@ -243,19 +229,20 @@ def _spawn_arms(deployment_id: int) -> list[DeploymentArm]:
             if serving.is_alive(arm.pid, arm.port):
                 continue  # a redelivered task: this arm is already up
             model_path, lora_path = _arm_files(arm)
-            port = serving.free_port(exclude=taken)
+            port = serving.free_port(settings.NEXUS_SERVE_BIND, exclude=taken)
             taken.add(port)
             log = _log_path(arm)
             api_key = secrets.token_urlsafe(32)  # a new key each start; the old server (if any) is gone
             spec = serving.ServerSpec(model_path=model_path, lora_path=lora_path, port=port, log_path=str(log),
                                       n_ctx=deployment.settings.get("n_ctx", 2048), n_threads=threads,
-                                      n_gpu_layers=deployment.settings.get("n_gpu_layers", 0), api_key=api_key)
+                                      n_gpu_layers=deployment.settings.get("n_gpu_layers", 0), api_key=api_key,
+                                      host=settings.NEXUS_SERVE_BIND)
             pid = serving.spawn(spec)
-            arm.model_path, arm.lora_path, arm.host, arm.port, arm.pid = model_path, lora_path, spec.host, port, pid
+            arm.model_path, arm.lora_path, arm.host, arm.port, arm.pid = model_path, lora_path, serve_address(), port, pid
             arm.log_path, arm.healthy_at, arm.api_key_encrypted = str(log), None, secret_encrypt(api_key)
             arm.save(update_fields=["model_path", "lora_path", "host", "port", "pid", "log_path", "healthy_at",
                                     "api_key_encrypted"])
-            _event(deployment_id, f"Arm {arm.label}: llama.cpp server started (pid {pid}, port {port}) serving "
+            event(DEPLOYMENT, deployment_id, f"Arm {arm.label}: llama.cpp server started (pid {pid}, port {port}) serving "
                                   f"{arm.serves}", data={"arm": arm.label, "pid": pid, "port": port})
         return arms
 
@@ -271,7 +258,7 @@ def deployment_launch(*, deployment_id: int) -> Deployment:
         return deployment
     try:
         for arm in deployment.arms.select_related("adapter").filter(adapter__isnull=False, export__isnull=True):
-            _ensure_adapter_gguf(deployment_id, arm.adapter, deployment.created_by)
+            _ensure_adapter_gguf(deployment_id, arm.adapter, deployment.created_by, deployment.worker)
         arms = _spawn_arms(deployment_id)
         last_check = [0.0]
 
@@ -284,8 +271,9 @@ def deployment_launch(*, deployment_id: int) -> Deployment:
         for arm in arms:
             seconds = serving.wait_healthy(pid=arm.pid, host=arm.host, port=arm.port, log_path=arm.log_path,
                                            timeout=START_TIMEOUT_S, should_stop=stopped, api_key=arm.api_key)
-            DeploymentArm.objects.filter(pk=arm.pk).update(healthy_at=timezone.now())
-            _event(deployment_id, f"Arm {arm.label} answers on port {arm.port} ({seconds:.1f} s to load)",
+            DeploymentArm.objects.filter(pk=arm.pk).update(healthy_at=timezone.now(), checked_at=timezone.now(),
+                                                           log_tail=serving.log_tail(arm.log_path, lines=LOG_LINES))
+            event(DEPLOYMENT, deployment_id, f"Arm {arm.label} answers on port {arm.port} ({seconds:.1f} s to load)",
                    data={"arm": arm.label, "load_seconds": round(seconds, 2)})
     except (serving.ServerFailed, NexusError, OSError) as exc:
         if _status_is(deployment_id, S.STARTING):
@@ -294,13 +282,31 @@ def deployment_launch(*, deployment_id: int) -> Deployment:
     with transaction.atomic():
         if Deployment.objects.filter(pk=deployment_id, status=S.STARTING).update(status=S.RUNNING,
                                                                                 started_at=timezone.now()):
-            _status_event(deployment_id, S.RUNNING, "Running: the endpoint takes requests")
+            status_event(DEPLOYMENT, deployment_id, S.RUNNING, "Running: the endpoint takes requests")
     return Deployment.objects.get(pk=deployment_id)
 
 
+def serve_address() -> str:
+    """Where the proxy reaches this host's servers: NEXUS_SERVE_ADDRESS, else the bind address (this
+    host's name when servers bind every interface)."""
+    if settings.NEXUS_SERVE_ADDRESS:
+        return settings.NEXUS_SERVE_ADDRESS
+    return host_name() if settings.NEXUS_SERVE_BIND in ("0.0.0.0", "::") else settings.NEXUS_SERVE_BIND
+
+
 def _stop_arms(deployment: Deployment) -> None:
+    """Stop its servers: here when this is their host, else by the host's own worker."""
+    if deployment.host and deployment.host != host_name():
+        from deployments_app.tasks import stop_deployment_servers
+
+        transaction.on_commit(lambda: stop_deployment_servers.apply_async((deployment.pk,),
+                                                                          queue=host_queue(deployment.host)))
+        return
     for arm in deployment.arms.all():
         serving.stop(arm.pid, arm.port)
+        if arm.log_path:
+            DeploymentArm.objects.filter(pk=arm.pk).update(log_tail=serving.log_tail(arm.log_path, lines=LOG_LINES),
+                                                           checked_at=timezone.now())
     deployment.arms.update(pid=None, healthy_at=None)
 
 
@@ -312,54 +318,87 @@ def deployment_fail(*, deployment_id: int, error: str, statuses: tuple[str, ...]
         return deployment
     _stop_arms(deployment)
     deployment.status, deployment.error, deployment.stopped_at = S.FAILED, error[-20_000:], timezone.now()
-    deployment.save(update_fields=["status", "error", "stopped_at"])
-    _status_event(deployment_id, S.FAILED, f"Failed: {error}", level=JobEvent.Level.ERROR)
+    deployment.save(update_fields=["status", "error", "stopped_at", "updated_at"])
+    status_event(DEPLOYMENT, deployment_id, S.FAILED, f"Failed: {error}", level=JobEvent.Level.ERROR)
     return deployment
 
 
 def deployment_stop(*, deployment: Deployment) -> Deployment:
-    """Stop the servers (SIGTERM, then SIGKILL) and mark the deployment stopped; idempotent."""
+    """Ask for a stop: the deployment is `stopping` until the worker on its host has stopped the
+    servers (SIGTERM, then SIGKILL) and marked it stopped. One that never reached a host has nothing
+    running and is stopped at once. Idempotent."""
     with transaction.atomic():
         deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
         if not deployment.is_live:
             return deployment
-        Deployment.objects.filter(pk=deployment.pk).update(status=S.STOPPING)
-        _status_event(deployment.pk, S.STOPPING, "Stopping")
-    with transaction.atomic():
-        deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
-        _stop_arms(deployment)
-        deployment.status, deployment.stopped_at = S.STOPPED, timezone.now()
-        deployment.save(update_fields=["status", "stopped_at"])
-        _status_event(deployment.pk, S.STOPPED, "Stopped")
+        if not deployment.host:
+            deployment.status, deployment.stopped_at = S.STOPPED, timezone.now()
+            deployment.save(update_fields=["status", "stopped_at", "updated_at"])
+            status_event(DEPLOYMENT, deployment.pk, S.STOPPED, "Stopped before it started")
+            return deployment
+        if deployment.status != S.STOPPING:
+            deployment.status = S.STOPPING
+            deployment.save(update_fields=["status", "updated_at"])
+            status_event(DEPLOYMENT, deployment.pk, S.STOPPING, f"Stopping: asking {deployment.host} to stop its servers")
+        from deployments_app.tasks import stop_deployment_servers
+
+        host = deployment.host
+        transaction.on_commit(lambda: stop_deployment_servers.apply_async((deployment.pk,), queue=host_queue(host)))
     return deployment
 
 
-def deployments_reap(*, deployments: QuerySet[Deployment] | list[Deployment] | None = None) -> list[int]:
-    """Running deployments with an arm whose server died (or whose pid now belongs to something else)
-    become failed, with that server's log tail as the error."""
-    if deployments is None:
-        deployments = Deployment.objects.filter(status=S.RUNNING).prefetch_related("arms")
-    reaped = []
-    for deployment in deployments:
+def deployment_stop_here(*, deployment_id: int) -> Deployment:
+    """On the deployment's host: stop its servers and mark it stopped (when it is still stopping)."""
+    with transaction.atomic():
+        deployment = Deployment.objects.select_for_update().get(pk=deployment_id)
+        if deployment.host and deployment.host != host_name():
+            raise RuntimeError(f"deployment {deployment_id} runs on {deployment.host}, not {host_name()}")
+        _stop_arms(deployment)
+        if deployment.status == S.STOPPING:
+            deployment.status, deployment.stopped_at = S.STOPPED, timezone.now()
+            deployment.save(update_fields=["status", "stopped_at", "updated_at"])
+            status_event(DEPLOYMENT, deployment.pk, S.STOPPED, "Stopped")
+    return deployment
+
+
+def deployments_check_host(*, host: str) -> list[int]:
+    """On `host`, from the reaper's rounds: running deployments with an arm whose server died (or
+    whose pid now belongs to something else) become failed with that server's log tail as the error;
+    the others get their log tails refreshed; a stop whose message was lost is finished. Returns
+    the failed ones."""
+    failed = []
+    for deployment in Deployment.objects.filter(host=host, status__in=(S.RUNNING, S.STOPPING)).prefetch_related("arms"):
+        if deployment.status == S.STOPPING and deployment.updated_at < timezone.now() - timezone.timedelta(minutes=1):
+            deployment_stop_here(deployment_id=deployment.pk)
+            continue
         if deployment.status != S.RUNNING:
             continue
         dead = [a for a in deployment.arms.all() if not serving.is_alive(a.pid, a.port)]
         if not dead:
+            for arm in deployment.arms.all():
+                DeploymentArm.objects.filter(pk=arm.pk).update(
+                    checked_at=timezone.now(), log_tail=serving.log_tail(arm.log_path, lines=LOG_LINES))
             continue
         parts = [f"Arm {a.label} ({a.serves}): llama.cpp server pid {a.pid} on port {a.port} is no longer running. "
                  f"Last lines of its log:\n{serving.log_tail(a.log_path, lines=20)}" for a in dead]
-        failed = deployment_fail(deployment_id=deployment.pk, error="\n\n".join(parts), statuses=(S.RUNNING,))
-        if failed.status == S.FAILED:
-            deployment.status, deployment.error = failed.status, failed.error
-            reaped.append(deployment.pk)
-    return reaped
+        if deployment_fail(deployment_id=deployment.pk, error="\n\n".join(parts), statuses=(S.RUNNING,)).status == S.FAILED:
+            failed.append(deployment.pk)
+    return failed
 
 
-def deployment_reap(*, deployment: Deployment) -> Deployment:
-    """Reap one deployment on read; returns it as it now is."""
-    if deployments_reap(deployments=[deployment]):
-        deployment.refresh_from_db()
-    return deployment
+def deployments_host_lost(*, host: str) -> list[int]:
+    """No worker on `host` has been heard from for NEXUS_HOST_LOST_AFTER_S: its live deployments
+    are given up (their servers, if the machine still runs, cannot be reached from here)."""
+    ids = list(Deployment.objects.filter(host=host, status__in=Deployment.LIVE).values_list("pk", flat=True))
+    minutes = settings.NEXUS_HOST_LOST_AFTER_S / 60
+    for pk in ids:
+        with transaction.atomic():
+            if Deployment.objects.filter(pk=pk, status__in=Deployment.LIVE).update(
+                    status=S.FAILED, stopped_at=timezone.now(), updated_at=timezone.now(),
+                    error=f"No worker on {host}, the machine running its servers, has been heard from for "
+                          f"{minutes:g} minutes. Start it again to run it on a live machine."):
+                status_event(DEPLOYMENT, pk, S.FAILED, f"Failed: host {host} lost", level=JobEvent.Level.ERROR)
+    return ids
 
 
 def deployments_using(*, adapter: LoRAAdapter) -> list[Deployment]:
@@ -445,17 +484,31 @@ class ProxyResult:
 
 
 def _unreachable(deployment: Deployment, arm: DeploymentArm, endpoint: str, user, started: float,
-                 exc: Exception) -> NexusError:
-    deployment_request_record(deployment=deployment, arm=arm, endpoint=endpoint, status_code=502, user=user,
-                              latency_ms=int((time.perf_counter() - started) * 1000))
-    deployment_reap(deployment=deployment)
-    return NexusError(f"Arm {arm.label}'s llama.cpp server did not answer ({type(exc).__name__}); "
-                      f"the deployment is now {deployment.status}.", code="upstream_error", status_code=502)
+                 exc: Exception, *, record: bool) -> NexusError:
+    if record:
+        deployment_request_record(deployment=deployment, arm=arm, endpoint=endpoint, status_code=502, user=user,
+                                  latency_ms=int((time.perf_counter() - started) * 1000))
+    deployment_check_soon(deployment=deployment)
+    return NexusError(f"Arm {arm.label}'s llama.cpp server did not answer ({type(exc).__name__}); its host "
+                      f"({deployment.host}) is asked to check it.", code="upstream_error", status_code=502)
+
+
+def deployment_check_soon(*, deployment: Deployment) -> None:
+    """Ask the deployment's host to check its servers now rather than at the reaper's next round."""
+    from nexus.tasks import check_host
+
+    if deployment.host:
+        try:
+            check_host.apply_async((DEPLOYMENT.name, deployment.host), queue=host_queue(deployment.host),
+                                   expires=settings.NEXUS_REAP_EVERY_S)
+        except Exception:  # noqa: BLE001 - the broker is down: the reaper's next round checks it
+            pass
 
 
 def deployment_call(*, deployment: Deployment, endpoint: str, method: str = "POST", payload: dict | None = None,
                     user=None, stream: bool = False) -> ProxyResult:
-    """Route one OpenAI request to an arm by weight, send it to that arm's server and record it.
+    """Route one OpenAI request to an arm by weight, send it to that arm's server and record it
+    (generations only: a GET such as /v1/models is a read and records nothing).
 
     Internal code (distillation, evaluation) calls this to go through the deployment like a client
     does. With `stream`, the request is recorded when the stream ends: usage from the last chunk
@@ -468,9 +521,11 @@ def deployment_call(*, deployment: Deployment, endpoint: str, method: str = "POS
         r = requests.request(method, url, json=payload if method == "POST" else None, stream=stream,
                              headers=serving.auth_headers(arm.api_key), timeout=(5, PROXY_TIMEOUT_S))
     except requests.RequestException as exc:
-        raise _unreachable(deployment, arm, endpoint, user, started, exc) from exc
+        raise _unreachable(deployment, arm, endpoint, user, started, exc, record=method == "POST") from exc
 
     def record(status_code: int, usage: dict | None) -> None:
+        if method != "POST":
+            return
         deployment_request_record(deployment=deployment, arm=arm, endpoint=endpoint, status_code=status_code,
                                   latency_ms=int((time.perf_counter() - started) * 1000), user=user, usage=usage)
 
@@ -544,20 +599,19 @@ def deployment_recent_requests(*, deployment: Deployment, limit: int = 20) -> li
 
 
 def deployment_health(*, deployment: Deployment) -> list[dict[str, Any]]:
-    """Per arm: is its process ours and alive, does it answer /v1/models, and how fast."""
+    """Per arm: does its server answer /v1/models over the network (as the proxy reaches it), and
+    how fast; `alive` is what its host last found of the process (`checked_at`). A read: nothing
+    is written."""
     out = []
     for arm in deployment.arms.all():
-        alive = serving.is_alive(arm.pid, arm.port)
         started = time.perf_counter()
-        answer = serving.health(arm.host, arm.port, timeout=2.0, api_key=arm.api_key) if alive else None
-        if answer is not None:
-            arm.healthy_at = timezone.now()
-            DeploymentArm.objects.filter(pk=arm.pk).update(healthy_at=arm.healthy_at)
-        out.append({"label": arm.label, "alive": alive, "healthy": answer is not None,
+        answer = serving.health(arm.host, arm.port, timeout=2.0, api_key=arm.api_key) if arm.port and arm.pid else None
+        out.append({"label": arm.label, "alive": bool(arm.pid), "healthy": answer is not None,
                     "latency_ms": int((time.perf_counter() - started) * 1000) if answer is not None else None,
-                    "healthy_at": arm.healthy_at})
+                    "healthy_at": arm.healthy_at, "checked_at": arm.checked_at})
     return out
 
 
-def deployment_log_tail(*, arm: DeploymentArm, lines: int = 80) -> str:
-    return serving.log_tail(arm.log_path, lines=lines) if arm.log_path else ""
+def deployment_log_tail(*, arm: DeploymentArm, lines: int = LOG_LINES) -> str:
+    """The end of the arm's server log as its host last read it (`checked_at`)."""
+    return "\n".join(arm.log_tail.splitlines()[-lines:])

@@ -16,11 +16,9 @@ from deployments_app.services import (
     deployment_health,
     deployment_log_tail,
     deployment_public_path,
-    deployment_reap,
     deployment_recent_requests,
     deployment_start,
     deployment_stop,
-    deployments_reap,
 )
 from nexus.catalog import base_model_lookup, base_models_visible
 from nexus.errors import NexusError
@@ -30,7 +28,6 @@ from nexus.teams import resolve_team
 @login_required
 def deployment_list_page(request):
     deployments = deployment_list(user=request.user)
-    deployments_reap(deployments=deployments)
     return render(request, "deployments/list.html", {
         "deployments": deployments, "adapters": adapter_list(user=request.user),
         "merged_exports": AdapterExport.objects.filter(
@@ -72,7 +69,6 @@ def deployment_new_page(request):
 
 
 def _status_context(deployment, control_error: str | None = None) -> dict:
-    deployment = deployment_reap(deployment=deployment)
     health = {h["label"]: h for h in deployment_health(deployment=deployment)} if deployment.is_live else {}
     arms = [{**s, "health": health.get(s["arm"].label), "log": deployment_log_tail(arm=s["arm"], lines=30)}
             for s in deployment_arm_stats(deployment=deployment)]
@@ -119,7 +115,7 @@ def _control(request, deployment_id: int, action):  # noqa: ANN001
 
 @login_required
 def deployment_chat_page(request, deployment_id: int):
-    deployment = deployment_reap(deployment=deployment_get(user=request.user, pk=deployment_id))
+    deployment = deployment_get(user=request.user, pk=deployment_id)
     return render(request, "deployments/chat.html", {
         "deployment": deployment, "endpoint": deployment_public_path(deployment=deployment) + "/chat/completions",
     })

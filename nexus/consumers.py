@@ -14,7 +14,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nexus.events import job_events_after, job_group
-from nexus.models import JobEvent
 
 # what the channel layer raises when Redis restarts under it or is down
 LAYER_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
@@ -24,13 +23,6 @@ LAYER_DOWN_REASON = "Live updates are unavailable (the message broker cannot be 
 
 class JobEventsConsumer(AsyncJsonWebsocketConsumer):
     """ws/finetune/<kind>/<id>/?after=<seq>: replays events after `seq`, then streams new ones in order."""
-
-    loaders = {
-        JobEvent.Kind.TRAINING: ("training_app.selectors", "training_job_get"),
-        JobEvent.Kind.DATASET: ("datasets_app.selectors", "dataset_get"),
-        JobEvent.Kind.EXPORT: ("adapters_app.selectors", "export_get"),
-        JobEvent.Kind.DEPLOYMENT: ("deployments_app.selectors", "deployment_get"),
-    }
 
     async def __call__(self, scope, receive, send):
         """As channels' consumer, but the channel layer's receive loop survives Redis going away:
@@ -81,7 +73,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         self.job_id = int(kwargs["job_id"])
         self.last_seq = 0
         self.group = None
-        if self.kind not in self.loaders or not await self._allowed():
+        if not await self._allowed():
             # Outsiders and unknown jobs look the same: the handshake is refused (HTTP 403 at the
             # websocket layer) and nothing reveals whether the job exists.
             await self.close()
@@ -127,12 +119,12 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _allowed(self) -> bool:
-        import importlib
+        """The kind's own loader decides (404 for outsiders); unknown kinds are refused alike."""
+        from nexus.jobs import kind_get
 
-        module, func = self.loaders[self.kind]
         try:
-            getattr(importlib.import_module(module), func)(user=self.scope["user"], pk=self.job_id)
-        except Http404:
+            kind_get(self.kind).call("loader", user=self.scope["user"], pk=self.job_id)
+        except (LookupError, Http404):
             return False
         return True
 

@@ -8,10 +8,9 @@ from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.db.models import Max
 
+from nexus.jobs.kinds import kind_get
 from nexus.models import JobEvent
 from nexus.redact import public_data, public_text
-
-_KIND_LOCK = {JobEvent.Kind.DATASET: 1, JobEvent.Kind.TRAINING: 2, JobEvent.Kind.EXPORT: 3, JobEvent.Kind.DEPLOYMENT: 4}
 
 
 def job_group(kind: str, job_id: int) -> str:
@@ -40,7 +39,7 @@ def job_event_record(
 ) -> JobEvent:
     # Serialize writers of one job's stream so seq is dense and commit order equals seq order.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_KIND_LOCK[kind], job_id])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [kind_get(kind).lock, job_id])
     event = JobEvent.objects.create(
         job_kind=kind, job_id=job_id, seq=job_events_last_seq(kind=kind, job_id=job_id) + 1, type=type, level=level,
         message=public_text(message), data=public_data(data or {}),

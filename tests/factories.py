@@ -35,13 +35,35 @@ def pirate_records(n: int) -> list[dict]:
     return rows[:n]
 
 
+def claim_dataset(dataset_id: int, worker: str = "test@host") -> bool:
+    """What the worker's run task does first (the job kit's claim)."""
+    from datasets_app.jobs import DATASET
+    from nexus.jobs import claim
+
+    return claim(DATASET, dataset_id, worker=worker)
+
+
+def claim_job(job_id: int, worker: str) -> bool:
+    from nexus.jobs import claim
+    from training_app.jobs import TRAINING
+
+    return claim(TRAINING, job_id, worker=worker)
+
+
+def reap_worker(worker: str) -> dict[str, list[int]]:
+    """What a worker restarting under `worker`'s name reaps at start: the rows it held."""
+    from nexus.jobs.reaper import reap
+
+    return reap(worker=worker, resend=False, check_hosts=False).orphaned
+
+
 def make_ready_dataset(user, records: list[dict] | None = None, team=None):
     """A dataset processed by the real service (synchronously, as the worker would)."""
-    from datasets_app.services import dataset_claim, dataset_create, dataset_process
+    from datasets_app.services import dataset_create, dataset_process
 
     team = team or personal_team(user)
     dataset = dataset_create(team=team, user=user, name="pirates", file=alpaca_upload(records))
-    assert dataset_claim(dataset_id=dataset.pk)
+    assert claim_dataset(dataset.pk)
     return dataset_process(dataset_id=dataset.pk)
 
 

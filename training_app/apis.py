@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -10,22 +9,19 @@ from rest_framework.views import APIView
 from nexus.errors import NexusError
 from nexus.api_utils import int_query_param, request_team, request_team_filter
 from nexus.pagination import (
-    CURSOR_PARAMETERS,
     PAGE_PARAMETERS,
     OffsetPageSerializer,
     ValuesList,
-    cursor_page,
     paginate,
     paginated,
     with_links,
 )
-from nexus.schema import EventPageSerializer, EventSerializer
+from nexus.schema import EventSerializer
 from adapters_app.apis import AdapterOutputSerializer
 from training_app.models import FineTuningJob
 from training_app.schema import LoRAConfigField, QLoRAConfigField, TrainingConfigField
 from training_app.selectors import (
     preset_list,
-    training_job_events,
     training_job_checkpoints,
     training_job_get,
     training_job_list,
@@ -205,15 +201,6 @@ class JobDetailApi(APIView):
     def delete(self, request, job_id: int):
         job = training_job_cancel(job=training_job_get(user=request.user, pk=job_id, write=True))
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
-
-
-class JobEventsApi(APIView):
-    @extend_schema(parameters=CURSOR_PARAMETERS, responses=EventPageSerializer)
-    def get(self, request, job_id: int):
-        job = training_job_get(user=request.user, pk=job_id)
-        limit = int_query_param(request, "limit", 1000, lo=1, hi=1000)
-        events = training_job_events(job=job, after=int_query_param(request, "after", 0, hi=10**9), limit=limit)
-        return cursor_page(request, events, limit=limit)
 
 
 class PresetListCreateApi(APIView):

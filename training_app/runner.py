@@ -13,11 +13,13 @@ from django.utils import timezone
 from datasets_app.services import dataset_load_records
 from nexus.control import control_receive
 from nexus.errors import NexusError
+from nexus.jobs import event, is_transient, status_event
 from nexus.models import JobEvent
 from nexus.redact import public_error
 from training_app.engine.config import parse_job_config
 from training_app.models import FineTuningJob
-from training_app.services import RUNNING, _event, _status_event, training_job_fail
+from training_app.jobs import TRAINING
+from training_app.services import RUNNING, training_job_fail
 
 DB_POLL_SECONDS = 5.0  # the worker re-reads the job's row this often, in case a control message was lost
 
@@ -31,7 +33,7 @@ class _JobHooks:
         self._db_polled = 0.0
 
     def log(self, message: str, level: str = "info") -> None:
-        _event(self.job.pk, message, level=level)
+        event(TRAINING, self.job.pk, message, level=level)
         # every log line is also a heartbeat for the stale-job reaper
         FineTuningJob.objects.filter(pk=self.job.pk).update(updated_at=timezone.now())
 
@@ -43,7 +45,7 @@ class _JobHooks:
             if message not in job.warnings:
                 job.warnings = [*job.warnings, message]
                 job.save(update_fields=["warnings", "updated_at"])
-            _event(job.pk, message, level="warning", data={"warning": message})
+            event(TRAINING, job.pk, message, level="warning", data={"warning": message})
 
     def on_start(self, *, total_steps: int, num_examples: int, num_eval_examples: int) -> None:
         self.job.total_steps = total_steps
@@ -62,7 +64,7 @@ class _JobHooks:
                 status=status, updated_at=timezone.now())
             if changed:
                 self.job.status = status
-                _status_event(self.job.pk, status, message)
+                status_event(TRAINING, self.job.pk, status, message)
 
     def on_step(self, metrics: dict[str, Any]) -> None:
         job = self.job
@@ -79,7 +81,7 @@ class _JobHooks:
                            "supervised_tokens_seen": metrics["supervised_tokens_seen"], "peak_memory_bytes": peak}
             job.save(update_fields=["current_step", "total_steps", "progress", "current_epoch", "current_loss", "best_loss",
                                     "tokens_per_second", "metrics", "updated_at"])
-            _event(job.pk, f"step {metrics['step']}/{metrics['total_steps']} loss {metrics['loss']:.4f} "
+            event(TRAINING, job.pk, f"step {metrics['step']}/{metrics['total_steps']} loss {metrics['loss']:.4f} "
                    f"lr {metrics['learning_rate']:.2e} {metrics['tokens_per_second']:.0f} tok/s",
                    type=JobEvent.Type.METRIC, data=metrics)
 
@@ -90,7 +92,7 @@ class _JobHooks:
             job.best_eval_loss = metrics["best_eval_loss"]
             job.best_checkpoint_step = metrics["best_step"]
             job.save(update_fields=["current_eval_loss", "best_eval_loss", "best_checkpoint_step", "updated_at"])
-            _event(job.pk, f"step {metrics['step']} validation loss {metrics['eval_loss']:.4f} "
+            event(TRAINING, job.pk, f"step {metrics['step']} validation loss {metrics['eval_loss']:.4f} "
                    f"(best {metrics['best_eval_loss']:.4f} at step {metrics['best_step']})",
                    type=JobEvent.Type.METRIC, data=metrics)
 
@@ -99,7 +101,7 @@ class _JobHooks:
         with transaction.atomic():
             if reason == "request":
                 FineTuningJob.objects.filter(pk=self.job.pk).update(checkpoint_requested=False)
-            _event(self.job.pk, f"Checkpoint saved at step {step}{why}", data={"checkpoint_step": step, "reason": reason})
+            event(TRAINING, self.job.pk, f"Checkpoint saved at step {step}{why}", data={"checkpoint_step": step, "reason": reason})
 
     def poll(self) -> set[str]:
         """Commands for this step: the Redis channel every step, the row every few seconds (or
@@ -160,7 +162,7 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
             with transaction.atomic():
                 if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(
                         status=FineTuningJob.Status.PAUSED, pause_requested=False, updated_at=timezone.now()):
-                    _status_event(job.pk, "paused", f"Paused at step {result.steps} of {result.total_steps}")
+                    status_event(TRAINING, job.pk, "paused", f"Paused at step {result.steps} of {result.total_steps}")
             job.refresh_from_db()
             return job
         if result.status == "cancelled":
@@ -177,12 +179,14 @@ def training_job_run(*, job_id: int) -> FineTuningJob:
             "steps": result.steps, "final_loss": result.final_loss, "best_eval_loss": result.best_eval_loss,
             "best_step": result.best_step, "train_runtime_s": round(result.runtime_s, 2),
             "tokens_seen": result.tokens_seen, "stopped_early": result.stopped_early})
-        _event(job.pk, f"Adapter '{adapter.name}' v{adapter.version} saved ({adapter.size_bytes / 1e6:.1f} MB)",
+        event(TRAINING, job.pk, f"Adapter '{adapter.name}' v{adapter.version} saved ({adapter.size_bytes / 1e6:.1f} MB)",
                data={"adapter_id": adapter.pk})
         early = " (stopped early)" if result.stopped_early else ""
         loss = f"; final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
         return _finish(job, FineTuningJob.Status.COMPLETED, f"Completed {result.steps} steps in {result.runtime_s:.0f}s{early}{loss}")
     except Exception as exc:  # noqa: BLE001 - every failure is recorded: a sentence here, the traceback in the log
+        if is_transient(exc):
+            raise  # the job kit tries again with backoff, from the last checkpoint
         return training_job_fail(job_id=job.pk, error=public_error(exc, what="Training"))
 
 
@@ -193,7 +197,7 @@ def _finish(job: FineTuningJob, status: str, message: str) -> FineTuningJob:
         if status == FineTuningJob.Status.COMPLETED:
             fields["progress"] = 100.0
         if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(**fields):
-            _status_event(job.pk, status, message, level="info" if status == FineTuningJob.Status.COMPLETED else "warning")
+            status_event(TRAINING, job.pk, status, message, level="info" if status == FineTuningJob.Status.COMPLETED else "warning")
     job.refresh_from_db()
     return job
 

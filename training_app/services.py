@@ -9,10 +9,9 @@ from django.utils import timezone
 
 from datasets_app.models import Dataset
 from datasets_app.selectors import dataset_get
-from nexus.control import control_clear, control_send
+from nexus.control import control_send
 from nexus.errors import NexusError
-from nexus.events import job_event_record
-from nexus.queueing import QUEUE_ERROR, enqueue_on_commit
+from nexus.jobs import enqueue, event, requeue, status_event
 from nexus.quotas import quota_check
 from nexus.models import BaseModel, JobEvent, Team
 from training_app.engine.config import (
@@ -25,18 +24,10 @@ from training_app.engine.config import (
     parse_job_config,
     total_steps_for,
 )
+from training_app.jobs import TRAINING
 from training_app.models import FineTuningJob
 
-STALE_AFTER_SECONDS = 15 * 60
 RUNNING = FineTuningJob.RUNNING
-
-
-def _event(job_id: int, message: str, level: str = "info", type: str = JobEvent.Type.LOG, data: dict | None = None) -> None:
-    job_event_record(kind=JobEvent.Kind.TRAINING, job_id=job_id, message=message, level=level, type=type, data=data)
-
-
-def _status_event(job_id: int, status: str, message: str, level: str = "info") -> None:
-    _event(job_id, message, level=level, type=JobEvent.Type.STATUS, data={"status": status})
 
 
 def _control(job_id: int, command: str) -> None:
@@ -173,13 +164,10 @@ def training_job_create(
                         dataset=dataset, eval_dataset=eval_dataset, warnings=warnings, **config.as_dicts())
     job.full_clean()
     job.save()
-    _status_event(job.pk, "queued", f"Queued: {model.name} on '{dataset.name}' ({dataset.num_examples} examples)")
+    status_event(TRAINING, job.pk, "queued", f"Queued: {model.name} on '{dataset.name}' ({dataset.num_examples} examples)")
     for warning in warnings:
-        _event(job.pk, warning, level="warning", data={"warning": warning})
-    from training_app.tasks import run_training_job
-
-    enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc: _event(
-        job.pk, QUEUE_ERROR.format(error=exc, status="queued"), level="error"))
+        event(TRAINING, job.pk, warning, level="warning", data={"warning": warning})
+    enqueue(TRAINING, job.pk)
     return job
 
 
@@ -201,11 +189,11 @@ def training_job_pause(*, job: FineTuningJob) -> FineTuningJob:
     if job.status == FineTuningJob.Status.QUEUED:
         job.status = FineTuningJob.Status.PAUSED
         job.save(update_fields=["status", "updated_at"])
-        _status_event(job.pk, "paused", "Paused before it started")
+        status_event(TRAINING, job.pk, "paused", "Paused before it started")
     elif job.status in RUNNING and not job.pause_requested:
         job.pause_requested = True
         job.save(update_fields=["pause_requested", "updated_at"])
-        _event(job.pk, "Pause requested; the trainer saves a checkpoint after the current step", level="warning")
+        event(TRAINING, job.pk, "Pause requested; the trainer saves a checkpoint after the current step", level="warning")
         _control(job.pk, "pause")
     elif job.status not in RUNNING:
         raise NexusError(f"A {job.status} job cannot be paused.", code="invalid_state", status_code=409)
@@ -216,13 +204,11 @@ def training_job_pause(*, job: FineTuningJob) -> FineTuningJob:
 def training_job_resume(*, job: FineTuningJob) -> FineTuningJob:
     """paused -> queued; the worker continues from the last checkpoint. A running job whose pause
     has not taken effect yet keeps training (the request is withdrawn)."""
-    from training_app.tasks import run_training_job
-
     job = FineTuningJob.objects.select_for_update().get(pk=job.pk)
     if job.status in RUNNING and job.pause_requested:
         job.pause_requested = False
         job.save(update_fields=["pause_requested", "updated_at"])
-        _event(job.pk, "Pause withdrawn; training continues")
+        event(TRAINING, job.pk, "Pause withdrawn; training continues")
         _control(job.pk, "resume")
         return job
     if job.status != FineTuningJob.Status.PAUSED:
@@ -230,9 +216,8 @@ def training_job_resume(*, job: FineTuningJob) -> FineTuningJob:
     job.status = FineTuningJob.Status.QUEUED
     job.pause_requested = False
     job.save(update_fields=["status", "pause_requested", "updated_at"])
-    _status_event(job.pk, "queued", "Resume requested: queued to continue from the last checkpoint")
-    enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc: _event(
-        job.pk, QUEUE_ERROR.format(error=exc, status="queued"), level="error"))
+    status_event(TRAINING, job.pk, "queued", "Resume requested: queued to continue from the last checkpoint")
+    enqueue(TRAINING, job.pk)
     return job
 
 
@@ -244,11 +229,11 @@ def training_job_cancel(*, job: FineTuningJob) -> FineTuningJob:
         job.cancel_requested = True
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "cancel_requested", "finished_at", "updated_at"])
-        _status_event(job.pk, "cancelled", "Cancelled before it (re)started")
+        status_event(TRAINING, job.pk, "cancelled", "Cancelled before it (re)started")
     elif job.status in RUNNING and not job.cancel_requested:
         job.cancel_requested = True
         job.save(update_fields=["cancel_requested", "updated_at"])
-        _event(job.pk, "Cancel requested; the trainer stops after the current step", level="warning")
+        event(TRAINING, job.pk, "Cancel requested; the trainer stops after the current step", level="warning")
         _control(job.pk, "stop")
     return job
 
@@ -263,7 +248,7 @@ def training_job_request_checkpoint(*, job: FineTuningJob) -> FineTuningJob:
     if not job.checkpoint_requested:
         job.checkpoint_requested = True
         job.save(update_fields=["checkpoint_requested", "updated_at"])
-        _event(job.pk, "Checkpoint requested; the trainer saves one after the current step")
+        event(TRAINING, job.pk, "Checkpoint requested; the trainer saves one after the current step")
         _control(job.pk, "checkpoint")
     return job
 
@@ -317,21 +302,6 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
             "time": time_estimate}
 
 
-def training_job_claim(*, job_id: int, worker: str) -> bool:
-    """queued -> preparing; a duplicate delivery finds nothing to claim."""
-    claimed = bool(
-        FineTuningJob.objects.filter(pk=job_id, status=FineTuningJob.Status.QUEUED, cancel_requested=False).update(
-            status=FineTuningJob.Status.PREPARING, pause_requested=False, checkpoint_requested=False,
-            started_at=timezone.now(), updated_at=timezone.now(), worker=worker,
-        )
-    )
-    if claimed:
-        # signals sent while it waited were answered by the row (pause/cancel of a queued job)
-        control_clear(kind=JobEvent.Kind.TRAINING, job_id=job_id)
-        _status_event(job_id, "preparing", f"Preparing on {worker}: loading the base model and encoding the data")
-    return claimed
-
-
 def training_job_fail(*, job_id: int, error: str) -> FineTuningJob:
     with transaction.atomic():
         job = FineTuningJob.objects.select_for_update().get(pk=job_id)
@@ -341,49 +311,23 @@ def training_job_fail(*, job_id: int, error: str) -> FineTuningJob:
         job.error = error
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "error", "finished_at", "updated_at"])
-        _status_event(job.pk, "failed", f"Failed: {error}", level="error")
+        status_event(TRAINING, job.pk, "failed", f"Failed: {error}", level="error")
     return job
 
 
-def training_jobs_requeue() -> list[int]:
-    """Send every queued job again: a duplicate finds nothing to claim, a lost one gets trained."""
-    from training_app.tasks import run_training_job
-
-    ids = list(FineTuningJob.objects.filter(status=FineTuningJob.Status.QUEUED, cancel_requested=False)
-               .order_by("created_at").values_list("pk", flat=True))
-    for pk in ids:
-        run_training_job.delay(pk)
-    return ids
-
-
-def training_jobs_reap(*, worker: str | None = None, stale_after_s: int = STALE_AFTER_SECONDS) -> list[int]:
-    """Jobs whose worker is gone (those of a restarting `worker`, or silent for too long) resume from
-    their last checkpoint, or fail visibly when they have none."""
-    qs = FineTuningJob.objects.filter(status__in=RUNNING)
-    if worker:
-        qs = qs.filter(worker=worker)
-    else:
-        qs = qs.filter(updated_at__lt=timezone.now() - timezone.timedelta(seconds=stale_after_s))
+def training_job_orphaned(job: FineTuningJob) -> None:
+    """The worker running `job` is gone: it resumes from its last checkpoint on whichever worker
+    takes it, or fails visibly when it has none."""
     from training_app.engine.checkpoints import checkpoint_step, latest_checkpoint
     from training_app.runner import training_job_output_dir
-    from training_app.tasks import run_training_job
 
-    reaped = []
-    for job in qs:
-        checkpoint = latest_checkpoint(training_job_output_dir(job))
-        if checkpoint is not None:
-            with transaction.atomic():
-                if FineTuningJob.objects.filter(pk=job.pk, status__in=RUNNING).update(
-                        status=FineTuningJob.Status.QUEUED, updated_at=timezone.now()):
-                    _status_event(job.pk, "queued", f"The worker running this job stopped; resuming from the checkpoint "
-                                                    f"at step {checkpoint_step(checkpoint)}", level="warning")
-                    enqueue_on_commit(run_training_job, job.pk, on_error=lambda exc, pk=job.pk: _event(
-                        pk, QUEUE_ERROR.format(error=exc, status="queued"), level="error"))
-        else:
-            training_job_fail(job_id=job.pk, error="The worker running this job stopped (restart or crash) before its "
-                                                   "first checkpoint; its logs are kept. Start a new job to train again.")
-        reaped.append(job.pk)
-    return reaped
+    checkpoint = latest_checkpoint(training_job_output_dir(job))
+    if checkpoint is None:
+        training_job_fail(job_id=job.pk, error="The worker running this job stopped (restart or crash) before its "
+                                               "first checkpoint; its logs are kept. Start a new job to train again.")
+        return
+    requeue(TRAINING, job.pk, f"The worker running this job ({job.worker}) stopped; resuming from the checkpoint at "
+                              f"step {checkpoint_step(checkpoint)}")
 
 
 def training_job_checkpoint_to_adapter(*, job: FineTuningJob, step: int):
@@ -403,5 +347,5 @@ def training_job_checkpoint_to_adapter(*, job: FineTuningJob, step: int):
         adapter = adapter_create_from_job(job=job, adapter_dir=Path(tmp), final_loss=loss, name=f"{job.name}@step{step}",
                                           checkpoint_step=step,
                                           metrics={"steps": step, "final_loss": loss, "eval_loss": eval_loss})
-    _event(job.pk, f"Checkpoint at step {step} saved as adapter '{adapter.name}' v{adapter.version}", data={"adapter_id": adapter.pk})
+    event(TRAINING, job.pk, f"Checkpoint at step {step} saved as adapter '{adapter.name}' v{adapter.version}", data={"adapter_id": adapter.pk})
     return adapter

@@ -163,17 +163,24 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_QUEUES_NAMES = ("cpu", "gpu")
-CELERY_TASK_ROUTES = {
-    "training_app.tasks.*": {"queue": "gpu"},
-    "datasets_app.tasks.*": {"queue": "cpu"},
-    "adapters_app.tasks.*": {"queue": "cpu"},
-    "deployments_app.tasks.*": {"queue": "cpu"},
-}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# the reaper every NEXUS_REAP_EVERY_S (run beat once: `celery -A nexus beat`, or -B on one worker)
+CELERY_BEAT_SCHEDULE = {"nexus-reap": {"task": "nexus.jobs.reap", "schedule": env.NEXUS_REAP_EVERY_S,
+                                       "options": {"queue": "cpu", "expires": env.NEXUS_REAP_EVERY_S}}}
+CELERY_BEAT_SCHEDULE_FILENAME = str(env.NEXUS_DATA_DIR / "celerybeat-schedule")
+
+NEXUS_HOST_NAME = env.NEXUS_HOST_NAME
+NEXUS_WORKER_HEARTBEAT_S = env.NEXUS_WORKER_HEARTBEAT_S
+NEXUS_WORKER_LOST_AFTER_S = env.NEXUS_WORKER_LOST_AFTER_S
+NEXUS_HOST_LOST_AFTER_S = env.NEXUS_HOST_LOST_AFTER_S
+NEXUS_REAP_EVERY_S = env.NEXUS_REAP_EVERY_S
+NEXUS_RESEND_AFTER_S = env.NEXUS_RESEND_AFTER_S
+NEXUS_SERVE_BIND = env.NEXUS_SERVE_BIND
+NEXUS_SERVE_ADDRESS = env.NEXUS_SERVE_ADDRESS
 
 LOGGING = {
     "version": 1,

@@ -63,5 +63,19 @@ NEXUS_QUOTA_LIVE_DEPLOYMENTS = int(_str("NEXUS_QUOTA_LIVE_DEPLOYMENTS", "4"))
 NEXUS_QUOTA_ACTIVE_TRAINING_JOBS = int(_str("NEXUS_QUOTA_ACTIVE_TRAINING_JOBS", "10"))
 NEXUS_QUOTA_ACTIVE_EXPORTS = int(_str("NEXUS_QUOTA_ACTIVE_EXPORTS", "10"))
 NEXUS_QUOTA_PROCESSING_DATASETS = int(_str("NEXUS_QUOTA_PROCESSING_DATASETS", "20"))
+# The job kit (nexus/jobs): workers heartbeat every few seconds; one silent for LOST_AFTER is gone and
+# the reaper (beat, every REAP_EVERY) resumes or fails what it held. A host none of whose workers is
+# heard from for HOST_LOST_AFTER has its servers given up. Waiting work the broker holds is marked for
+# RESEND_AFTER; unmarked waiting work is sent again.
+NEXUS_HOST_NAME = _str("NEXUS_HOST_NAME", "")  # default: the machine's host name
+NEXUS_WORKER_HEARTBEAT_S = float(_str("NEXUS_WORKER_HEARTBEAT_S", "10"))
+NEXUS_WORKER_LOST_AFTER_S = int(_str("NEXUS_WORKER_LOST_AFTER_S", "45"))
+NEXUS_HOST_LOST_AFTER_S = int(_str("NEXUS_HOST_LOST_AFTER_S", "300"))
+NEXUS_REAP_EVERY_S = float(_str("NEXUS_REAP_EVERY_S", "60"))
+NEXUS_RESEND_AFTER_S = int(_str("NEXUS_RESEND_AFTER_S", str(6 * 3600)))
+# Managed llama.cpp servers listen on SERVE_BIND; the proxy reaches them at SERVE_ADDRESS (default:
+# the bind address, or this host's name when it binds every interface)
+NEXUS_SERVE_BIND = _str("NEXUS_SERVE_BIND", "127.0.0.1")
+NEXUS_SERVE_ADDRESS = _str("NEXUS_SERVE_ADDRESS", "")
 # Tests use their own Redis database so a running demo worker never takes their tasks.
 TEST_REDIS_URL = _str("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")

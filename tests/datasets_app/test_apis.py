@@ -6,7 +6,8 @@ import pytest
 from django.core.files.storage import default_storage
 
 from datasets_app.models import Dataset
-from datasets_app.services import dataset_claim, dataset_process
+from datasets_app.services import dataset_process
+from tests.factories import claim_dataset
 from nexus.events import job_events_after
 from tests.factories import alpaca_upload, pirate_records
 
@@ -21,7 +22,7 @@ def test_upload_stores_the_original_and_processing_makes_it_ready(api, user, bas
     with default_storage.open(body["file_path"], "rb") as fh:
         assert fh.read() == raw  # the original is kept byte for byte
 
-    assert dataset_claim(dataset_id=body["id"])
+    assert claim_dataset(body["id"])
     dataset_process(dataset_id=body["id"])
     detail = api.get(f"/api/v1/finetune/datasets/{body['id']}").json()
     assert detail["status"] == "ready"
@@ -37,7 +38,7 @@ def test_upload_stores_the_original_and_processing_makes_it_ready(api, user, bas
 def test_processing_a_broken_file_ends_in_error_naming_the_line(api):
     raw = b'[\n{"instruction": "a", "output": "b"},\n{"instruction": '
     body = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload(raw=raw, name="t.json")}, format="multipart").json()
-    assert dataset_claim(dataset_id=body["id"])
+    assert claim_dataset(body["id"])
     dataset = dataset_process(dataset_id=body["id"])
     assert dataset.status == Dataset.Status.ERROR
     assert "line 3" in dataset.error_message
@@ -50,7 +51,7 @@ def test_processing_a_broken_file_ends_in_error_naming_the_line(api):
 def test_invalid_records_are_listed_and_excluded(api, base_model):
     lines = [json.dumps(r) for r in pirate_records(4)] + ["not json", json.dumps({"instruction": "x"})]
     body = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload(raw="\n".join(lines).encode())}, format="multipart").json()
-    dataset_claim(dataset_id=body["id"])
+    claim_dataset(body["id"])
     dataset_process(dataset_id=body["id"])
     detail = api.get(f"/api/v1/finetune/datasets/{body['id']}").json()
     assert detail["status"] == "ready" and detail["num_examples"] == 4 and detail["num_invalid"] == 2
@@ -92,14 +93,14 @@ def test_anonymous_requests_are_refused(client):
 def test_a_dataset_whose_worker_died_mid_processing_is_processed_again(api, user, base_model):
     from django.utils import timezone
 
-    from datasets_app.services import datasets_requeue
+    from nexus.jobs.reaper import reap
 
     body = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload()}, format="multipart").json()
-    assert dataset_claim(dataset_id=body["id"])
+    assert claim_dataset(body["id"])
     Dataset.objects.filter(pk=body["id"]).update(updated_at=timezone.now() - timezone.timedelta(hours=2))
-    assert body["id"] in datasets_requeue()
+    assert body["id"] in reap(resend=False, check_hosts=False).orphaned["dataset"]
     assert Dataset.objects.get(pk=body["id"]).status == Dataset.Status.UPLOADING
-    assert dataset_claim(dataset_id=body["id"])  # the re-sent task can claim it again
+    assert claim_dataset(body["id"])  # the re-sent task can claim it again
     assert dataset_process(dataset_id=body["id"]).status == Dataset.Status.READY
     messages = [e.message for e in job_events_after(kind="dataset", job_id=body["id"])]
     assert any("interrupted" in m for m in messages)
@@ -107,9 +108,9 @@ def test_a_dataset_whose_worker_died_mid_processing_is_processed_again(api, user
 
 @pytest.mark.django_db
 def test_a_fresh_processing_dataset_is_left_alone(api, base_model):
-    from datasets_app.services import datasets_requeue
+    from nexus.jobs.reaper import reap
 
     body = api.post("/api/v1/finetune/datasets", {"file": alpaca_upload()}, format="multipart").json()
-    assert dataset_claim(dataset_id=body["id"])
-    datasets_requeue()
+    assert claim_dataset(body["id"])
+    assert body["id"] not in reap(resend=False, check_hosts=False).orphaned["dataset"]
     assert Dataset.objects.get(pk=body["id"]).status == Dataset.Status.PROCESSING

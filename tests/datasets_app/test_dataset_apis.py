@@ -10,7 +10,8 @@ import pytest
 from django.core.files.storage import default_storage
 
 from datasets_app.models import Dataset
-from datasets_app.services import dataset_claim, dataset_process
+from datasets_app.services import dataset_process
+from tests.factories import claim_dataset
 from tests.factories import alpaca_upload, make_job
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +26,7 @@ def upload(api, rows=None, raw: bytes | None = None, name="d.jsonl", **extra) ->
 
 
 def process(dataset_id: int) -> Dataset:
-    assert dataset_claim(dataset_id=dataset_id)
+    assert claim_dataset(dataset_id)
     return dataset_process(dataset_id=dataset_id)
 
 

@@ -73,3 +73,42 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_last_checkpoint(celery_wo
     steps = [m["step"] for m in api.get(f"/api/v1/finetune/jobs/{job['id']}/metrics").json()["results"]]
     assert steps == list(range(1, 15))  # the curve continues without duplicate steps
     assert done["adapter_id"] is not None
+
+
+def test_the_beat_resumes_a_job_whose_worker_died_with_no_worker_restarted(celery_worker_process, base_model, api):
+    """A worker host dies mid-training and nobody restarts it: another worker's beat finds the
+    silent worker, queues the job again from its last checkpoint, and that worker finishes it."""
+    import os
+    import time
+
+    from tests.conftest import WorkerProcess
+
+    dataset = upload_and_wait_ready(api, pirate_records(8))
+    job = create_job(api, dataset["id"], max_steps=10, save_steps=2, learning_rate=1e-4)
+    wait_for(lambda: get(api, job["id"]), lambda j: j["current_step"] >= 1 or j["status"] not in ("queued", *RUNNING),
+             180, "the first step")
+    # another worker, with beat, is up before the first dies: its start-up reap finds nothing
+    rescuer = WorkerProcess(f"rescuer-{os.getpid()}@%h", beat=True)
+    rescuer.start()
+    wait_for(lambda: get(api, job["id"]), lambda j: j["current_step"] >= 4 or j["status"] not in RUNNING,
+             180, "four steps")
+    assert get(api, job["id"])["status"] in RUNNING
+    celery_worker_process.kill9()
+    killed_at = time.monotonic()
+    try:
+        events = lambda: api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]  # noqa: E731
+        wait_for(events, lambda es: any("The worker running this job stopped" in e["message"] for e in es), 120,
+                 "the beat to notice the dead worker")
+        noticed_after = time.monotonic() - killed_at
+        done = finished(api, job["id"])
+        assert done["status"] == "completed", done["error"]
+        messages = [e["message"] for e in events()]
+        assert any(m.startswith("Preparing on rescuer-") for m in messages)
+        assert sum(m.startswith("Resuming from checkpoint at step") for m in messages) == 1
+        steps = [m["step"] for m in api.get(f"/api/v1/finetune/jobs/{job['id']}/metrics").json()["results"]]
+        assert steps == list(range(1, 11))
+        # worker lost after 8 s of silence, the beat every 2 s (test settings): well inside a minute
+        assert noticed_after < 60, noticed_after
+    finally:
+        rescuer.stop()
+        celery_worker_process.start()

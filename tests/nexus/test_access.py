@@ -169,7 +169,8 @@ def _db_state() -> dict:
 
     return {model._meta.label: sorted(map(repr, model.objects.values_list()))
             for model in apps.get_models()
-            if model._meta.app_label in ("nexus", "datasets_app", "training_app", "adapters_app", "evaluation_app")}
+            if model._meta.app_label in ("nexus", "datasets_app", "training_app", "adapters_app", "deployments_app",
+                                         "evaluation_app")}
 
 
 def _wizard_form(base_model, dataset) -> dict:

@@ -58,13 +58,15 @@ def test_database_url_parsing():
         parse_database_url("mysql://x/y")
 
 
-def test_queues_are_cpu_and_gpu_and_training_routes_to_gpu(settings):
+def test_queues_are_cpu_and_gpu_and_training_goes_to_gpu(settings):
     from nexus.celery import app
+    from nexus.jobs import kind_get
 
     assert sorted(q.name for q in app.conf.task_queues) == ["cpu", "gpu"]
-    route = app.amqp.router.route({}, "training_app.tasks.run_training_job")
-    assert route["queue"].name == "gpu"
-    assert app.amqp.router.route({}, "datasets_app.tasks.process_dataset")["queue"].name == "cpu"
+    assert kind_get("training").queue == "gpu"
+    assert {k: kind_get(k).queue for k in ("dataset", "export", "deployment")} == dict.fromkeys(
+        ("dataset", "export", "deployment"), "cpu")
+    assert app.conf.beat_schedule["nexus-reap"]["task"] == "nexus.jobs.reap"
 
 
 def test_every_nexus_setting_read_from_the_environment_exists(settings):

@@ -206,9 +206,10 @@ def test_user_facing_errors_carry_no_server_paths_sql_or_tracebacks(api, user, b
                  format="multipart")
     assert r.status_code == 201
     from datasets_app.models import Dataset
-    from datasets_app.services import dataset_claim, dataset_process
+    from datasets_app.services import dataset_process
+    from tests.factories import claim_dataset
 
-    dataset_claim(dataset_id=r.json()["id"])
+    claim_dataset(r.json()["id"])
     dataset = dataset_process(dataset_id=r.json()["id"])
     assert dataset.status == "error" and dataset.error_message.startswith("broken.parquet: not a readable Parquet file")
     server_paths = re.compile(r"/(work|tmp|var|root|home|usr|opt)/")

@@ -106,34 +106,34 @@ def test_events_after_must_be_a_number(api, user, base_model):
 
 @pytest.mark.django_db
 def test_a_job_is_claimed_once(user, base_model):
-    from training_app.services import training_job_claim
+    from tests.factories import claim_job
 
     job = make_job(user, base_model)
-    assert training_job_claim(job_id=job.pk, worker="w1@host") is True
-    assert training_job_claim(job_id=job.pk, worker="w2@host") is False  # duplicate delivery
+    assert claim_job(job.pk, worker="w1@host") is True
+    assert claim_job(job.pk, worker="w2@host") is False  # duplicate delivery
     job.refresh_from_db()
     assert job.status == "preparing" and job.worker == "w1@host"
 
 
 @pytest.mark.django_db
 def test_a_cancelled_queued_job_is_never_claimed(api, user, base_model):
-    from training_app.services import training_job_claim
+    from tests.factories import claim_job
 
     job = make_job(user, base_model)
     api.delete(f"/api/v1/finetune/jobs/{job.pk}")
-    assert training_job_claim(job_id=job.pk, worker="w1@host") is False
+    assert claim_job(job.pk, worker="w1@host") is False
 
 
 @pytest.mark.django_db
 def test_a_restarted_worker_fails_its_orphaned_jobs_visibly_and_keeps_their_logs(api, user, base_model):
-    from training_app.services import training_job_claim, training_jobs_reap
+    from tests.factories import claim_job, reap_worker
 
     job = make_job(user, base_model)
     other = make_job(user, base_model, dataset=job.dataset)
-    training_job_claim(job_id=job.pk, worker="w1@host")
-    training_job_claim(job_id=other.pk, worker="w2@host")
+    claim_job(job.pk, worker="w1@host")
+    claim_job(other.pk, worker="w2@host")
     record_event(job, "step 1/10 loss 2.0")
-    assert training_jobs_reap(worker="w1@host") == [job.pk]
+    assert reap_worker("w1@host")["training"] == [job.pk]
     body = api.get(f"/api/v1/finetune/jobs/{job.pk}").json()
     assert body["status"] == "failed" and "worker" in body["error"]
     messages = [e["message"] for e in api.get(f"/api/v1/finetune/jobs/{job.pk}/events").json()["results"]]
@@ -172,23 +172,23 @@ def test_concurrent_writers_get_distinct_consecutive_seqs(user, base_model):
 @pytest.mark.django_db
 def test_a_reaped_job_is_not_flipped_back_by_the_trainer_finishing(user, base_model):
     from training_app.runner import _finish
-    from training_app.services import training_job_claim, training_jobs_reap
+    from tests.factories import claim_job, reap_worker
 
     job = make_job(user, base_model)
-    training_job_claim(job_id=job.pk, worker="w1@host")
-    training_jobs_reap(worker="w1@host")
+    claim_job(job.pk, worker="w1@host")
+    reap_worker("w1@host")
     job = _finish(job, FineTuningJob.Status.COMPLETED, "Completed")
     assert job.status == "failed"
 
 
 @pytest.mark.django_db
 def test_an_unreachable_broker_leaves_the_job_queued_with_a_visible_reason(api, user, base_model, monkeypatch):
-    from training_app import tasks
+    from nexus import tasks
 
     def refuse(*a, **kw):
         raise ConnectionRefusedError("Error 111 connecting to broker")
 
-    monkeypatch.setattr(tasks.run_training_job, "delay", refuse)
+    monkeypatch.setattr(tasks.run_job, "apply_async", refuse)
     dataset = make_ready_dataset(user)
     with TestCase.captureOnCommitCallbacks() as callbacks:
         r = api.post("/api/v1/finetune/jobs", job_body(dataset), format="json")

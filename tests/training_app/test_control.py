@@ -101,11 +101,11 @@ def test_checkpoint_on_request_needs_a_running_job(api, user, base_model):
 
 
 def test_claiming_forgets_stale_signals_and_says_preparing(user, base_model, api):
-    from training_app.services import training_job_claim
+    from tests.factories import claim_job
 
     job = make_job(user, base_model)
     control_send(kind="training", job_id=job.pk, command="stop")
-    assert training_job_claim(job_id=job.pk, worker="w1@host")
+    assert claim_job(job.pk, worker="w1@host")
     assert signals(job) == []
     events = api.get(f"/api/v1/finetune/jobs/{job.pk}/events").json()["results"]
     assert events[-1]["data"] == {"status": "preparing"} and "w1@host" in events[-1]["message"]

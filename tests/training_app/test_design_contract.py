@@ -136,12 +136,13 @@ def test_rows_written_before_the_design_names_keep_working_after_migrating(user,
 
     before = [("training_app", "0004_job_states_validation_control"), ("adapters_app", "0002_exports_deployments_lineage"),
               ("datasets_app", "0002_dataset_formats_dedup_splits")]
+    ready = make_ready_dataset(user)  # with today's models, before the schema goes back
     executor = MigrationExecutor(connection)
     latest = executor.loader.graph.leaf_nodes()
     executor.migrate(before)
     try:
         old = executor.loader.project_state(before).apps
-        team = old.get_model("nexus", "Team").objects.get(pk=make_ready_dataset(user).team_id)
+        team = old.get_model("nexus", "Team").objects.get(pk=ready.team_id)
         Dataset = old.get_model("datasets_app", "Dataset")
         dataset = Dataset.objects.filter(team=team).first()
         Dataset.objects.filter(pk=dataset.pk).update(status="ready")

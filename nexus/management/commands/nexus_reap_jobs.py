@@ -2,25 +2,18 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from training_app.services import STALE_AFTER_SECONDS, training_jobs_reap, training_jobs_requeue
-
 
 class Command(BaseCommand):
-    help = ("Fail running training jobs whose worker went silent (nothing written for --stale-after seconds), "
-            "fail deployments whose llama.cpp server died, and send queued work again (duplicates are harmless: "
-            "a job or export is claimed once).")
+    help = ("One round of the job kit's reaper (beat runs it every NEXUS_REAP_EVERY_S): work held by a worker "
+            "that is gone (silent for NEXUS_WORKER_LOST_AFTER_S, stopped, or untouched for --stale-after seconds) "
+            "is resumed, queued again or failed as its kind decides; waiting work the broker lost is sent again; "
+            "each host with live servers is asked to check them.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--stale-after", type=int, default=STALE_AFTER_SECONDS)
+        parser.add_argument("--stale-after", type=int, default=None,
+                            help="also count held work untouched this long as orphaned (default: each kind's own)")
 
-    def handle(self, *args, stale_after: int, **options):
-        from adapters_app.exports import exports_requeue
-        from datasets_app.services import datasets_requeue
-        from deployments_app.services import deployments_reap
+    def handle(self, *args, stale_after: int | None, **options):
+        from nexus.jobs.reaper import reap
 
-        reaped = training_jobs_reap(stale_after_s=stale_after)
-        self.stdout.write(f"Marked {len(reaped)} job(s) failed: {reaped}" if reaped else "No stale jobs.")
-        dead = deployments_reap()
-        self.stdout.write(f"Marked {len(dead)} deployment(s) failed: {dead}" if dead else "No dead deployments.")
-        self.stdout.write(f"Sent again: training jobs {training_jobs_requeue()}, datasets {datasets_requeue()}, "
-                          f"exports {exports_requeue()}")
+        self.stdout.write(reap(stale_after_s=stale_after).summary())
