@@ -97,7 +97,7 @@ def test_the_beat_resumes_a_job_whose_worker_died_with_no_worker_restarted(celer
     killed_at = time.monotonic()
     try:
         events = lambda: api.get(f"/api/v1/finetune/jobs/{job['id']}/events").json()["results"]  # noqa: E731
-        wait_for(events, lambda es: any("The worker running this job stopped" in e["message"] for e in es), 120,
+        wait_for(events, lambda es: any("stopped; resuming from the checkpoint" in e["message"] for e in es), 120,
                  "the beat to notice the dead worker")
         noticed_after = time.monotonic() - killed_at
         done = finished(api, job["id"])
