@@ -17,4 +17,4 @@ serve:
 	.venv/bin/uvicorn nexus.asgi:application --host 127.0.0.1 --port 8000 --workers $${NEXUS_WEB_WORKERS:-$$(nproc)}
 
 worker:
-	.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n local@%h -l info
+	.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n local@%h -l info -B  # -B: the reaper's beat (run it once per site)

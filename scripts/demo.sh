@@ -21,7 +21,7 @@ trap cleanup INT TERM EXIT
   >var/log/web.log 2>&1 &
 WEB=$!
 PIDS+=($WEB)
-.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n demo@%h -l info >var/log/worker.log 2>&1 &
+.venv/bin/celery -A nexus worker -Q cpu,gpu --concurrency 2 -n demo@%h -l info -B >var/log/worker.log 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 120); do
   .venv/bin/python -c "import socket,sys; socket.create_connection(('$HOST', $PORT), timeout=1)" 2>/dev/null && break

@@ -53,3 +53,39 @@ def test_dataset_page_shows_problems_duplicates_and_a_paged_preview(celery_worke
     page.wait_for_selector("#dataset-status-badge.ready")
     assert "usable" not in page.inner_text("#dataset-status dl")
     assert "25 valid, 2 invalid" in page.inner_text("#dataset-status dl")
+
+
+def test_the_dataset_page_follows_processing_over_the_websocket(celery_worker_process, asgi_server, base_model, carol,
+                                                                browser_page, monkeypatch):  # noqa: F811
+    """The page of a dataset waiting to be processed listens on ws/finetune/dataset/<id>/ (no
+    polling): the worker's events arrive there and the page turns ready by itself."""
+    from django.db import transaction
+
+    from datasets_app import services
+    from datasets_app.jobs import DATASET
+    from nexus.jobs import enqueue
+    from tests.factories import alpaca_upload, personal_team, pirate_records
+
+    monkeypatch.setattr(services, "enqueue", lambda *a, **kw: None)  # held back until the page listens
+    dataset = services.dataset_create(team=personal_team(carol), user=carol, name="live", file=alpaca_upload(pirate_records(6)))
+    page = browser_page
+    page.set_default_timeout(30_000)
+    frames, sockets, requests = [], [], []
+    page.on("websocket", lambda ws: (sockets.append(ws.url), ws.on("framereceived", lambda payload: frames.append(payload))))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(f"{asgi_server}/accounts/login/")
+    log_in(page, "carol", "carol-password-1")
+    page.goto(f"{asgi_server}/finetune/datasets/{dataset.pk}/")
+    assert page.inner_text("#dataset-status-badge") == "uploading"
+    page.wait_for_function("() => document.querySelector('#dataset-status').dataset.liveActive === '1'")
+    page.wait_for_timeout(2500)  # were the page polling, it would ask for itself meanwhile
+    assert sum(u.endswith(f"/finetune/datasets/{dataset.pk}/") for u in requests) == 1
+    with transaction.atomic():
+        enqueue(DATASET, dataset.pk)
+    page.wait_for_selector("#dataset-status-badge.ready", timeout=120_000)
+    page.wait_for_selector("#preview")
+    assert any(u.endswith(f"/ws/finetune/dataset/{dataset.pk}/?after=0") for u in sockets)
+    events = [json.loads(f) for f in frames if isinstance(f, str)]
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses[-2:] == ["processing", "ready"], statuses
+    assert any("progress" in e["data"] for e in events)
