@@ -364,3 +364,44 @@ def test_a_reused_pid_is_not_taken_for_the_server(tmp_path):
     log.write_text("\n".join(f"line {i}" for i in range(100)))
     assert serving.log_tail(log, lines=3) == "line 97\nline 98\nline 99"
     assert "--lora_path" in serving.ServerSpec(model_path="m", log_path="l", port=1, lora_path="a").command()
+
+
+@pytest.mark.django_db
+def test_a_deployment_on_another_host_is_left_to_that_host(user, base_model, api, tmp_path,
+                                                           django_capture_on_commit_callbacks):
+    """The web process never judges or touches servers of another machine: reads leave it alone,
+    a stop is sent to that host's queue (its worker stops the servers), a failed proxy call asks
+    that host to check. Here the recorded pid is this test process itself, so a local check would
+    wrongly find it alive or, worse, signal it."""
+    import redis
+    from django.conf import settings
+
+    from deployments_app.models import Deployment
+    from nexus.jobs.workers import host_queue
+    from tests.factories import make_deployment
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete(host_queue("gpu-box-7"))
+    d = make_deployment(user, base_model, status="running")
+    Deployment.objects.filter(pk=d.pk).update(host="gpu-box-7")
+    log = tmp_path / "remote.log"
+    log.write_text("written on gpu-box-7\n")
+    d.arms.update(pid=os.getpid(), port=1, log_path=str(log), log_tail="as gpu-box-7 last read it")
+    page = Client()
+    page.force_login(user)
+    for url in (f"{API}/deployments", f"{API}/deployments/{d.pk}", f"{API}/deployments/{d.pk}/status"):
+        assert api.get(url).status_code == 200
+    for url in ("/finetune/deployments/", f"/finetune/deployments/{d.pk}/"):
+        assert page.get(url).status_code == 200
+    assert api.get(f"{API}/deployments/{d.pk}/logs", {"arm": "A"}).json()["log"] == "as gpu-box-7 last read it"
+    d.refresh_from_db()
+    assert d.status == "running"
+    r = bearer_client(user).post(f"{API}/deployments/{d.pk}/v1/chat/completions", CHAT, format="json")
+    assert r.status_code == 502 and "(gpu-box-7) is asked to check it" in r.json()["error"]["message"]
+    assert broker.llen(host_queue("gpu-box-7")) == 1  # the check, for that host's worker
+    with django_capture_on_commit_callbacks(execute=True):
+        r = api.post(f"{API}/deployments/{d.pk}/stop")
+    assert r.status_code == 202 and r.json()["status"] == "stopping"
+    assert broker.llen(host_queue("gpu-box-7")) == 2  # and the stop
+    d.refresh_from_db()
+    assert d.status == "stopping" and d.arms.get().pid == os.getpid()  # nothing here was signalled
