@@ -1,4 +1,4 @@
-"""REST API for deployments, the compare endpoint and each deployment's OpenAI-compatible proxy."""
+"""REST API for deployments and each deployment's OpenAI-compatible proxy."""
 from __future__ import annotations
 
 from typing import AsyncIterator, Iterator
@@ -12,7 +12,6 @@ from rest_framework.authentication import SessionAuthentication, TokenAuthentica
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from adapters_app.compare import adapter_compare
 from adapters_app.selectors import adapter_get, export_get
 from deployments_app.models import Deployment, DeploymentArm, DeploymentRequest
 from deployments_app.selectors import deployment_get, deployment_list
@@ -202,20 +201,6 @@ class DeploymentLogSerializer(serializers.Serializer):
     log = serializers.CharField()
 
 
-class CompareSideSerializer(serializers.Serializer):
-    text = serializers.CharField()
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
-    seconds = serializers.FloatField()
-    tokens_per_s = serializers.FloatField()
-
-
-class CompareSerializer(serializers.Serializer):
-    prompt = serializers.CharField()
-    base = CompareSideSerializer()
-    adapter = CompareSideSerializer()
-
-
 class DeploymentStatusApi(APIView):
     @extend_schema(responses=DeploymentStatusSerializer,
                    description="Status and a live health check of each arm's server (GET /v1/models).")
@@ -289,17 +274,3 @@ async def _async_chunks(result: ProxyResult) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         await sync_to_async(result.finish)()
-
-
-class AdapterCompareApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("prompt", str, required=True),
-                               OpenApiParameter("max_tokens", int, description="1-512, default 64")],
-                   responses=CompareSerializer,
-                   description="The same prompt through the base model and base + this adapter (llama.cpp, greedy): "
-                               "text, tokens, seconds and tokens/s side by side. 409 when the adapter has no GGUF.")
-    def get(self, request, adapter_id: int):
-        adapter = adapter_get(user=request.user, pk=adapter_id)
-        max_tokens = int_query_param(request, "max_tokens", 64, lo=1, hi=512)
-        return Response(adapter_compare(adapter=adapter, prompt=request.query_params.get("prompt", ""),
-                                        max_tokens=max_tokens))
-

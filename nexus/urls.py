@@ -12,6 +12,7 @@ from datasets_app import apis as dataset_apis
 from datasets_app import views as dataset_views
 from deployments_app import apis as deployment_apis
 from deployments_app import views as deployment_views
+from evaluation_app import apis as evaluation_apis
 from evaluation_app import views as evaluation_views
 from nexus import apis as nexus_apis
 from nexus.health import healthz
@@ -51,7 +52,7 @@ api_v1 = [
     path("adapters", adapter_apis.AdapterListApi.as_view(), name="api-adapters"),
     path("adapters/<int:adapter_id>", adapter_apis.AdapterDetailApi.as_view(), name="api-adapter"),
     path("adapters/<int:adapter_id>/deploy", deployment_apis.AdapterDeployApi.as_view(), name="api-adapter-deploy"),
-    path("adapters/<int:adapter_id>/compare", deployment_apis.AdapterCompareApi.as_view(), name="api-adapter-compare"),
+    path("adapters/<int:adapter_id>/compare", evaluation_apis.AdapterCompareApi.as_view(), name="api-adapter-compare"),
     path("deployments", deployment_apis.DeploymentListCreateApi.as_view(), name="api-deployments"),
     path("deployments/<int:deployment_id>", deployment_apis.DeploymentDetailApi.as_view(), name="api-deployment"),
     path("deployments/<int:deployment_id>/start", deployment_apis.DeploymentStartApi.as_view(), name="api-deployment-start"),
