@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter
+from psycopg.adapt import Loader
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -93,7 +94,6 @@ def with_links(request: Request, body: dict, *, listed: int | None = None) -> di
     return body
 
 
-_DATETIME = serializers.DateTimeField()
 _SENTINEL_USER, _SENTINEL_TEAM = -7_000_001, -7_000_002
 
 
@@ -136,6 +136,7 @@ class ValuesList:
 
     def page(self, request: Request, *, team=None) -> Response:  # noqa: ANN001
         from django.db import connection
+        from django.utils import timezone
 
         limit, offset = page_bounds(request)
         sql, params, users, teams, convert = self._compile(team is not None)
@@ -145,26 +146,48 @@ class ValuesList:
         for i in teams:
             params[i] = team.pk
         with connection.cursor() as cursor:
+            if str(timezone.get_current_timezone()) == "UTC":  # Postgres writes them as DRF would, nearly
+                cursor.cursor.adapters.register_loader("timestamptz", _UtcIsoLoader)
             cursor.execute(f"{sql} LIMIT %s OFFSET %s", [*params, limit, offset])
             rows = cursor.fetchall()
         if rows:
             count = rows[0][-1]
         else:
             count = self.build(user=request.user, team=team).count() if offset else 0
-        names = list(self.mapping)
-        results = [{name: value if fn is None or value is None else fn(value)
+        names, tz = list(self.mapping), timezone.get_current_timezone()
+        results = [{name: value if fn is None or value is None else fn(value, tz)
                     for name, value, fn in zip(names, row, convert)} for row in rows]
         return _page(request, count=count, limit=limit, offset=offset, results=results)
 
 
-def _to_json(value: Any) -> Any:
+def _to_json(value: Any, tz: Any) -> Any:
     import json
 
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def _to_datetime(value: Any) -> str:
-    return _DATETIME.to_representation(value)
+def _to_datetime(value: Any, tz: Any) -> str:
+    """As DRF's DateTimeField writes it (ISO 8601 in the current time zone, UTC as Z), without its
+    per-value time zone lookups."""
+    if isinstance(value, str):
+        return value  # already written by _UtcIsoLoader
+    text = value.astimezone(tz).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+class _UtcIsoLoader(Loader):
+    """timestamptz straight from Postgres's text (the connection's time zone is UTC under USE_TZ)
+    to DRF's form, '2026-11-30 15:40:24.8+00' -> '2026-11-30T15:40:24.800000Z', without building a
+    datetime only to format it again."""
+
+    def load(self, data: Any) -> str:
+        text = bytes(data).decode()
+        if not text.endswith("+00"):  # another offset after all: the general path
+            from datetime import datetime, timezone as tz
+
+            return _to_datetime(datetime.fromisoformat(text), tz.utc)
+        stamp, _, fraction = text[:-3].partition(".")
+        return f"{stamp.replace(' ', 'T')}{'.' + fraction.ljust(6, '0') if fraction else ''}Z"
 
 
 class OffsetPageSerializer(serializers.Serializer):

@@ -346,7 +346,8 @@ def test_the_fast_list_rows_equal_what_their_serializers_document(api, user, bas
     from training_app.apis import JobListItemSerializer
     from training_app.selectors import training_job_list
 
-    job = make_job(user, base_model, warnings=["a warning"], started_at="2026-01-02T03:04:05Z", current_loss=0.5)
+    job = make_job(user, base_model, warnings=["a warning"], started_at="2026-01-02T03:04:05.8Z", current_loss=0.5)
+    make_job(user, base_model, dataset=job.dataset, name="whole second", started_at="2026-01-02T03:04:06Z")
     make_adapter(job)
     make_job(user, base_model, dataset=job.dataset, name="second")
     listed = api.get("/api/v1/finetune/jobs").json()["results"]
