@@ -3,7 +3,7 @@
 // a status event says the export ended, the exports table reloads itself through htmx.
 (function () {
   const ENDED = ["completed", "failed"];
-  const sockets = {};  // export id -> WebSocket
+  const sockets = {};  // export id -> its live channel (nexusLive)
   const lastSeq = {};  // export id -> last event seq applied (a reconnect resumes after it)
   let lastHeard = Date.now();
   window.nexusExportProgress = [];  // every progress value shown, in order (tests read it)
@@ -34,34 +34,24 @@
 
   function follow(id) {
     if (sockets[id]) return;
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/ws/finetune/export/${id}/?after=${lastSeq[id] || 0}`);
-    sockets[id] = ws;
-    let ended = false;
-    ws.onmessage = (msg) => {
-      const e = JSON.parse(msg.data);
-      lastHeard = Date.now();
-      if (e.seq <= (lastSeq[id] || 0)) return;
-      lastSeq[id] = e.seq;
-      show(id, e);
-      if (e.type === "status" && ENDED.includes(e.data.status)) {
-        ended = true;
-        ws.close();
-        reloadTable();
-      }
-    };
-    ws.onclose = (e) => {
-      delete sockets[id];
-      if (ended) return;
-      if (e.code === 4503 && e.reason) {  // the server's message broker is unreachable: say so, keep trying
+    sockets[id] = window.nexusLive("export", id, {
+      after: lastSeq[id] || 0,
+      onEvent(e) {
+        lastHeard = Date.now();
+        if (e.seq <= (lastSeq[id] || 0)) return;
+        lastSeq[id] = e.seq;
+        show(id, e);
+        if (e.type === "status" && ENDED.includes(e.data.status)) {
+          sockets[id].close();
+          delete sockets[id];
+          reloadTable();
+        }
+      },
+      onState(state, text) {  // e.g. the server's message broker is unreachable: say so, it keeps trying
         const stage = document.querySelector(`#export-${id} .export-stage`);
-        if (stage) stage.textContent = e.reason;
-      }
-      setTimeout(() => {  // follow again if the row is still in progress
-        const row = document.getElementById(`export-${id}`);
-        if (row && row.hasAttribute("data-active")) follow(id);
-      }, 2000);
-    };
+        if (state !== "live" && stage && text) stage.textContent = text;
+      },
+    });
   }
 
   function followActive() {

@@ -88,23 +88,27 @@
       refreshSummary();
       if (ENDED.includes(e.data.status)) {
         finished = true;
-        if (window.nexusJobSocket) window.nexusJobSocket.close();
+        if (live) live.close();
+        setState("closed", "finished");
       }
     }
   }
 
-  function connect(delay) {
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/ws/finetune/training/${jobId}/?after=${lastSeq}`);
-    window.nexusJobSocket = ws;  // lets a test (or the console) drop the connection to check resuming
-    ws.onopen = () => { delay = 500; window.nexusConnects = (window.nexusConnects || 0) + 1; setState("live", "live"); };
-    ws.onmessage = (msg) => handle(JSON.parse(msg.data));
-    ws.onclose = (e) => {
-      if (finished) { setState("closed", "finished"); return; }
-      // 4503: the server's message broker is unreachable; it says so, and we keep trying
-      setState("reconnecting", e.code === 4503 && e.reason ? e.reason : "reconnecting…");
-      setTimeout(() => connect(Math.min(delay * 2, 10000)), delay);
-    };
+  let live = null;
+  function connect() {
+    live = window.nexusLive("training", jobId, {
+      after: lastSeq,
+      onEvent: handle,
+      onState(state, text, ws) {
+        if (state === "live") {
+          window.nexusJobSocket = ws;  // lets a test (or the console) drop the connection to check resuming
+          window.nexusConnects = (window.nexusConnects || 0) + 1;
+          setState("live", "live");
+        } else if (!finished) {
+          setState("reconnecting", text);
+        }
+      },
+    });
   }
 
   // A push the channel layer dropped is filled in by the server when the next event arrives; if
@@ -128,12 +132,12 @@
     const status = document.getElementById("job-status");
     if (finished && status && !ENDED.includes(status.textContent.trim())) {
       finished = false;
-      connect(500);
+      connect();
     }
   });
 
   window.addEventListener("load", () => {
     drawChart();
-    if (finished) setState("closed", "finished"); else connect(500);
+    if (finished) setState("closed", "finished"); else connect();
   });
 })();

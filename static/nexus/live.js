@@ -11,7 +11,7 @@
       if (closed) return;
       const proto = location.protocol === "https:" ? "wss" : "ws";
       ws = new WebSocket(`${proto}://${location.host}/ws/finetune/${kind}/${id}/?after=${lastSeq}`);
-      ws.onopen = () => { delay = 1000; if (onState) onState("live", ""); };
+      ws.onopen = () => { delay = 1000; if (onState) onState("live", "", ws); };
       ws.onmessage = (msg) => {
         const e = JSON.parse(msg.data);
         if (e.seq <= lastSeq) return;
@@ -25,7 +25,7 @@
       };
     }
     connect(1000);
-    return { close() { closed = true; if (ws) ws.close(); }, lastSeq: () => lastSeq };
+    return { close() { closed = true; if (ws) ws.close(); }, lastSeq: () => lastSeq, socket: () => ws };
   };
 
   // Pages mark a live region: <div data-live-kind="dataset" data-live-id="7" data-live-url="...">.
