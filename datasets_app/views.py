@@ -26,8 +26,7 @@ from datasets_app.services import (
 )
 from nexus.catalog import base_models_visible
 from nexus.errors import NexusError
-from nexus.models import BaseModel
-from nexus.teams import resolve_team, team_ensure_personal, user_teams
+from nexus.teams import resolve_team, user_teams
 
 PREVIEW_PAGE = 10
 
@@ -51,7 +50,6 @@ def dataset_list_page(request):
 
 @login_required
 def dataset_upload_page(request):
-    team_ensure_personal(user=request.user)  # users made by createsuperuser/admin get theirs here
     form = DatasetUploadForm(request.POST or None, request.FILES or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         team = resolve_team(request.user, form.cleaned_data["team"], write=True)

@@ -14,19 +14,20 @@ from rest_framework.views import APIView
 
 from adapters_app.selectors import adapter_get, export_get
 from deployments_app.models import Deployment, DeploymentArm, DeploymentRequest
-from deployments_app.selectors import deployment_get, deployment_list
-from deployments_app.services import (
-    deployment_check_use,
-    ArmInput,
-    ProxyResult,
+from deployments_app.proxy import ProxyResult, deployment_call, deployment_public_path
+from deployments_app.selectors import (
     deployment_arm_stats,
-    deployment_call,
+    deployment_get,
+    deployment_health,
+    deployment_list,
+    deployment_log_tail,
+    deployment_recent_requests,
+)
+from deployments_app.services import (
+    ArmInput,
+    deployment_check_use,
     deployment_create,
     deployment_delete,
-    deployment_health,
-    deployment_log_tail,
-    deployment_public_path,
-    deployment_recent_requests,
     deployment_start,
     deployment_stop,
 )

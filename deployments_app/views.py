@@ -8,18 +8,16 @@ from django.views.decorators.http import require_POST
 
 from adapters_app.models import AdapterExport
 from adapters_app.selectors import adapter_get, adapter_list, export_get
-from deployments_app.selectors import deployment_get, deployment_list
-from deployments_app.services import (
-    ArmInput,
+from deployments_app.proxy import deployment_public_path
+from deployments_app.selectors import (
     deployment_arm_stats,
-    deployment_create,
+    deployment_get,
     deployment_health,
+    deployment_list,
     deployment_log_tail,
-    deployment_public_path,
     deployment_recent_requests,
-    deployment_start,
-    deployment_stop,
 )
+from deployments_app.services import ArmInput, deployment_create, deployment_start, deployment_stop
 from nexus.catalog import base_model_lookup, base_models_visible
 from nexus.errors import NexusError
 from nexus.teams import resolve_team

@@ -19,7 +19,6 @@ def adapter_compare(*, adapter: LoRAAdapter, prompt: str, max_tokens: int = 64,
     """The same prompt (as a chat message, greedy) through the base GGUF and base + adapter GGUF,
     run on a CPU worker; this request waits for its answer. Nothing is stored."""
     from evaluation_app.tasks import compare_on_worker
-    from nexus.control import redis_client
 
     if not prompt.strip():
         raise NexusError("prompt: give a prompt to compare on", code="validation_error", details={"prompt": "empty"})
@@ -36,7 +35,10 @@ def adapter_compare(*, adapter: LoRAAdapter, prompt: str, max_tokens: int = 64,
     try:
         compare_on_worker.apply_async((reply_key, base.gguf_path, adapter.gguf_path, prompt, max_tokens), queue="cpu",
                                       expires=wait_s)
-        answer = redis_client(settings.CELERY_BROKER_URL).blpop([reply_key], timeout=wait_s)
+        import redis
+
+        waiting = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=wait_s + 10, socket_connect_timeout=5)
+        answer = waiting.blpop([reply_key], timeout=wait_s)
     except Exception as exc:  # noqa: BLE001 - kombu and redis raise several types for an unreachable broker
         raise NexusError("The comparison could not be sent to a worker: the task queue cannot be reached.",
                          code="queue_unavailable", status_code=503) from exc

@@ -16,7 +16,7 @@ from django.urls import re_path  # noqa: E402
 from nexus.consumers import JobEventsConsumer  # noqa: E402
 
 websocket_urlpatterns = [
-    re_path(r"^ws/finetune/(?P<kind>training|dataset|export|deployment)/(?P<job_id>\d+)/$", JobEventsConsumer.as_asgi()),
+    re_path(r"^ws/finetune/(?P<kind>[a-z_]{1,32})/(?P<job_id>\d+)/$", JobEventsConsumer.as_asgi()),
 ]
 
 http_app = django_asgi_app

@@ -22,10 +22,12 @@ def retry_delay(retries: int) -> int:
 
 
 @shared_task(bind=True, name="nexus.jobs.run", acks_late=True)
-def run_job(self, kind_name: str, job_id: int) -> None:
+def run_job(self, kind_name: str, job_id: int, held_by: str = "") -> None:
+    """`held_by`: on a retry, the worker that held the row when the transient failure came (the
+    retry may land on another worker, which takes the row over)."""
     kind = kind_get(kind_name)
     worker = self.request.hostname or host_name()
-    if not claim(kind, job_id, worker=worker, again=self.request.retries > 0):
+    if not claim(kind, job_id, worker=worker, held_by=held_by):
         log.info("%s %s is not waiting (duplicate delivery, cancelled or held elsewhere); nothing to do", kind.name, job_id)
         return
     try:
@@ -39,7 +41,7 @@ def run_job(self, kind_name: str, job_id: int) -> None:
                       level="warning")
             except Exception:  # noqa: BLE001 - the database may be what is down; the retry still comes
                 log.warning("could not record the retry of %s %s", kind.name, job_id)
-            raise self.retry(exc=exc, countdown=delay) from exc
+            raise self.retry(exc=exc, countdown=delay, kwargs={"held_by": worker}) from exc
         kind.call("fail", job_id=job_id, error=public_error(exc, what=kind.label))
         if not isinstance(exc, Exception):
             raise

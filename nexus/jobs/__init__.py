@@ -110,14 +110,14 @@ def unmark_sent(kind: JobKind, job_id: int) -> None:
         log.warning("could not clear the sent mark of %s %s", kind.name, job_id)
 
 
-def claim(kind: JobKind, job_id: int, *, worker: str, again: bool = False) -> bool:
+def claim(kind: JobKind, job_id: int, *, worker: str, held_by: str = "") -> bool:
     """waiting -> the first working status, held by `worker` (one conditional UPDATE: a duplicate
-    delivery finds nothing to claim). `again`: a retry of this worker's own run takes back the row
-    it held when the transient failure came."""
+    delivery finds nothing to claim). `held_by`: a retry after a transient failure takes over the
+    row that worker held then (the retry may run on another worker)."""
     from django.db.models import Q
 
     rows = kind.Model.objects.filter(pk=job_id)
-    mine = Q(status__in=kind.working, worker=worker) if again else Q(pk__in=[])
+    mine = Q(status__in=kind.working, worker=held_by) if held_by else Q(pk__in=[])
     waiting = Q(status=kind.waiting, worker="") if kind.waiting in kind.working else Q(status=kind.waiting)
     extra = kind.claim_fields() if kind.claim_fields else {}
     with transaction.atomic():

@@ -7,7 +7,7 @@ import re
 import pytest
 from django.test import Client
 
-from tests.factories import make_adapter, make_deployment, make_job, personal_team
+from tests.factories import make_adapter, make_deployment, make_job
 from tests.nexus.test_access import _db_state
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +49,6 @@ def test_no_get_of_any_api_endpoint_or_page_changes_a_row(user, running_everythi
 
     client = Client()
     client.force_login(user)
-    personal_team(user)
     before = _db_state()
     walked = []
     for route in _routes(urls.urlpatterns):
@@ -61,3 +60,19 @@ def test_no_get_of_any_api_endpoint_or_page_changes_a_row(user, running_everythi
         assert _db_state() == before, f"GET {url} changed the database"
     assert len(walked) > 60
     assert ("/api/v1/finetune/deployments/%d" % running_everything["deployment_id"], 200) in walked
+
+
+def test_a_user_made_outside_nexus_has_a_personal_team_before_any_page_is_read():
+    """Users made by createsuperuser or the admin get their personal team when they are made, so
+    the upload page (which offers it) has nothing to create while it is read."""
+    from django.contrib.auth import get_user_model
+
+    from nexus.models import Team
+
+    admin = get_user_model().objects.create_superuser("root2", "root2@example.com", "pw-123456-x")
+    assert Team.objects.filter(personal_owner=admin).exists()
+    client = Client()
+    client.force_login(admin)
+    before = _db_state()
+    assert client.get("/finetune/datasets/upload/").status_code == 200
+    assert _db_state() == before
