@@ -95,6 +95,7 @@ def test_outsider_and_anonymous_are_refused_and_get_nothing(user, base_model):
         comm = WebsocketCommunicator(_app(), "/ws/finetune/training/999999/", headers=headers_user)
         connected, _ = await comm.connect()
         assert not connected
+        await comm.disconnect()  # as the server does after a refusal: the consumer ends while the loop runs
 
     async_to_sync(scenario)()
 
@@ -162,6 +163,7 @@ def test_outsider_cannot_follow_anothers_dataset_processing(user, base_model):
         comm = WebsocketCommunicator(_app(), f"/ws/finetune/dataset/{job.dataset_id}/", headers=headers)
         connected, _ = await comm.connect()
         assert not connected
+        await comm.disconnect()  # as the server does after a refusal: the consumer ends while the loop runs
 
     async_to_sync(scenario)()
 
