@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import requests
-from django.conf import settings
 from django.urls import reverse
 
 from deployments_app.engine import serving
 from deployments_app.jobs import DEPLOYMENT
 from deployments_app.models import Deployment, DeploymentArm, DeploymentRequest
 from nexus.errors import NexusError
-from nexus.jobs.workers import host_queue
+from nexus.jobs.reaper import check_host_soon
 
 S = Deployment.Status
 PROXY_TIMEOUT_S = 600.0
@@ -92,12 +91,9 @@ def _unreachable(deployment: Deployment, arm: DeploymentArm, endpoint: str, user
 
 def deployment_check_soon(*, deployment: Deployment) -> None:
     """Ask the deployment's host to check its servers now rather than at the reaper's next round."""
-    from nexus.tasks import check_host
-
     if deployment.host:
         try:
-            check_host.apply_async((DEPLOYMENT.name, deployment.host), queue=host_queue(deployment.host),
-                                   expires=settings.NEXUS_REAP_EVERY_S)
+            check_host_soon(DEPLOYMENT, deployment.host)
         except Exception:  # noqa: BLE001 - the broker is down: the reaper's next round checks it
             pass
 

@@ -286,13 +286,18 @@ def serve_address() -> str:
     return host_name() if settings.NEXUS_SERVE_BIND in ("0.0.0.0", "::") else settings.NEXUS_SERVE_BIND
 
 
+def _ask_host_to_stop(deployment: Deployment) -> None:
+    """Once the transaction commits, the worker on the deployment's host stops its servers."""
+    from deployments_app.tasks import stop_deployment_servers
+
+    pk, host = deployment.pk, deployment.host
+    transaction.on_commit(lambda: stop_deployment_servers.apply_async((pk,), queue=host_queue(host)))
+
+
 def _stop_arms(deployment: Deployment) -> None:
     """Stop its servers: here when this is their host, else by the host's own worker."""
     if deployment.host and deployment.host != host_name():
-        from deployments_app.tasks import stop_deployment_servers
-
-        transaction.on_commit(lambda: stop_deployment_servers.apply_async((deployment.pk,),
-                                                                          queue=host_queue(deployment.host)))
+        _ask_host_to_stop(deployment)
         return
     for arm in deployment.arms.all():
         serving.stop(arm.pid, arm.port)
@@ -332,10 +337,7 @@ def deployment_stop(*, deployment: Deployment) -> Deployment:
             deployment.status = S.STOPPING
             deployment.save(update_fields=["status", "updated_at"])
             status_event(DEPLOYMENT, deployment.pk, S.STOPPING, f"Stopping: asking {deployment.host} to stop its servers")
-        from deployments_app.tasks import stop_deployment_servers
-
-        host = deployment.host
-        transaction.on_commit(lambda: stop_deployment_servers.apply_async((deployment.pk,), queue=host_queue(host)))
+        _ask_host_to_stop(deployment)
     return deployment
 
 

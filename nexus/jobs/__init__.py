@@ -74,24 +74,37 @@ def _broker():
     return redis_client(settings.CELERY_BROKER_URL)
 
 
-def enqueue(kind: JobKind, job_id: int, *, countdown: float | None = None) -> None:
+def _send(kind: JobKind, job_id: int) -> None:
+    """The kind's run task to its queue, and the broker's mark that it holds it."""
+    from nexus.tasks import run_job
+
+    run_job.apply_async((kind.name, job_id), queue=kind.queue, soft_time_limit=kind.time_limit_s,
+                        time_limit=kind.time_limit_s + 300)
+    _broker().set(_sent_key(kind, job_id), "1", ex=settings.NEXUS_RESEND_AFTER_S)
+
+
+def enqueue(kind: JobKind, job_id: int) -> None:
     """Send the kind's run task for a row once the transaction commits. The broker's copy is marked
     in the broker's own Redis, so the reaper can tell work the queue holds from work it lost (never
     sent, or gone with a Redis restart) and send only the latter again."""
 
     def send() -> None:
-        from nexus.tasks import run_job
-
         try:
-            run_job.apply_async((kind.name, job_id), queue=kind.queue, countdown=countdown,
-                                soft_time_limit=kind.time_limit_s, time_limit=kind.time_limit_s + 300)
-            _broker().set(_sent_key(kind, job_id), "1", ex=settings.NEXUS_RESEND_AFTER_S)
+            _send(kind, job_id)
         except Exception as exc:  # noqa: BLE001 - kombu and redis raise several types for an unreachable broker
             log.exception("could not enqueue %s %s", kind.name, job_id)
             status = kind.Model.objects.filter(pk=job_id).values_list("status", flat=True).first() or kind.waiting
             event(kind, job_id, QUEUE_ERROR.format(error=type(exc).__name__, status=status), level="warning")
 
     transaction.on_commit(send)
+
+
+def _waiting(kind: JobKind):
+    """Rows waiting for a run task. Where waiting is also a working status (a deployment starts in
+    `starting`), a row is waiting only until a worker holds it."""
+    from django.db.models import Q
+
+    return Q(status=kind.waiting, worker="") if kind.waiting in kind.working else Q(status=kind.waiting)
 
 
 def sent_recently(kind: JobKind, job_ids: list[int]) -> set[int]:
@@ -118,10 +131,9 @@ def claim(kind: JobKind, job_id: int, *, worker: str, held_by: str = "") -> bool
 
     rows = kind.Model.objects.filter(pk=job_id)
     mine = Q(status__in=kind.working, worker=held_by) if held_by else Q(pk__in=[])
-    waiting = Q(status=kind.waiting, worker="") if kind.waiting in kind.working else Q(status=kind.waiting)
     extra = kind.claim_fields() if kind.claim_fields else {}
     with transaction.atomic():
-        claimed = rows.filter(waiting | mine).update(status=kind.working[0], worker=worker,
+        claimed = rows.filter(_waiting(kind) | mine).update(status=kind.working[0], worker=worker,
                                                      **{kind.touched: timezone.now()}, **extra)
         if claimed:
             status_event(kind, job_id, kind.working[0], kind.claim_message.format(worker=worker))
@@ -143,18 +155,12 @@ def requeue(kind: JobKind, job_id: int, message: str, *, level: str = "warning",
 
 def resend_waiting(kind: JobKind) -> list[int]:
     """Send again the run task of every waiting row that the broker does not hold."""
-    from nexus.tasks import run_job
-
-    rows = kind.Model.objects.filter(status=kind.waiting)
-    if kind.waiting in kind.working:
-        rows = rows.filter(worker="")
+    rows = kind.Model.objects.filter(_waiting(kind))
     if kind.resend_filter:
         rows = rows.filter(**kind.resend_filter)
     ids = list(rows.order_by("pk").values_list("pk", flat=True))
     held = sent_recently(kind, ids)
     lost = [pk for pk in ids if pk not in held]
     for pk in lost:
-        run_job.apply_async((kind.name, pk), queue=kind.queue, soft_time_limit=kind.time_limit_s,
-                            time_limit=kind.time_limit_s + 300)
-        _broker().set(_sent_key(kind, pk), "1", ex=settings.NEXUS_RESEND_AFTER_S)
+        _send(kind, pk)
     return lost

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from nexus.jobs import resend_waiting
 from nexus.jobs.kinds import JobKind, kinds
-from nexus.jobs.workers import host_queue, hosts_alive, workers_alive, workers_known
+from nexus.jobs.workers import host_queue, hosts_alive, workers_lost
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +33,26 @@ class Reaped:
         return "; ".join(parts) or "nothing to do"
 
 
-def _held_by_lost_workers(kind: JobKind, *, worker: str | None, stale_after_s: int | None):
-    """Rows of `kind` that a worker holds but that no live worker runs: those of `worker` (a worker
-    restarting under that name), of workers whose heartbeat stopped, and (with a stale limit) those
-    left untouched that long."""
+def _held_by_lost_workers(kind: JobKind, *, lost: set[str], stale_after_s: int | None):
+    """Rows of `kind` that a worker holds but that no live worker runs: those of the `lost` workers
+    and (with a stale limit) those left untouched that long."""
     rows = kind.Model.objects.filter(status__in=kind.working).exclude(worker="")
-    if worker:
-        return rows.filter(worker=worker)
-    alive, known = workers_alive(), workers_known()
-    lost = Q(worker__in=known - alive)
-    stale = stale_after_s if stale_after_s is not None else kind.stale_after_s
-    if stale:
-        lost |= Q(**{f"{kind.touched}__lt": timezone.now() - timezone.timedelta(seconds=stale)})
-    return rows.filter(lost)
+    gone = Q(worker__in=lost)
+    if stale_after_s:
+        gone |= Q(**{f"{kind.touched}__lt": timezone.now() - timezone.timedelta(seconds=stale_after_s)})
+    return rows.filter(gone)
 
 
 def reap(*, worker: str | None = None, stale_after_s: int | None = None, resend: bool = True,
          check_hosts: bool = True) -> Reaped:
+    """`worker`: only the rows held under that name (a worker restarting under it); otherwise those
+    of workers whose heartbeat stopped, and stale ones."""
     result = Reaped()
+    lost = {worker} if worker else workers_lost()
     for kind in kinds():
         orphaned = []
-        for row in _held_by_lost_workers(kind, worker=worker, stale_after_s=stale_after_s):
+        stale = None if worker else stale_after_s if stale_after_s is not None else kind.stale_after_s
+        for row in _held_by_lost_workers(kind, lost=lost, stale_after_s=stale):
             try:
                 kind.call("orphaned", row)
                 orphaned.append(row.pk)
@@ -77,7 +76,6 @@ def _check_hosts() -> list[str]:
     whose workers have all been silent for NEXUS_HOST_LOST_AFTER_S is given up by its kind; a host
     never heard from is left alone (nothing is known about it)."""
     from nexus.models import WorkerHeartbeat
-    from nexus.tasks import check_host
 
     alive = hosts_alive(within_s=settings.NEXUS_HOST_LOST_AFTER_S)
     known = set(WorkerHeartbeat.objects.values_list("host", flat=True))
@@ -87,10 +85,18 @@ def _check_hosts() -> list[str]:
             continue
         for host in sorted(kind.call("live_hosts")):
             if host in alive:
-                check_host.apply_async((kind.name, host), queue=host_queue(host), expires=settings.NEXUS_REAP_EVERY_S)
+                check_host_soon(kind, host)
                 asked.append(host)
             elif host in known:
                 kind.call("host_lost", host=host)
             else:
                 log.warning("%s work on host %r, which no worker has ever reported from", kind.name, host)
     return asked
+
+
+def check_host_soon(kind: JobKind, host: str) -> None:
+    """Ask `host`'s own worker to check the kind's live rows there (a task on its queue, dropped
+    if not taken before the next round would ask again)."""
+    from nexus.tasks import check_host
+
+    check_host.apply_async((kind.name, host), queue=host_queue(host), expires=settings.NEXUS_REAP_EVERY_S)

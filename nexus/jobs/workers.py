@@ -34,19 +34,16 @@ def heartbeat(*, name: str, queues: list[str], stopped: bool = False) -> None:
         "stopped_at": now if stopped else None})
 
 
-def workers_alive() -> set[str]:
-    """Names of workers heard from within NEXUS_WORKER_LOST_AFTER_S that have not stopped."""
+def workers_lost() -> set[str]:
+    """Names of workers that stopped, or that have not been heard from within
+    NEXUS_WORKER_LOST_AFTER_S. (A worker never heard from is not known to be lost.)"""
+    from django.db.models import Q
+
     from nexus.models import WorkerHeartbeat
 
     since = timezone.now() - timezone.timedelta(seconds=settings.NEXUS_WORKER_LOST_AFTER_S)
-    return set(WorkerHeartbeat.objects.filter(seen_at__gte=since, stopped_at__isnull=True)
+    return set(WorkerHeartbeat.objects.filter(Q(seen_at__lt=since) | Q(stopped_at__isnull=False))
                .values_list("name", flat=True))
-
-
-def workers_known() -> set[str]:
-    from nexus.models import WorkerHeartbeat
-
-    return set(WorkerHeartbeat.objects.values_list("name", flat=True))
 
 
 def hosts_alive(*, within_s: int) -> set[str]:
