@@ -27,3 +27,6 @@ def fail(*, job_id: int, error: str) -> None:
 
 def orphaned(row) -> None:  # noqa: ANN001
     requeue(DATASET, row.pk, "Processing was interrupted (worker lost); processing again")
+
+
+from datasets_app.distillation.jobs import DISTILLATION  # noqa: E402,F401  (registered with the kit here)

@@ -55,6 +55,7 @@ class Dataset(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     worker = models.CharField(max_length=255, blank=True, help_text="the worker processing it")
+    origin = models.JSONField(default=dict, blank=True, help_text="where the records came from, e.g. a distillation job")
 
     class Meta:
         ordering = ["-created_at"]
@@ -69,3 +70,14 @@ class Dataset(models.Model):
     @property
     def num_usable(self) -> int:
         return max(0, self.num_examples - len(self.excluded_indices or []))
+
+
+# Distillation produces datasets; its rows belong to this app.
+from datasets_app.distillation.models import (  # noqa: E402,F401
+    DistillationItem,
+    DistillationJob,
+    DistillationTeacher,
+    DistillationTemplate,
+    TeacherConnection,
+    TeacherPrice,
+)

@@ -96,6 +96,7 @@ class JobEvent(models.Model):
         TRAINING = "training", "Training"
         EXPORT = "export", "Merge or GGUF export"
         DEPLOYMENT = "deployment", "Deployment"
+        DISTILLATION = "distillation", "Distillation"
 
     class Type(models.TextChoices):
         LOG = "log", "Log"

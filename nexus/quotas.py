@@ -24,13 +24,18 @@ def _active(kind: str, team: Team) -> int:
         from datasets_app.models import Dataset
 
         return Dataset.objects.filter(team=team, status__in=(Dataset.Status.UPLOADING, Dataset.Status.PROCESSING)).count()
+    if kind == "active_distillations":
+        from datasets_app.models import DistillationJob
+
+        return DistillationJob.objects.filter(team=team, status__in=DistillationJob.ACTIVE).count()
     raise ValueError(kind)
 
 
 WHAT = {"live_deployments": "live deployments (starting or running)",
         "active_training_jobs": "training jobs queued, running or paused",
         "active_exports": "exports queued or running",
-        "processing_datasets": "datasets waiting for or in processing"}
+        "processing_datasets": "datasets waiting for or in processing",
+        "active_distillations": "distillation jobs queued or running"}
 
 
 def quota_check(*, team: Team, kind: str) -> None:

@@ -69,7 +69,9 @@ def secret_rotate(token: str) -> str:
 
 
 # Every model field that holds a secret_encrypt() token, for rotation ("app_label.Model", field).
-ENCRYPTED_FIELDS = [("deployments_app.DeploymentArm", "api_key_encrypted")]
+ENCRYPTED_FIELDS = [("deployments_app.DeploymentArm", "api_key_encrypted"),
+                    ("datasets_app.TeacherConnection", "api_key_encrypted"),
+                    ("datasets_app.DistillationTeacher", "api_key_encrypted")]
 
 
 def secrets_rotate_all() -> int:

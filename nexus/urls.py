@@ -10,6 +10,7 @@ from adapters_app import apis as adapter_apis
 from adapters_app import views as adapter_views
 from datasets_app import apis as dataset_apis
 from datasets_app import views as dataset_views
+from datasets_app.distillation import apis as distill_apis
 from deployments_app import apis as deployment_apis
 from deployments_app import views as deployment_views
 from evaluation_app import apis as evaluation_apis
@@ -35,6 +36,26 @@ api_v1 = [
     path("datasets/<int:dataset_id>/contamination", dataset_apis.DatasetContaminationApi.as_view(), name="api-dataset-contamination"),
     path("datasets/<int:dataset_id>/download", dataset_apis.DatasetDownloadApi.as_view(), name="api-dataset-download"),
     path("datasets/<int:dataset_id>/events", events_api("dataset").as_view(), name="api-dataset-events"),
+    path("distillation/jobs", distill_apis.DistillationJobListCreateApi.as_view(), name="api-distill-jobs"),
+    path("distillation/jobs/<int:job_id>", distill_apis.DistillationJobDetailApi.as_view(), name="api-distill-job"),
+    path("distillation/jobs/<int:job_id>/preview", distill_apis.DistillationPreviewApi.as_view(), name="api-distill-preview"),
+    path("distillation/jobs/<int:job_id>/items/<int:item_id>/review", distill_apis.DistillationItemReviewApi.as_view(),
+         name="api-distill-review"),
+    path("distillation/jobs/<int:job_id>/approve", distill_apis.DistillationApproveApi.as_view(), name="api-distill-approve"),
+    path("distillation/jobs/<int:job_id>/events", events_api("distillation").as_view(), name="api-distill-events"),
+    path("distillation/estimate", distill_apis.DistillationEstimateApi.as_view(), name="api-distill-estimate"),
+    path("distillation/templates", distill_apis.DistillationTemplateListCreateApi.as_view(), name="api-distill-templates"),
+    path("distillation/templates/preview", distill_apis.DistillationTemplatePreviewApi.as_view(),
+         name="api-distill-template-preview"),
+    path("distillation/templates/<str:template_id>", distill_apis.DistillationTemplateDetailApi.as_view(),
+         name="api-distill-template"),
+    path("distillation/connections", distill_apis.TeacherConnectionListCreateApi.as_view(), name="api-distill-connections"),
+    path("distillation/connections/test", distill_apis.TeacherConfigTestApi.as_view(), name="api-distill-config-test"),
+    path("distillation/connections/<int:connection_id>", distill_apis.TeacherConnectionDetailApi.as_view(),
+         name="api-distill-connection"),
+    path("distillation/connections/<int:connection_id>/test", distill_apis.TeacherConnectionTestApi.as_view(),
+         name="api-distill-connection-test"),
+    path("distillation/prices", distill_apis.PriceListApi.as_view(), name="api-distill-prices"),
     path("jobs", training_apis.JobListCreateApi.as_view(), name="api-jobs"),
     path("jobs/<int:job_id>", training_apis.JobDetailApi.as_view(), name="api-job"),
     path("jobs/<int:job_id>/events", events_api("training").as_view(), name="api-job-events"),

@@ -63,6 +63,11 @@ NEXUS_QUOTA_LIVE_DEPLOYMENTS = int(_str("NEXUS_QUOTA_LIVE_DEPLOYMENTS", "4"))
 NEXUS_QUOTA_ACTIVE_TRAINING_JOBS = int(_str("NEXUS_QUOTA_ACTIVE_TRAINING_JOBS", "10"))
 NEXUS_QUOTA_ACTIVE_EXPORTS = int(_str("NEXUS_QUOTA_ACTIVE_EXPORTS", "10"))
 NEXUS_QUOTA_PROCESSING_DATASETS = int(_str("NEXUS_QUOTA_PROCESSING_DATASETS", "20"))
+NEXUS_QUOTA_ACTIVE_DISTILLATIONS = int(_str("NEXUS_QUOTA_ACTIVE_DISTILLATIONS", "5"))
+# Hosts teachers and judges may be reached at (names or addresses, comma-separated; "host:port" for
+# one port). Private, loopback and link-local addresses are refused unless listed themselves.
+NEXUS_TEACHER_ALLOWED_HOSTS = _str("NEXUS_TEACHER_ALLOWED_HOSTS", "api.openai.com,api.anthropic.com")
+NEXUS_DISTILLATION_MAX_EXAMPLES = int(_str("NEXUS_DISTILLATION_MAX_EXAMPLES", "100000"))
 # The job kit (nexus/jobs): workers heartbeat every few seconds; one silent for LOST_AFTER is gone and
 # the reaper (beat, every REAP_EVERY) resumes or fails what it held. A host none of whose workers is
 # heard from for HOST_LOST_AFTER has its servers given up. Waiting work the broker holds is marked for
