@@ -95,6 +95,8 @@ def _subprocess_env() -> dict[str, str]:
         # the job kit's clocks, shortened: heartbeats every second, a worker silent for 8 s is gone,
         # the beat's reaper every 2 s (the defaults are 10 s, 45 s and 60 s)
         "NEXUS_WORKER_HEARTBEAT_S": "1", "NEXUS_WORKER_LOST_AFTER_S": "8", "NEXUS_REAP_EVERY_S": "2",
+        # teachers in tests are local servers speaking the providers' protocols (tests/fakes/teachers.py)
+        "NEXUS_TEACHER_ALLOWED_HOSTS": "api.openai.com,api.anthropic.com,127.0.0.1",
     })
     return environ
 
