@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from datasets_app.distillation.engine.filters import DuplicateIndex, QualityConfig
 from datasets_app.distillation.engine.limiter import RateLimiter
-from datasets_app.distillation.engine.modes import ModeConfig, Source
+from datasets_app.distillation.engine.modes import ModeConfig, Source, filter_target
 from datasets_app.distillation.engine.pricing import cost_usd, price_for
 from datasets_app.distillation.engine.run import JUDGE_STEP, Outcome, Plan, WorkItem, backoff_s, run_items
 from datasets_app.distillation.engine.teachers import teacher_client
@@ -300,16 +300,18 @@ def distillation_run(*, job_id: int) -> None:
                       done=dict(r.calls or {})) for r in rows_]
     plan = _plan(job, dict(group_sizes), judged=judge is not None)
     duplicates = DuplicateIndex(plan.quality)
-    for prompt in job.items.values_list("prompt", flat=True).distinct():
-        duplicates.add_prompt(prompt)
+    for pk, prompt in job.items.order_by("group").values_list("pk", "prompt"):
+        duplicates.add_prompt(prompt, key=pk)
     kept = job.items.filter(status=I.ACCEPTED).exclude(group__in=open_groups).order_by("group")
-    for pk, record in kept.values_list("pk", "record"):
-        duplicates.add(pk, record.get("output", ""))
-    already = len(rows_) - sum(1 for r in rows_ if r.status == I.PENDING)
-    stored = sum(1 for r in rows_ if r.calls)
-    if stored or already:
-        event(DISTILLATION, job.pk, f"Resuming: {len(items)} items to finish, {stored} of them with answers already "
-                                    "stored (not asked again)")
+    for row in kept.only("pk", "prompt", "input", "reference", "system", "calls"):
+        source = Source(prompt=row.prompt, input=row.input, output=row.reference, system=row.system)
+        calls = {k: v for k, v in row.calls.items() if k != JUDGE_STEP}
+        duplicates.add(row.pk, filter_target(source, calls, plan.mode)[1].text)  # as the run checked it
+    done_before = job.items.exclude(status=I.PENDING).count()
+    stored = sum(1 for r in rows_ if r.calls and r.status == I.PENDING)
+    if done_before or stored:
+        event(DISTILLATION, job.pk, f"Resuming: {done_before} items already decided and {stored} with answers stored "
+                                    f"are not asked again; {len(items) - stored} to go")
     result = run_items(items, teachers=[clients[t.pk] for t in teachers], judge=clients[judge.pk] if judge else None,
                        plan=plan, limiter=limiter, hooks=hooks, batch_size=job.config["batch_size"],
                        duplicates=duplicates)

@@ -9,7 +9,6 @@ locks and one database connection does. An item arrives with the calls it alread
 resumed run never asks a teacher again for an answer that was stored."""
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
 import random
@@ -22,7 +21,17 @@ from typing import Callable, Protocol
 from datasets_app.distillation.engine.filters import DuplicateIndex, QualityConfig, Rejection, answer_problem  # noqa: F401
 from datasets_app.distillation.engine.judge import JudgeParseError, judge_messages, parse_judgement
 from datasets_app.distillation.engine.limiter import RateLimiter
-from datasets_app.distillation.engine.modes import Call, ModeConfig, Record, Source, build_record, judge_target, next_call
+from datasets_app.distillation.engine.modes import (
+    Call,
+    ModeConfig,
+    ModeError,
+    Record,
+    Source,
+    build_record,
+    filter_target,
+    judge_target,
+    next_call,
+)
 from datasets_app.distillation.engine.types import (
     Answer,
     TeacherClient,
@@ -122,26 +131,22 @@ class _Run:
     def _record(self, item: WorkItem) -> Record:
         return build_record(item.source, {k: v for k, v in item.done.items() if k != JUDGE_STEP}, self.plan.mode)
 
-    def _problem(self, item: WorkItem, record: Record) -> Rejection | None:
-        steps = [(k, v) for k, v in item.done.items() if k != JUDGE_STEP]
-        quiet = dataclasses.replace(self.plan.quality, min_words=1, check_language=False)
-        for _, raw in steps[:-1]:  # intermediate steps (a translation, say): only broken answers
-            problem = answer_problem(record.instruction, Answer.from_dict(raw), quiet)
-            if problem:
-                return problem
-        last = Answer.from_dict(steps[-1][1]) if steps else Answer(text="")
-        prompt, response = judge_target(record)
-        return answer_problem(prompt, Answer(text=response, finish_reason=last.finish_reason, refusal=last.refusal,
-                                             tokens_out=last.tokens_out), self.plan.quality)
+    def _target(self, item: WorkItem) -> tuple[str, Answer]:
+        """What the filters and the duplicate check look at: the teacher's text that lands in the
+        record (a rephrased instruction, say), or an earlier step that was cut off or refused."""
+        return filter_target(item.source, {k: v for k, v in item.done.items() if k != JUDGE_STEP}, self.plan.mode)
+
+    def _problem(self, item: WorkItem) -> Rejection | None:
+        prompt, answer = self._target(item)
+        return answer_problem(prompt, answer, self.plan.quality)
 
     def _next(self, item: WorkItem) -> tuple[Call | None, TeacherClient | None]:
         call = next_call(item.source, {k: v for k, v in item.done.items() if k != JUDGE_STEP}, self.plan.mode)
         if call is not None:
             return call, self.teachers[item.teacher]
         if self.plan.judged and JUDGE_STEP not in item.done:
-            record = self._record(item)
-            if self._problem(item, record) is None:
-                prompt, response = judge_target(record)
+            if self._problem(item) is None:
+                prompt, response = judge_target(self._record(item))
                 system, messages = judge_messages(prompt=prompt, response=response, criteria=self.plan.judge_criteria)
                 return Call(step=JUDGE_STEP, system=system, messages=messages), self.judge
         return None, None
@@ -149,10 +154,13 @@ class _Run:
     # -- deciding ----------------------------------------------------------------------------------
 
     def _assess(self, item: WorkItem, rejection: Rejection | None = None) -> None:
-        record = None if rejection else self._record(item)
-        score, judge_reason = None, ""
+        record, score, judge_reason = None, None, ""
         if rejection is None:
-            rejection = self._problem(item, record)
+            try:
+                record = self._record(item)
+                rejection = self._problem(item)
+            except ModeError as exc:  # a reply without the parts its mode asks for: this item only
+                record, rejection = None, Rejection("malformed", exc.message)
         judged = item.done.get(JUDGE_STEP)
         if rejection is None and judged is not None:
             if "parse_error" in judged:
@@ -181,12 +189,12 @@ class _Run:
                                       f"({best.score or 0:.2f} against {outcome.score or 0:.2f})")
         for item, outcome in sorted(group, key=lambda io: io[0].key):
             if outcome.status == "accepted" and outcome.record is not None:
-                _, response = judge_target(outcome.record)
-                duplicate = self.duplicates.check(response)
+                text = self._target(item)[1].text
+                duplicate = self.duplicates.check(text)
                 if duplicate:
                     outcome.status, outcome.reason, outcome.detail = "rejected", duplicate.reason, duplicate.detail
                 else:
-                    self.duplicates.add(item.key, response)
+                    self.duplicates.add(item.key, text)
             self.hooks.on_outcome(item, outcome)
             self.result.outcomes += 1
 
@@ -201,7 +209,12 @@ class _Run:
     def _launch(self) -> None:
         while self.ready and len(self.in_flight) < self.batch_size:
             item = self.ready[0]
-            call, client = self._next(item)
+            try:
+                call, client = self._next(item)
+            except ModeError as exc:
+                self.ready.popleft()
+                self._assess(item, Rejection("malformed", exc.message))
+                continue
             if call is None:
                 self.ready.popleft()
                 self._assess(item)
