@@ -3,7 +3,8 @@
 A teacher's base URL is typed by a user, and the worker that calls it sits inside the network, so an
 unchecked URL would let anyone make the workers fetch internal services (SSRF). The operator lists the
 hosts teachers may use (NEXUS_TEACHER_ALLOWED_HOSTS); on top of that, a host whose name resolves to a
-private, loopback or link-local address is refused unless the operator meant it.
+private, loopback or link-local address is refused unless that address is listed too (a listed name
+alone could be re-pointed inside the network by whoever controls its DNS).
 
 DNS rebinding: the SDK resolves the host again when it calls, so a name can answer differently then
 than here. We accept that window and narrow it: the address is checked again at every job start and
@@ -107,10 +108,11 @@ def check_base_url(url: str, allowed_hosts: list[str], *, resolve: Resolver = so
             continue
         if any(entry.matches(str(same), port) for entry in entries for same in _spellings(address)):
             continue  # the operator listed this very address
-        if host not in PUBLIC_PROVIDER_HOSTS:
-            continue  # the operator listed this name (it matched above): an internal server by intent
-        raise HostRefused(f"{FIELD}: host '{host}' resolves to {_show(address)}, {_kind(address)} address, which a "
-                          f"public provider's host never does; list that address in {SETTING} to allow it")
+        # A listed name is not enough: whoever controls its DNS could point it at the metadata service
+        # or the database next door (rebinding). Internal servers are allowed by listing their address.
+        why = ", which a public provider's host never does" if host in PUBLIC_PROVIDER_HOSTS else ""
+        raise HostRefused(f"{FIELD}: host '{host}' resolves to {_show(address)}, {_kind(address)} address{why}; "
+                          f"list that address in {SETTING} to allow it")
 
 
 def _addresses(host: str, port: int, resolve: Resolver) -> list[IPAddress]:

@@ -44,9 +44,10 @@ def resolver(overrides: dict[str, list[str]] | None = None) -> Any:
 ACCEPTED = [
     ("https://api.openai.com/v1", DEFAULTS, None),
     ("https://API.OpenAI.com./v1", DEFAULTS, None),  # case and a trailing dot do not dodge the list
-    ("http://vllm.internal:8000/v1", ["vllm.internal"], None),  # a listed name may be internal: operator's intent
-    ("http://vllm.internal:8000/v1", ["vllm.internal:8000"], None),
-    ("http://localhost:8080/v1", ["localhost"], None),
+    # an internal server: its name and its address are both listed (the name alone could be re-pointed)
+    ("http://vllm.internal:8000/v1", ["vllm.internal", "10.0.0.5"], None),
+    ("http://vllm.internal:8000/v1", ["vllm.internal:8000", "10.0.0.5:8000"], None),
+    ("http://localhost:8080/v1", ["localhost", "127.0.0.1", "::1"], None),
     ("http://10.0.0.5:8000/v1", ["10.0.0.5"], None),  # a listed address literal
     ("http://127.0.0.1:8080/v1", ["127.0.0.1:8080"], None),
     ("http://[::1]:8080/v1", ["::1"], None),
@@ -131,7 +132,9 @@ def test_provider_default_host_must_be_allowed_too() -> None:
 
 
 def test_teacher_address_with_a_base_url_checks_that_url() -> None:
-    check_teacher_address("deployed", "http://vllm.internal:8000/v1", ["vllm.internal"], resolve=resolver())
+    check_teacher_address("deployed", "http://vllm.internal:8000/v1", ["vllm.internal", "10.0.0.5"], resolve=resolver())
+    with pytest.raises(HostRefused, match="resolves to 10.0.0.5, a private address; list that address"):
+        check_teacher_address("openai", "http://vllm.internal:8000/v1", ["vllm.internal"], resolve=resolver())
     with pytest.raises(HostRefused, match="host 'evil.example' is not on"):
         check_teacher_address("openai", "https://evil.example/v1", DEFAULTS, resolve=resolver())
 
