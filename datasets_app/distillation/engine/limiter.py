@@ -2,6 +2,10 @@
 `window_s` seconds, refused ones included (a provider's limiter counts every request it gets), and
 one shared pause when a provider says to wait (429 with Retry-After). Django-free.
 
+Starts are also paced evenly (one every window/limit seconds) rather than sent in a burst of
+`limit` at the top of each window: the rate is what "N requests a minute" says over any stretch of
+time, and a provider that refills its bucket continuously is never met with a wall of requests.
+
 Times are wall-clock seconds (time.time()) so a resumed run can be seeded with the attempts its
 predecessor made in the last minute, on this or another machine."""
 from __future__ import annotations
@@ -32,11 +36,17 @@ class RateLimiter:
         while len(self._starts) > self.limit:  # a seed may hold more than we keep track of
             self._starts.popleft()
 
+    @property
+    def interval_s(self) -> float:
+        return self.window_s / self.limit
+
     def wait_s(self) -> float:
         """Seconds until a request may start (0: now)."""
         now = self.clock()
         self._forget_old(now)
         wait = self._paused_until - now
+        if self._starts:
+            wait = max(wait, self._starts[-1] + self.interval_s - now)
         if len(self._starts) >= self.limit:
             wait = max(wait, self._starts[0] + self.window_s - now)
         return max(0.0, wait)
