@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
+from django.http import Http404
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -137,7 +138,10 @@ def teacher_parse(*, team: Team, user, raw: Any, path: str = "teacher_config") -
         cid = raw["connection_id"]
         if isinstance(cid, bool) or not isinstance(cid, int):
             raise bad(f"{path}.connection_id", f"must be the id of a saved teacher connection, got {cid!r}")
-        conn = teacher_connection_get(user=user, pk=cid)
+        try:
+            conn = teacher_connection_get(user=user, pk=cid)
+        except Http404:
+            raise bad(f"{path}.connection_id", f"no saved teacher connection #{cid} in your teams") from None
         if conn.team_id != team.pk:
             raise bad(f"{path}.connection_id", f"connection #{cid} belongs to another team")
         return TeacherInput(provider=conn.provider, model=conn.model, base_url=conn.base_url, deployment=conn.deployment,
@@ -367,7 +371,10 @@ def _prompts_from_dataset(*, user, team: Team, dataset_id: Any, limit: int, seed
 
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, int):
         raise bad("prompts_config.dataset_id", f"must be the id of one of the team's datasets, got {dataset_id!r}")
-    dataset = dataset_get(user=user, pk=dataset_id)
+    try:
+        dataset = dataset_get(user=user, pk=dataset_id)
+    except Http404:
+        raise bad("prompts_config.dataset_id", f"no dataset #{dataset_id} in your teams") from None
     if dataset.team_id != team.pk:
         raise bad("prompts_config.dataset_id", f"dataset #{dataset_id} belongs to another team")
     if dataset.status != Dataset.Status.READY:
@@ -463,7 +470,11 @@ def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
     else:
         from datasets_app.distillation.selectors import template_get
 
-        template = template_get(user=user, team=team, template_id=prompts["template_id"])
+        try:
+            template = template_get(user=user, team=team, template_id=prompts["template_id"])
+        except Http404:
+            raise bad("prompts_config.template_id", f"no template {prompts['template_id']!r} (a built-in one or "
+                                                    f"one of team '{team.name}')") from None
         variables = dict(template.variables)
         given_vars = prompts.get("variables") or {}
         if not isinstance(given_vars, dict):
@@ -634,8 +645,6 @@ def distillation_item_review(*, job: DistillationJob, item_id: int, user, decisi
         raise bad("decision", f"must be one of {', '.join(REVIEW)}, got {decision!r}")
     item = DistillationItem.objects.select_for_update().filter(job=job, pk=item_id).first()
     if item is None:
-        from django.http import Http404
-
         raise Http404("No such item.")
     if item.status == DistillationItem.Status.PENDING:
         raise NexusError("This item has no answer yet; review it when it has one.", code="pending", status_code=409)
