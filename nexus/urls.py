@@ -11,6 +11,7 @@ from adapters_app import views as adapter_views
 from datasets_app import apis as dataset_apis
 from datasets_app import views as dataset_views
 from datasets_app.distillation import apis as distill_apis
+from datasets_app.distillation import views as distill_views
 from deployments_app import apis as deployment_apis
 from deployments_app import views as deployment_views
 from evaluation_app import apis as evaluation_apis
@@ -124,6 +125,20 @@ pages = [
     path("deployments/<int:deployment_id>/stop/", deployment_views.deployment_stop_page, name="deployment-stop"),
     path("deployments/<int:deployment_id>/chat/", deployment_views.deployment_chat_page, name="deployment-chat"),
     path("evaluation/", evaluation_views.evaluation_index_page, name="evaluation-index"),
+    path("distillation/", distill_views.distillation_list_page, name="distillation-list"),
+    path("distillation/connections/", distill_views.connection_create_page, name="distillation-connection-create"),
+    path("distillation/connections/<int:connection_id>/test/", distill_views.connection_test_partial,
+         name="distillation-connection-test"),
+    path("distillation/new/", distill_views.distillation_new_page, name="distillation-new"),
+    path("distillation/new/test-teacher/", distill_views.teacher_test_partial, name="distillation-new-test"),
+    path("distillation/new/template-preview/", distill_views.template_preview_partial, name="distillation-new-preview"),
+    path("distillation/new/estimate/", distill_views.estimate_partial, name="distillation-new-estimate"),
+    path("distillation/<int:job_id>/", distill_views.distillation_detail_page, name="distillation-detail"),
+    path("distillation/<int:job_id>/items/", distill_views.distillation_items_partial, name="distillation-items"),
+    path("distillation/<int:job_id>/items/<int:item_id>/review/", distill_views.distillation_item_review_partial,
+         name="distillation-item-review"),
+    path("distillation/<int:job_id>/cancel/", distill_views.distillation_cancel_page, name="distillation-cancel"),
+    path("distillation/<int:job_id>/approve/", distill_views.distillation_approve_page, name="distillation-approve"),
 ]
 
 urlpatterns = [
