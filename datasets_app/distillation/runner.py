@@ -182,8 +182,8 @@ def _limiter(job: DistillationJob) -> RateLimiter:
     """Seeded with the attempts of the last minute, made by this job's earlier run if any."""
     now = time.time()
     try:
-        seed = [float(s) for s in redis_client(settings.NEXUS_CONTROL_REDIS_URL).zrangebyscore(
-            _attempts_key(job.pk), now - 61, now + 1)]
+        seed = [when for _, when in redis_client(settings.NEXUS_CONTROL_REDIS_URL).zrangebyscore(
+            _attempts_key(job.pk), now - 61, now + 1, withscores=True)]
     except Exception:  # noqa: BLE001 - without Redis, wait out a window if this is a resume
         seed = [now] * job.config["rate_limit"] if job.requests else []
     return RateLimiter(job.config["rate_limit"], seed=seed)
