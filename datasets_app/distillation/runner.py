@@ -40,6 +40,8 @@ DB_POLL_S = 5.0
 CONTROL_POLL_S = 0.5
 PROGRESS_EVERY_S = 1.0
 GENERATE_PER_CALL = 20
+# the call in which the first teacher wrote prompts, kept on the first item it made (for the recount)
+WRITE_STEP = "write_prompts"
 
 
 def _attempts_key(job_id: int) -> str:
@@ -47,14 +49,20 @@ def _attempts_key(job_id: int) -> str:
 
 
 class _Hooks:
-    """The engine's hooks: every write on the calling thread, one small transaction per answer."""
+    """The engine's hooks, all on the calling thread. Each answer and each verdict is one UPDATE of
+    its item, in the moment (that is what a resumed run reads); the job's and the teachers' counters
+    are added up in memory and written once a second with the live-count event, and recounted
+    from the items whenever a run starts, so a crash loses none of them (but for requests refused
+    in its last second)."""
 
     def __init__(self, job: DistillationJob, teachers: dict[int, DistillationTeacher], judge: DistillationTeacher | None,
                  statuses: dict[int, str]):
         self.job, self.teachers, self.judge = job, teachers, judge
         self.statuses = statuses  # item id -> status before this run (a re-decided group must not count twice)
         self.prices = price_table()
-        self.requests: Counter[int] = Counter()  # teacher row id -> requests not yet written
+        self.job_delta: Counter[str] = Counter()  # job counters not yet written
+        self.teacher_delta: dict[int, Counter[str]] = {}
+        self.unpriced = False
         self._control_at = self._db_at = self._progress_at = 0.0
         self._stop = False
         self._warned: dict[str, float] = {}
@@ -86,9 +94,13 @@ class _Hooks:
             return self.judge
         return self.teachers[item.teacher]
 
+    def _add(self, teacher: DistillationTeacher, **amounts: float) -> None:
+        self.teacher_delta.setdefault(teacher.pk, Counter()).update(amounts)
+        self.job_delta.update(amounts)
+
     def on_attempt(self, when: float, item: WorkItem | None, step: str) -> None:
-        self.requests[self.teacher_of(item, step).pk] += 1
-        try:
+        self._add(self.teacher_of(item, step), requests=1)
+        try:  # a resumed run's limiter starts from these (see _limiter)
             pipe = self._redis.pipeline(transaction=False)
             pipe.zadd(_attempts_key(self.job.pk), {f"{when:.6f}:{random.random():.6f}": when})
             pipe.zremrangebyscore(_attempts_key(self.job.pk), 0, when - 120)
@@ -97,50 +109,32 @@ class _Hooks:
         except Exception:  # noqa: BLE001 - only a resumed run's first minute would miss these
             pass
 
-    def _usage(self, teacher: DistillationTeacher | None, answer: Answer | None) -> dict[str, Any]:
-        """Counter updates (F expressions) for one answer and the requests started since the last write."""
-        requests = sum(self.requests.values())
-        for pk, n in self.requests.items():
-            DistillationTeacher.objects.filter(pk=pk).update(requests=F("requests") + n)
-        self.requests.clear()
-        if answer is None or teacher is None:
-            return {"requests": F("requests") + requests}
+    def cost_of(self, teacher: DistillationTeacher, answer: Answer) -> float:
         price = price_for(teacher.model, self.prices)
-        cost = cost_usd(answer.tokens_in, answer.tokens_out, price) if price else 0.0
-        DistillationTeacher.objects.filter(pk=teacher.pk).update(
-            tokens_in=F("tokens_in") + answer.tokens_in, tokens_out=F("tokens_out") + answer.tokens_out,
-            cost_usd=F("cost_usd") + cost)
-        fields = {"requests": F("requests") + requests, "tokens_in": F("tokens_in") + answer.tokens_in,
-                  "tokens_out": F("tokens_out") + answer.tokens_out, "cost_usd": F("cost_usd") + cost,
-                  "_cost": cost}
         if price is None:
-            fields["cost_known"] = False
-        return fields
+            self.unpriced = True
+            return 0.0
+        return cost_usd(answer.tokens_in, answer.tokens_out, price)
 
-    @transaction.atomic
     def on_answer(self, item: WorkItem, step: str, answer: Answer) -> None:
         teacher = self.teacher_of(item, step)
-        usage = self._usage(teacher, answer)
-        cost = usage.pop("_cost")
+        cost = self.cost_of(teacher, answer)
         DistillationItem.objects.filter(pk=item.key).update(
             calls=item.done, tokens_in=F("tokens_in") + answer.tokens_in, tokens_out=F("tokens_out") + answer.tokens_out,
             cost_usd=F("cost_usd") + cost, updated_at=timezone.now())
+        self._add(teacher, tokens_in=answer.tokens_in, tokens_out=answer.tokens_out, cost_usd=cost)
         if step != JUDGE_STEP:
-            usage["generated"] = F("generated") + 1
-        DistillationJob.objects.filter(pk=self.job.pk).update(**usage, updated_at=timezone.now())
+            self.job_delta["generated"] += 1
 
-    @transaction.atomic
     def on_outcome(self, item: WorkItem, outcome: Outcome) -> None:
         before = self.statuses.get(item.key, I.PENDING)
         record = dataclasses.asdict(outcome.record) if outcome.record else {}
         DistillationItem.objects.filter(pk=item.key).update(
             status=outcome.status, reason=outcome.reason, detail=outcome.detail[:5000], score=outcome.score,
             judge_reason=outcome.judge_reason[:5000], record=record, calls=item.done, updated_at=timezone.now())
-        counts = {outcome.status: F(outcome.status) + 1}
+        self.job_delta[outcome.status] += 1
         if before != I.PENDING:  # decided again (its group was interrupted half-way): move its count
-            counts[before] = F(before) - 1 + (1 if before == outcome.status else 0)
-        usage = self._usage(None, None) if self.requests else {}
-        DistillationJob.objects.filter(pk=self.job.pk).update(**counts, **usage, updated_at=timezone.now())
+            self.job_delta[before] -= 1
         self.statuses[item.key] = outcome.status
 
     def on_retry(self, item: WorkItem, step: str, error: TeacherRetry, delay_s: float, attempt: int) -> None:
@@ -152,16 +146,58 @@ class _Hooks:
                 f"{error.message}; trying again in {delay_s:.1f} s (attempt {attempt + 1})")
         event(DISTILLATION, self.job.pk, what, level="warning", data={"retry": error.kind, "delay_s": round(delay_s, 2)})
 
-    # -- live counts --------------------------------------------------------------------------------
+    # -- counters and live counts -------------------------------------------------------------------
+
+    @transaction.atomic
+    def flush(self) -> None:
+        """Write the counters added up since the last flush."""
+        for pk, delta in self.teacher_delta.items():
+            DistillationTeacher.objects.filter(pk=pk).update(**{k: F(k) + v for k, v in delta.items() if v})
+        fields = {k: F(k) + v for k, v in self.job_delta.items() if v}
+        if self.unpriced:
+            fields["cost_known"] = False
+        DistillationJob.objects.filter(pk=self.job.pk).update(**fields, updated_at=timezone.now())
+        self.job_delta.clear()
+        self.teacher_delta.clear()
 
     def progress(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._progress_at < PROGRESS_EVERY_S:
             return
         self._progress_at = now
-        if self.requests:
-            DistillationJob.objects.filter(pk=self.job.pk).update(**self._usage(None, None))
+        self.flush()
         event(DISTILLATION, self.job.pk, "", level="debug", type="metric", data=distillation_counts(job_id=self.job.pk))
+
+
+@transaction.atomic
+def distillation_recount(*, job: DistillationJob) -> None:
+    """Tokens, cost, answers and verdicts of a job and its teachers, added up again from its items
+    (what a crashed run had not written yet is in them). Requests are counted as they are sent."""
+    prices = price_table()
+    rows = {t.pk: t for t in job.teachers.all()}
+    judge = next((t for t in rows.values() if t.role == DistillationTeacher.Role.JUDGE), None)
+    per: dict[int, Counter[str]] = {pk: Counter() for pk in rows}
+    generated, unpriced = 0, False
+    for teacher_id, calls in job.items.exclude(calls={}).values_list("teacher_id", "calls").iterator(chunk_size=2000):
+        for step, answer in calls.items():
+            who = judge.pk if step == JUDGE_STEP and judge is not None else teacher_id
+            generated += step not in (JUDGE_STEP, WRITE_STEP)
+            price = price_for(rows[who].model, prices)
+            unpriced = unpriced or price is None
+            per[who].update(tokens_in=answer.get("tokens_in", 0), tokens_out=answer.get("tokens_out", 0),
+                            cost_usd=cost_usd(answer.get("tokens_in", 0), answer.get("tokens_out", 0), price) if price
+                            else 0.0)
+    for pk, c in per.items():
+        DistillationTeacher.objects.filter(pk=pk).update(tokens_in=c["tokens_in"], tokens_out=c["tokens_out"],
+                                                         cost_usd=c["cost_usd"])
+    verdicts = dict(job.items.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    reviewed_in = job.items.filter(review=I.ACCEPTED).exclude(status=I.ACCEPTED).count()
+    reviewed_out = job.items.filter(review=I.REJECTED).exclude(status=I.REJECTED).count()
+    DistillationJob.objects.filter(pk=job.pk).update(
+        generated=generated, tokens_in=sum(c["tokens_in"] for c in per.values()),
+        tokens_out=sum(c["tokens_out"] for c in per.values()), cost_usd=sum(c["cost_usd"] for c in per.values()),
+        cost_known=not unpriced, accepted=verdicts.get(I.ACCEPTED, 0) + reviewed_in - reviewed_out,
+        rejected=verdicts.get(I.REJECTED, 0) - reviewed_in + reviewed_out, updated_at=timezone.now())
 
 
 def distillation_counts(*, job_id: int) -> dict[str, Any]:
@@ -241,13 +277,15 @@ def _write_prompts(job: DistillationJob, teacher: DistillationTeacher, client: T
             job = DistillationJob.objects.select_for_update().get(pk=job.pk)
             first = (job.items.order_by("-group").values_list("group", flat=True).first() or 0) + 1
             items = items_for(job=job, teachers=teachers, sources=fresh, first_group=first)
+            if items:
+                items[0].calls = {WRITE_STEP: answer.as_dict()}
             DistillationItem.objects.bulk_create(items)
-            usage = hooks._usage(teacher, answer)
-            usage.pop("_cost")
+            hooks._add(teacher, tokens_in=answer.tokens_in, tokens_out=answer.tokens_out,
+                       cost_usd=hooks.cost_of(teacher, answer))
             remaining = job.prompts_to_generate - len(fresh) if empty_rounds < 3 else 0
             DistillationJob.objects.filter(pk=job.pk).update(
                 num_prompts=F("num_prompts") + len(fresh), num_items=F("num_items") + len(items),
-                prompts_to_generate=remaining, **usage)
+                prompts_to_generate=remaining)
             event(DISTILLATION, job.pk, f"The teacher wrote {len(fresh)} new prompts" +
                   (f"; {remaining} to go" if remaining else ""))
         job.refresh_from_db()
@@ -284,6 +322,7 @@ def distillation_run(*, job_id: int) -> None:
     clients = {t.pk: teacher_client(teacher_spec(t)) for t in rows}
     limiter = _limiter(job)
     by_index = dict(enumerate(teachers))
+    distillation_recount(job=job)  # what a crashed run had not written yet is in the items
     hooks = _Hooks(job, by_index, judge, {})
 
     if job.prompts_to_generate:
@@ -297,7 +336,7 @@ def distillation_run(*, job_id: int) -> None:
     group_sizes = Counter(r.group for r in rows_)
     items = [WorkItem(key=r.pk, group=r.group, teacher=index_of[r.teacher_id],
                       source=Source(prompt=r.prompt, input=r.input, output=r.reference, system=r.system),
-                      done=dict(r.calls or {})) for r in rows_]
+                      done=dict(r.calls or {})) for r in rows_]  # the modes look only at their own steps
     plan = _plan(job, dict(group_sizes), judged=judge is not None)
     duplicates = DuplicateIndex(plan.quality)
     for pk, prompt in job.items.order_by("group").values_list("pk", "prompt"):
@@ -308,7 +347,7 @@ def distillation_run(*, job_id: int) -> None:
         calls = {k: v for k, v in row.calls.items() if k != JUDGE_STEP}
         duplicates.add(row.pk, filter_target(source, calls, plan.mode)[1].text)  # as the run checked it
     done_before = job.items.exclude(status=I.PENDING).count()
-    stored = sum(1 for r in rows_ if r.calls and r.status == I.PENDING)
+    stored = sum(1 for r in rows_ if set(r.calls or {}) - {WRITE_STEP} and r.status == I.PENDING)
     if done_before or stored:
         event(DISTILLATION, job.pk, f"Resuming: {done_before} items already decided and {stored} with answers stored "
                                     f"are not asked again; {len(items) - stored} to go")

@@ -29,6 +29,7 @@ class RateLimiter:
         self.clock = clock
         self._starts: deque[float] = deque(sorted(seed))
         self._paused_until = 0.0
+        self._next_at = self._starts[-1] + self.interval_s if self._starts else 0.0
 
     def _forget_old(self, now: float) -> None:
         while self._starts and now - self._starts[0] >= self.window_s:
@@ -45,8 +46,7 @@ class RateLimiter:
         now = self.clock()
         self._forget_old(now)
         wait = self._paused_until - now
-        if self._starts:
-            wait = max(wait, self._starts[-1] + self.interval_s - now)
+        wait = max(wait, self._next_at - now)
         if len(self._starts) >= self.limit:
             wait = max(wait, self._starts[0] + self.window_s - now)
         return max(0.0, wait)
@@ -55,6 +55,10 @@ class RateLimiter:
         """Record a request starting now (call only when wait_s() is 0); returns its time."""
         now = self.clock()
         self._starts.append(now)
+        # The cadence is kept from the slot, not from when the caller got round to it: a start a few
+        # milliseconds late does not push every later one back. The window above stays the hard cap.
+        late = now - self._next_at
+        self._next_at = (self._next_at if 0 <= late < self.interval_s else now) + self.interval_s
         return now
 
     def pause_until(self, when: float) -> None:
