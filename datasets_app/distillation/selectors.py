@@ -58,18 +58,20 @@ def template_as_engine(row: DistillationTemplate) -> PromptTemplate:
 
 
 def template_get(*, user, team, template_id: str | int, write: bool = False) -> PromptTemplate:
-    """A built-in template by id, or the team's own by number or slug; 404 otherwise."""
+    """A built-in template by id, a template of any of the user's teams by number (as the list
+    shows them), or `team`'s own by slug; 404 otherwise, 403 when a viewer asks to write."""
     from django.http import Http404
 
     text = str(template_id)
     if text in BUILTIN_TEMPLATES and not write:
         return BUILTIN_TEMPLATES[text]
-    qs = DistillationTemplate.objects.filter(team=team)
-    row = qs.filter(pk=int(text)).first() if text.isdigit() and len(text) < 18 else qs.filter(slug=text).first()
-    if row is None:
-        raise Http404("No such template.")
-    get_for_user(DistillationTemplate.objects.all(), user, pk=row.pk, write=write)
-    return template_as_engine(row)
+    if text.isdigit() and len(text) < 18:
+        pk = int(text)
+    else:
+        pk = DistillationTemplate.objects.filter(team=team, slug=text).values_list("pk", flat=True).first()
+        if pk is None:
+            raise Http404("No such template.")
+    return template_as_engine(get_for_user(DistillationTemplate.objects.all(), user, pk=pk, write=write))
 
 
 def price_table() -> dict[str, tuple[float, float]]:
