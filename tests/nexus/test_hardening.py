@@ -318,11 +318,17 @@ def test_secrets_rotate_to_a_new_key_and_old_tokens_need_their_key(settings, use
     arm = make_deployment(user, base_model).arms.get()
     arm.api_key_encrypted = secret_encrypt("server-key-1234")
     arm.save()
+    from datasets_app.models import TeacherConnection
+    from tests.factories import personal_team
+
+    teacher = TeacherConnection.objects.create(team=personal_team(user), name="openai", model="gpt-4o-mini",
+                                               api_key_encrypted=secret_encrypt("sk-teacher-5678"))
     settings.NEXUS_SECRET_KEYS = [new, old]  # rotation: the new key first, the old one still decrypts
     assert DeploymentArm.objects.get(pk=arm.pk).api_key == "server-key-1234"
     call_command("nexus_rotate_secrets")
     settings.NEXUS_SECRET_KEYS = [new]  # the old key dropped
     assert DeploymentArm.objects.get(pk=arm.pk).api_key == "server-key-1234"
+    assert secret_decrypt(TeacherConnection.objects.get(pk=teacher.pk).api_key_encrypted) == "sk-teacher-5678"
     settings.NEXUS_SECRET_KEYS = [old]
     with pytest.raises(ImproperlyConfigured, match="cannot be decrypted"):
         secret_decrypt(DeploymentArm.objects.get(pk=arm.pk).api_key_encrypted)
