@@ -92,7 +92,7 @@ class _Hooks:
     def teacher_of(self, item: WorkItem | None, step: str) -> DistillationTeacher:
         if step == JUDGE_STEP and self.judge is not None:
             return self.judge
-        return self.teachers[item.teacher]
+        return self.teachers[item.teacher if item is not None else 0]  # no item: the first teacher writes prompts
 
     def _add(self, teacher: DistillationTeacher, **amounts: float) -> None:
         self.teacher_delta.setdefault(teacher.pk, Counter()).update(amounts)

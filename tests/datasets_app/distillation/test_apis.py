@@ -13,7 +13,7 @@ from datasets_app.distillation import services
 from datasets_app.distillation.engine import hosts
 from datasets_app.distillation.models import DistillationItem, DistillationJob, TeacherConnection
 from datasets_app.models import Dataset
-from tests.datasets_app.distillation.conftest import KEY, anthropic_teacher, openai_teacher
+from tests.datasets_app.distillation.conftest import KEY, anthropic_teacher, openai_teacher, varied_answer
 from tests.datasets_app.distillation.support import (
     API,
     JobThread,
@@ -253,6 +253,45 @@ def test_a_job_from_the_builtin_coding_template_with_variables(api, teacher):
     assert system["role"] == "system" and "software engineer" in system["content"]
 
 
+def writes_numbered_requests(messages, model):
+    """Asked to write N new requests (self-instruct), the fake answers with N numbered ones."""
+    import re
+
+    asked = re.search(r"Write (\d+) new, diverse requests", messages[-1]["content"])
+    if asked:
+        n = int(asked.group(1))
+        return "\n".join(f"{i}. How do I sort a list of {thing} in Python?" for i, thing in
+                         zip(range(1, n + 1), ["dates", "tuples", "strings", "objects", "numbers", "dicts"]))
+    return varied_answer(messages, model)
+
+
+def test_a_template_with_fewer_combinations_than_asked_has_the_teacher_write_the_rest(api, teacher):
+    teacher.responder = writes_numbered_requests
+    template = api.post(f"{API}/templates", {"name": "Sorting", "prompt": "Sort {what} in Python, please.",
+                                             "variables": {"what": ["words", "files"]}}, format="json").json()
+    body = job_body(openai_teacher(teacher))
+    body["prompts_config"] = {"template_id": template["id"], "num_examples": 6}
+    created = create_job(api, body)
+    assert (created["num_prompts"], created["prompts_to_generate"]) == (2, 4)
+    assert run_task(created["id"]) is None
+    row = job(created["id"])
+    assert (row.status, row.num_prompts, row.prompts_to_generate, row.accepted) == ("completed", 6, 0, 6)
+    assert row.requests == 7  # one call wrote the four prompts, then one answer each
+    prompts = {i["prompt"] for i in items(api, row.pk)}
+    assert {"Sort words in Python, please.", "How do I sort a list of dates in Python?"} <= prompts
+    assert api.get(f"{API}/jobs/{row.pk}").json()["progress"] == 100.0
+
+
+def test_a_team_may_have_only_so_many_active_jobs(api, teacher, settings):
+    settings.NEXUS_QUOTA_ACTIVE_DISTILLATIONS = 2
+    first = create_job(api, job_body(openai_teacher(teacher)))
+    create_job(api, job_body(openai_teacher(teacher)))
+    r = api.post(f"{API}/jobs", job_body(openai_teacher(teacher)), format="json")
+    assert r.status_code == 429 and error_of(r)["code"] == "quota_exceeded"
+    api.delete(f"{API}/jobs/{first['id']}")
+    create_job(api, job_body(openai_teacher(teacher)))
+
+
 def test_cancelling_a_queued_job_ends_it_at_once(api, teacher):
     created = create_job(api, job_body(openai_teacher(teacher)))
     r = api.delete(f"{API}/jobs/{created['id']}")
@@ -345,22 +384,37 @@ def test_an_item_without_an_answer_cannot_be_accepted(api, teacher):
     assert r.status_code == 409
 
 
-def test_approve_makes_a_dataset_of_the_accepted_items_once(api, teacher):
+@pytest.mark.parametrize("output_format", ["alpaca", "chatml"])
+def test_approve_makes_a_dataset_of_the_accepted_items_once(api, teacher, output_format):
     teacher.script = ["ok", "refusal"]
-    created = create_job(api, job_body(openai_teacher(teacher), PROMPTS, batch_size=1, output_format="alpaca"))
+    created = create_job(api, job_body(openai_teacher(teacher), PROMPTS, batch_size=1, output_format=output_format))
     assert run_task(created["id"]) is None
     job_id = created["id"]
     r = api.post(f"{API}/jobs/{job_id}/approve", {"name": "distilled v1"}, format="json")
     assert r.status_code == 201, r.content
     body = r.json()
     dataset = Dataset.objects.get(pk=body["dataset_id"])
-    assert dataset.name == "distilled v1" and dataset.format == "alpaca"
+    assert dataset.name == "distilled v1" and dataset.format == output_format
     assert dataset.origin["kind"] == "distillation" and dataset.origin["job_id"] == job_id
     assert dataset.origin["records"] == 4 and body["origin"] == dataset.origin
     assert api.get(f"{API}/jobs/{job_id}").json()["dataset_id"] == dataset.pk
     r = api.post(f"{API}/jobs/{job_id}/approve", {}, format="json")
     assert r.status_code == 409 and error_of(r)["details"]["dataset_id"] == dataset.pk
     assert Dataset.objects.count() == 1
+
+
+def test_a_cancel_whose_worker_died_ends_the_job_cancelled_when_it_is_run_again(api, teacher):
+    from tests.factories import reap_worker
+
+    created = create_job(api, job_body(openai_teacher(teacher)))
+    from nexus.jobs import claim, kind_get
+
+    assert claim(kind_get("distillation"), created["id"], worker="w1@host")
+    assert api.delete(f"{API}/jobs/{created['id']}").json()["cancel_requested"] is True
+    assert reap_worker("w1@host")["distillation"] == [created["id"]]  # the worker died before it saw the cancel
+    assert job(created["id"]).status == "queued"
+    assert run_task(created["id"], worker="w2@host") is None
+    assert job(created["id"]).status == "cancelled" and teacher.count() == 0
 
 
 def test_approve_while_queued_or_running_is_refused(api, teacher):
