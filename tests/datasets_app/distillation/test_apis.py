@@ -576,3 +576,43 @@ def test_a_wrong_connection_field_is_a_400_naming_its_path(api, teacher):
         r = api.post(f"{API}/connections", {**good, **change}, format="json")
         assert r.status_code == 400 and error_of(r)["message"].startswith(message), (change, r.content)
     assert not TeacherConnection.objects.exists()
+
+
+# -- a model deployed in Nexus as the teacher -------------------------------------------------------
+
+
+@pytest.fixture
+def deployment(user, base_model, teacher):
+    """A running deployment whose one arm is the fake server (as a llama.cpp server speaks OpenAI's API)."""
+    from nexus.secrets import secret_encrypt
+    from tests.factories import make_deployment
+
+    row = make_deployment(user, base_model, status="running")
+    row.arms.update(port=teacher.port, api_key_encrypted=secret_encrypt("arm-key-1234567890"))
+    teacher.api_key = "arm-key-1234567890"
+    teacher.models.append(row.name)
+    return row
+
+
+def test_a_deployed_model_is_a_teacher_by_id_or_in_the_designs_form(api, teacher, deployment, outsider):
+    from tests.factories import make_deployment
+
+    created = create_job(api, job_body({"provider": "deployed", "deployment_id": deployment.pk}))
+    (row,) = created["teachers"]
+    assert (row["provider"], row["model"], row["base_url"], row["deployment_id"]) == \
+        ("deployed", deployment.name, "", deployment.pk)
+    assert run_task(created["id"]) is None
+    assert job(created["id"]).accepted == 2 and {r["model"] for r in teacher.requests} == {deployment.name}
+    designs = create_job(api, job_body({"model": f"deployed:{deployment.pk}", "temperature": 0.2}))
+    assert designs["teachers"][0]["provider"] == "deployed"
+    check = api.post(f"{API}/connections/test", {"provider": "deployed", "deployment_id": deployment.pk},
+                     format="json").json()
+    assert check["ok"] is True and deployment.name in check["message"]
+
+    theirs = make_deployment(outsider, deployment.base_model)
+    for config, message in [({"provider": "deployed", "deployment_id": theirs.pk}, "teacher_config.deployment_id: "),
+                            ({"provider": "deployed", "deployment_id": deployment.pk, "api_key": KEY},
+                             "teacher_config.api_key: "),
+                            ({"provider": "deployed"}, "teacher_config.deployment_id: ")]:
+        r = api.post(f"{API}/jobs", job_body(config), format="json")
+        assert r.status_code == 400 and error_of(r)["message"].startswith(message), (config, r.content)

@@ -77,15 +77,38 @@ def test_a_429_with_retry_after_pauses_every_request_for_that_long(api, teacher)
     assert any("429" in m and "all requests wait 2.0 s" in m for m in events), events
 
 
-@TEACHERS
-def test_server_errors_and_overload_are_retried_with_backoff_then_succeed(api, teacher, make_teacher):
-    teacher.script = ["error500", "overloaded", "ok"]
+@pytest.mark.parametrize("make_teacher,script", [
+    (openai_teacher, ["error500", "overloaded", "ok"]),  # OpenAI's overload is a 503
+    (anthropic_teacher, ["overloaded", "disconnect", "ok"]),  # Anthropic's a 529
+], ids=["openai", "anthropic"])
+def test_server_errors_overload_and_cut_connections_are_retried_with_backoff_then_succeed(api, teacher, make_teacher,
+                                                                                          script):
+    teacher.script = script
     created = create_job(api, job_body(make_teacher(teacher), PROMPTS[:1], batch_size=1))
     assert run_task(created["id"]) is None
     row = job(created["id"])
     assert (row.status, row.accepted, row.requests) == ("completed", 1, 3)
     first, second, third = sorted(r["time"] for r in generations(teacher))
     assert second - first >= 0.5 and third - second >= 1.0  # half to all of 1 s, then of 2 s
+    assert teacher.repeated_prompts() == {}  # one answer bought
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_during_a_long_retry_after_pause_stops_the_job_within_seconds(api, teacher, monkeypatch):
+    from nexus import tasks
+
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda *a, **kw: None)
+    teacher.script = [("rate_limit", 300)]
+    created = create_job(api, job_body(openai_teacher(teacher), PROMPTS, batch_size=1))
+    runner_thread = JobThread(created["id"])
+    runner_thread.start()
+    wait_until(lambda: teacher.count(status=429) == 1, 10, "the 429")
+    time.sleep(0.5)
+    asked = time.monotonic()
+    assert api.delete(f"{API}/jobs/{created['id']}").status_code == 202
+    runner_thread.join(timeout=10)
+    assert not runner_thread.is_alive() and runner_thread.ended_at - asked < 3
+    assert job(created["id"]).status == "cancelled" and teacher.count() == 1
 
 
 @TEACHERS
