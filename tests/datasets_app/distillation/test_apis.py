@@ -226,6 +226,8 @@ def test_a_job_from_prompts_is_listed_and_its_detail_has_status_progress_counts_
     assert detail["cost_usd"] > 0 and detail["cost_known"] is True  # gpt-4o-mini is in the price table
     assert detail["counts"]["accepted"] == 5 and detail["counts"]["teachers"][0]["requests"] == 5
     assert detail["started_at"] and detail["completed_at"]
+    r = api.delete(f"{API}/jobs/{created['id']}")
+    assert r.status_code == 409 and "already ended" in error_of(r)["message"]
 
 
 def test_a_job_from_a_dataset_asks_the_teacher_each_record_prompt(api, user, teacher):

@@ -14,7 +14,6 @@ from datasets_app.distillation.models import DistillationItem
 from nexus.jobs import TransientError, is_transient
 from tests.datasets_app.distillation.conftest import (
     JUDGE_MODEL,
-    KEY,
     anthropic_teacher,
     openai_teacher,
     varied_answer,
@@ -123,6 +122,8 @@ def test_a_wrong_key_fails_the_job_at_once_after_one_request(api, teacher, make_
     row = job(created["id"])
     assert row.status == "failed" and "API key" in row.error_message and "401" in row.error_message
     assert teacher.count() == 1
+    detail = api.get(f"{API}/jobs/{row.pk}").json()
+    assert detail["status"] == "failed" and detail["error"] == row.error_message and detail["requests"] == 1
     assert row.items.filter(status="pending").count() == 6  # nothing judged: the prompts are kept
 
 
