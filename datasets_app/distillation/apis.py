@@ -8,7 +8,13 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from datasets_app.distillation.models import DistillationItem, DistillationJob, DistillationTeacher, TeacherConnection
+from datasets_app.distillation.models import (
+    DistillationItem,
+    DistillationJob,
+    DistillationTeacher,
+    Provider,
+    TeacherConnection,
+)
 from datasets_app.distillation.runner import distillation_counts
 from datasets_app.distillation.selectors import (
     distillation_items,
@@ -38,7 +44,7 @@ from datasets_app.distillation.services import (
 )
 from nexus.api_utils import request_team, request_team_filter
 from nexus.errors import NexusError
-from nexus.pagination import PAGE_PARAMETERS, paginate
+from nexus.pagination import PAGE_PARAMETERS, paginate, paginated
 from nexus.parsers import StrictJSONParser
 from nexus.teams import get_for_user
 
@@ -102,6 +108,140 @@ class ConnectionOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "team", "name", "label", *TEACHER_FIELDS, "last_check", "created_at", "updated_at"]
 
 
+# -- request bodies, as the schema documents them (the services check them, down to the field) --------
+
+
+class TeacherConfigSerializer(serializers.Serializer):
+    provider = serializers.ChoiceField(choices=Provider.choices, required=False,
+                                       help_text="default: anthropic for claude-* models, deployed for 'deployed:<id>', "
+                                                 "else openai")
+    model = serializers.CharField(required=False, help_text='e.g. "gpt-4o-mini", "claude-haiku-4-5", "deployed:7"')
+    api_key = serializers.CharField(required=False, write_only=True, help_text="encrypted at rest, never returned")
+    base_url = serializers.CharField(required=False, help_text="an OpenAI-compatible server or an Anthropic proxy; "
+                                                               "its host must be on NEXUS_TEACHER_ALLOWED_HOSTS")
+    temperature = serializers.FloatField(required=False, default=0.7, min_value=0, max_value=2)
+    max_tokens = serializers.IntegerField(required=False, default=2048, min_value=1)
+    deployment_id = serializers.IntegerField(required=False, help_text="provider deployed: the team's deployment")
+    connection_id = serializers.IntegerField(required=False, help_text="a saved teacher connection instead of the above")
+
+
+class PromptsConfigSerializer(serializers.Serializer):
+    prompts = serializers.ListField(child=serializers.JSONField(), required=False,
+                                    help_text='strings, or {"prompt", "input", "system"} objects')
+    dataset_id = serializers.IntegerField(required=False, help_text="take the prompts from a ready dataset")
+    template_id = serializers.CharField(required=False, help_text="a built-in template id or the team's own")
+    variables = serializers.DictField(required=False, help_text="template variable -> value or list of values")
+    num_examples = serializers.IntegerField(required=False, min_value=1)
+    include_reasoning = serializers.BooleanField(required=False, default=False)
+    seed = serializers.IntegerField(required=False, default=0)
+
+
+class DistillationJobCreateSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    teacher_config = TeacherConfigSerializer(required=False)
+    teacher_configs = TeacherConfigSerializer(many=True, required=False, help_text="several teachers")
+    multi_teacher = serializers.ChoiceField(choices=["best", "round_robin"], required=False, default="best")
+    judge_config = TeacherConfigSerializer(required=False, help_text="default: the first teacher")
+    prompts_config = PromptsConfigSerializer()
+    mode = serializers.ChoiceField(choices=["response", "rephrase", "expand", "negative", "back_translate"],
+                                   required=False, default="response")
+    pivot_language = serializers.CharField(required=False, default="French")
+    system_prompt = serializers.CharField(required=False, allow_blank=True)
+    quality_threshold = serializers.FloatField(required=False, default=0.0, min_value=0, max_value=1)
+    quality = serializers.DictField(required=False, help_text="min_words (3), check_language (true), near_threshold")
+    batch_size = serializers.IntegerField(required=False, default=5, min_value=1, max_value=64)
+    rate_limit = serializers.IntegerField(required=False, default=60, min_value=1, help_text="requests a minute")
+    output_format = serializers.ChoiceField(choices=["alpaca", "sharegpt", "chatml"], required=False, default="alpaca")
+    description = serializers.CharField(required=False, allow_blank=True)
+    team = serializers.CharField(required=False)
+
+
+class ReviewSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["accept", "reject", "reset"])
+
+
+class ApproveSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class ApprovedSerializer(serializers.Serializer):
+    dataset_id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    origin = serializers.DictField()
+
+
+class TemplateSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="a built-in's name (e.g. coding-assistant) or the team template's number")
+    name = serializers.CharField()
+    description = serializers.CharField()
+    system_prompt = serializers.CharField()
+    prompt = serializers.CharField(help_text="{name} placeholders")
+    variables = serializers.DictField(help_text="name -> list of values")
+    builtin = serializers.BooleanField()
+
+
+class TemplateInputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    slug = serializers.CharField(required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+    system_prompt = serializers.CharField(required=False, allow_blank=True)
+    prompt = serializers.CharField(help_text="{name} placeholders")
+    variables = serializers.DictField(required=False, help_text="name -> list of values")
+    team = serializers.CharField(required=False)
+
+
+class TemplatePreviewInputSerializer(serializers.Serializer):
+    prompt = serializers.CharField(required=False)
+    system_prompt = serializers.CharField(required=False, allow_blank=True)
+    variables = serializers.DictField(required=False)
+    template_id = serializers.CharField(required=False)
+    limit = serializers.IntegerField(required=False, default=5, min_value=1, max_value=50)
+
+
+class TemplatePreviewSerializer(serializers.Serializer):
+    prompts = serializers.ListField(child=serializers.CharField())
+    variables = serializers.ListField(child=serializers.DictField())
+    system_prompt = serializers.CharField()
+    combinations = serializers.IntegerField()
+    fields = serializers.ListField(child=serializers.CharField())
+
+
+class ConnectionInputSerializer(TeacherConfigSerializer):
+    name = serializers.CharField()
+    team = serializers.CharField(required=False)
+
+
+class ConnectionUpdateSerializer(TeacherConfigSerializer):
+    name = serializers.CharField(required=False)
+
+
+class ConnectionCheckSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    message = serializers.CharField()
+    problem = serializers.CharField(help_text="key | unreachable | model | address | other, when not ok")
+    latency_ms = serializers.IntegerField()
+
+
+class DistillationEstimateSerializer(serializers.Serializer):
+    prompts = serializers.IntegerField()
+    prompts_to_generate = serializers.IntegerField()
+    requests = serializers.IntegerField()
+    prompt_tokens_avg = serializers.FloatField()
+    per_teacher = serializers.ListField(child=serializers.DictField())
+    cost_usd = serializers.DictField(allow_null=True, help_text="low, expected, high")
+    unpriced_models = serializers.ListField(child=serializers.CharField())
+    minutes_at_rate_limit = serializers.FloatField()
+    note = serializers.CharField()
+
+
+class PriceSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    input_per_mtok = serializers.FloatField()
+    output_per_mtok = serializers.FloatField()
+
+
 def template_data(t) -> dict:
     return {"id": t.id, "name": t.name, "description": t.description, "system_prompt": t.system_prompt,
             "prompt": t.prompt, "variables": t.variables, "builtin": t.builtin}
@@ -114,12 +254,12 @@ def check_data(result) -> dict:
 class DistillationJobListCreateApi(APIView):
     parser_classes = [StrictJSONParser]
 
-    @extend_schema(responses=JobListItemSerializer(many=True), parameters=PAGE_PARAMETERS)
+    @extend_schema(responses=paginated(JobListItemSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
         jobs = distillation_job_list(user=request.user, team=request_team_filter(request))
         return paginate(request, jobs, lambda rows: JobListItemSerializer(rows, many=True).data)
 
-    @extend_schema(request=dict, responses={201: JobOutputSerializer},
+    @extend_schema(request=DistillationJobCreateSerializer, responses={201: JobOutputSerializer},
                    description="The design's body: name, teacher_config (or teacher_configs), prompts_config "
                                "({prompts} | {dataset_id} | {template_id, variables}; num_examples, include_reasoning), "
                                "system_prompt, quality_threshold, batch_size, rate_limit, output_format; and mode, "
@@ -138,21 +278,21 @@ def _body(request) -> dict:
 
 class DistillationJobDetailApi(APIView):
     @extend_schema(responses=JobOutputSerializer)
-    def get(self, request, job_id: int):
-        return Response({**JobOutputSerializer(distillation_job_get(user=request.user, pk=job_id)).data,
-                         "counts": distillation_counts(job_id=job_id)})
+    def get(self, request, distillation_id: int):
+        return Response({**JobOutputSerializer(distillation_job_get(user=request.user, pk=distillation_id)).data,
+                         "counts": distillation_counts(job_id=distillation_id)})
 
     @extend_schema(responses={202: JobOutputSerializer}, description="Cancel the job (answers so far are kept).")
-    def delete(self, request, job_id: int):
-        job = distillation_job_cancel(job=distillation_job_get(user=request.user, pk=job_id, write=True))
+    def delete(self, request, distillation_id: int):
+        job = distillation_job_cancel(job=distillation_job_get(user=request.user, pk=distillation_id, write=True))
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class DistillationPreviewApi(APIView):
     @extend_schema(parameters=[*PAGE_PARAMETERS, OpenApiParameter("status", str, enum=["accepted", "rejected", "pending"]),
-                               OpenApiParameter("reason", str)], responses=ItemOutputSerializer(many=True))
-    def get(self, request, job_id: int):
-        job = distillation_job_get(user=request.user, pk=job_id)
+                               OpenApiParameter("reason", str)], responses=paginated(ItemOutputSerializer))
+    def get(self, request, distillation_id: int):
+        job = distillation_job_get(user=request.user, pk=distillation_id)
         wanted = request.query_params.get("status", "")
         if wanted not in ("", "accepted", "rejected", "pending"):
             raise NexusError(f"status: must be accepted, rejected or pending, got {wanted[:40]!r}",
@@ -164,10 +304,9 @@ class DistillationPreviewApi(APIView):
 class DistillationItemReviewApi(APIView):
     parser_classes = [StrictJSONParser]
 
-    @extend_schema(request=dict, responses=ItemOutputSerializer,
-                   description='{"decision": "accept" | "reject" | "reset"}')
-    def post(self, request, job_id: int, item_id: int):
-        job = distillation_job_get(user=request.user, pk=job_id, write=True)
+    @extend_schema(request=ReviewSerializer, responses=ItemOutputSerializer)
+    def post(self, request, distillation_id: int, item_id: int):
+        job = distillation_job_get(user=request.user, pk=distillation_id, write=True)
         item = distillation_item_review(job=job, item_id=item_id, user=request.user,
                                         decision=str(_body(request).get("decision", "")))
         return Response(ItemOutputSerializer(item).data)
@@ -176,9 +315,9 @@ class DistillationItemReviewApi(APIView):
 class DistillationApproveApi(APIView):
     parser_classes = [StrictJSONParser]
 
-    @extend_schema(request=dict, responses={201: dict}, description='{"name": "..."} -> {"dataset_id": N, ...}')
-    def post(self, request, job_id: int):
-        job = distillation_job_get(user=request.user, pk=job_id, write=True)
+    @extend_schema(request=ApproveSerializer, responses={201: ApprovedSerializer})
+    def post(self, request, distillation_id: int):
+        job = distillation_job_get(user=request.user, pk=distillation_id, write=True)
         body = _body(request)
         name = body.get("name", "")
         if not isinstance(name, str):
@@ -192,7 +331,8 @@ class DistillationApproveApi(APIView):
 class DistillationEstimateApi(APIView):
     parser_classes = [StrictJSONParser]
 
-    @extend_schema(request=dict, responses=dict, description="Requests, tokens and cost of a job body, before it starts.")
+    @extend_schema(request=DistillationJobCreateSerializer, responses=DistillationEstimateSerializer,
+                   description="Requests, tokens and cost of a job body, before it starts.")
     def post(self, request):
         team = request_team(request, write=False)
         return Response(job_estimate(request=job_request_parse(team=team, user=request.user, body=_body(request))))
@@ -201,12 +341,12 @@ class DistillationEstimateApi(APIView):
 class DistillationTemplateListCreateApi(APIView):
     parser_classes = [StrictJSONParser]
 
-    @extend_schema(responses=dict(many=True))
+    @extend_schema(responses=TemplateSerializer(many=True))
     def get(self, request):
         rows = [template_data(t) for t in template_list(user=request.user, team=request_team_filter(request))]
         return Response({"count": len(rows), "next": None, "previous": None, "results": rows})
 
-    @extend_schema(request=dict, responses={201: dict})
+    @extend_schema(request=TemplateInputSerializer, responses={201: TemplateSerializer})
     def post(self, request):
         team = request_team(request, write=True)
         row = template_create(team=team, user=request.user, raw=_body(request))
@@ -215,10 +355,12 @@ class DistillationTemplateListCreateApi(APIView):
 
 
 class DistillationTemplateDetailApi(APIView):
+    @extend_schema(responses=TemplateSerializer)
     def get(self, request, template_id: str):
         team = request_team(request, write=False)
         return Response(template_data(template_get(user=request.user, team=team, template_id=template_id)))
 
+    @extend_schema(responses={204: None})
     def delete(self, request, template_id: str):
         from datasets_app.distillation.models import DistillationTemplate
 
@@ -232,8 +374,8 @@ class DistillationTemplateDetailApi(APIView):
 class DistillationTemplatePreviewApi(APIView):
     parser_classes = [StrictJSONParser]
 
-    @extend_schema(request=dict, responses=dict, description='{"prompt", "variables", "system_prompt"} -> the first '
-                                                             'prompts it renders and how many combinations it has')
+    @extend_schema(request=TemplatePreviewInputSerializer, responses=TemplatePreviewSerializer,
+                   description="the first prompts a template renders and how many combinations it has")
     def post(self, request):
         body = _body(request)
         if body.get("template_id") is not None and "prompt" not in body:
@@ -253,12 +395,12 @@ class DistillationTemplatePreviewApi(APIView):
 class TeacherConnectionListCreateApi(APIView):
     parser_classes = [StrictJSONParser]
 
-    @extend_schema(responses=ConnectionOutputSerializer(many=True), parameters=PAGE_PARAMETERS)
+    @extend_schema(responses=paginated(ConnectionOutputSerializer), parameters=PAGE_PARAMETERS)
     def get(self, request):
         rows = teacher_connection_list(user=request.user, team=request_team_filter(request))
         return paginate(request, rows, lambda r: ConnectionOutputSerializer(r, many=True).data)
 
-    @extend_schema(request=dict, responses={201: ConnectionOutputSerializer})
+    @extend_schema(request=ConnectionInputSerializer, responses={201: ConnectionOutputSerializer})
     def post(self, request):
         team = request_team(request, write=True)
         conn = teacher_connection_create(team=team, user=request.user, raw=_body(request))
@@ -272,12 +414,13 @@ class TeacherConnectionDetailApi(APIView):
     def get(self, request, connection_id: int):
         return Response(ConnectionOutputSerializer(teacher_connection_get(user=request.user, pk=connection_id)).data)
 
-    @extend_schema(request=dict, responses=ConnectionOutputSerializer)
+    @extend_schema(request=ConnectionUpdateSerializer, responses=ConnectionOutputSerializer)
     def patch(self, request, connection_id: int):
         conn = teacher_connection_get(user=request.user, pk=connection_id, write=True)
         conn = teacher_connection_update(connection=conn, user=request.user, raw=_body(request))
         return Response(ConnectionOutputSerializer(conn).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, connection_id: int):
         teacher_connection_delete(connection=teacher_connection_get(user=request.user, pk=connection_id, write=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -286,6 +429,7 @@ class TeacherConnectionDetailApi(APIView):
 class TeacherConnectionTestApi(APIView):
     """POST connections/{id}/test: one cheap call with a saved connection."""
 
+    @extend_schema(request=None, responses=ConnectionCheckSerializer)
     def post(self, request, connection_id: int):
         conn = teacher_connection_get(user=request.user, pk=connection_id, write=True)
         return Response(check_data(teacher_connection_test(connection=conn)))
@@ -296,6 +440,8 @@ class TeacherConfigTestApi(APIView):
 
     parser_classes = [StrictJSONParser]
 
+    @extend_schema(request=TeacherConfigSerializer, responses=ConnectionCheckSerializer,
+                   operation_id="v1_finetune_distillation_teacher_config_test")
     def post(self, request):
         team = request_team(request, write=True)
         body = {k: v for k, v in _body(request).items() if k not in ("team", "name")}
@@ -307,6 +453,7 @@ class TeacherConfigTestApi(APIView):
 class PriceListApi(APIView):
     """The operator's price table (USD per million tokens), edited in the admin."""
 
+    @extend_schema(responses=PriceSerializer(many=True))
     def get(self, request):
         rows = [{"model": m, "input_per_mtok": i, "output_per_mtok": o} for m, (i, o) in sorted(price_table().items())]
         return Response({"count": len(rows), "next": None, "previous": None, "results": rows})

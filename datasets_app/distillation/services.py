@@ -53,6 +53,16 @@ def bad(path: str, problem: str, *, code: str = "validation_error", status: int 
     return NexusError(f"{path}: {problem}", code=code, details={path: problem}, status_code=status)
 
 
+def require(raw: dict, fields: list[str], path: str = "") -> None:
+    """Every missing required field at once, each named in the details."""
+    missing = [f for f in fields if raw.get(f) in (None, "", [], {})]
+    if missing:
+        where = f"{path}." if path else ""
+        raise NexusError(f"{where}{missing[0]}: is required" + (f" (also missing: {', '.join(missing[1:])})"
+                                                                 if missing[1:] else ""),
+                         code="validation_error", details={f"{where}{f}": "is required" for f in missing})
+
+
 def _number(raw: dict, key: str, path: str, *, lo: float, hi: float, default: Any, integer: bool = False) -> Any:
     value = raw.get(key, default)
     if value is None:
@@ -295,6 +305,7 @@ def template_check(*, prompt: str, variables: Any, system_prompt: str = "") -> d
 @transaction.atomic
 def template_create(*, team: Team, user, raw: dict) -> DistillationTemplate:
     _unknown(raw, {"name", "slug", "description", "system_prompt", "prompt", "variables", "team"}, "")
+    require(raw, ["name", "prompt"])
     name = _text(raw, "name", "", max_len=200).strip()
     if not name:
         raise bad("name", "is required")
@@ -404,6 +415,7 @@ def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
     if not isinstance(body, dict):
         raise bad("body", "must be a JSON object")
     _unknown(body, JOB_KEYS, "")
+    require(body, ["name", "prompts_config"])
     name = _text(body, "name", "", max_len=200).strip()
     if not name:
         raise bad("name", "is required")

@@ -145,6 +145,8 @@ SPECTACULAR_SETTINGS = {
         "DatasetFormat": "datasets_app.engine.formats.FORMATS",
         "DatasetFormatOrAuto": "datasets_app.models.Dataset.Format",
         "DatasetFileType": "datasets_app.engine.readers.FILE_TYPES",
+        "DistillationStatus": "datasets_app.distillation.models.DistillationJob.Status",
+        "TeacherProvider": "datasets_app.distillation.models.Provider",
     },
 }
 

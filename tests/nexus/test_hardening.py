@@ -55,7 +55,13 @@ def test_the_schema_answers_json_and_documents_each_body_that_the_api_accepts(ap
     schema = _schema(api)
     components = schema["components"]["schemas"]
     job = make_job(user, base_model)
-    ids = {"dataset_id": job.dataset_id, "adapter_id": make_adapter(job).pk, "job_id": job.pk}
+    from datasets_app.models import DistillationItem, DistillationJob, DistillationTeacher
+
+    distillation = DistillationJob.objects.create(team=job.team, name="d", status="completed")
+    item = DistillationItem.objects.create(job=distillation, group=0, prompt="p", status="accepted",
+                                           teacher=DistillationTeacher.objects.create(job=distillation, model="m"))
+    ids = {"dataset_id": job.dataset_id, "adapter_id": make_adapter(job).pk, "job_id": job.pk,
+           "distillation_id": distillation.pk, "item_id": item.pk}
     checked = 0
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
