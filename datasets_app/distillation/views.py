@@ -94,7 +94,7 @@ class TeacherFieldsMixin(forms.Form):
                                help_text="blank: the provider's own API")
     # never rendered back: a page shows ••••last4 of a saved key and nothing of a typed one
     api_key = forms.CharField(max_length=500, required=False, label="API key",
-                              widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}))
+                              help_text="never shown again: after an error, type it again", widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}))
 
     def teacher_raw(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -279,7 +279,7 @@ def _team(request, form: forms.Form | None = None):  # noqa: ANN001, ANN202
 @login_required
 def distillation_list_page(request, connection_form: ConnectionForm | None = None, status: int = 200):
     return render(request, "distillation/list.html", {
-        "jobs": distillation_job_list(user=request.user).select_related("team"),
+        "jobs": distillation_job_list(user=request.user).select_related("team", "dataset"),
         "connections": teacher_connection_list(user=request.user).select_related("team"),
         "connection_form": connection_form or ConnectionForm(user=request.user),
     }, status=status)
@@ -470,11 +470,13 @@ def _counts_context(counts: dict[str, Any]) -> dict[str, Any]:
             "split": {k: round(100 * counts[k] / total, 2) if total else 0 for k in ("accepted", "rejected")}}
 
 
-def _log(job: DistillationJob) -> list:
-    """The job's log lines (not its once-a-second metric events), the newest 500."""
+def _log(job: DistillationJob, *, upto: int) -> list:
+    """The job's log lines up to `upto` (the page's websocket resumes after it), not its
+    once-a-second metric events; the newest 500."""
     from nexus.models import JobEvent
 
-    events = JobEvent.objects.filter(job_kind=DISTILLATION.name, job_id=job.pk).exclude(type=JobEvent.Type.METRIC)
+    events = JobEvent.objects.filter(job_kind=DISTILLATION.name, job_id=job.pk, seq__lte=upto).exclude(
+        type=JobEvent.Type.METRIC)
     return list(reversed(events.order_by("-seq")[:500]))
 
 
@@ -488,7 +490,8 @@ def distillation_detail_page(request, job_id: int):
     last_seq = job_events_last_seq(kind=DISTILLATION.name, job_id=job.pk)
     counts = distillation_counts(job_id=job.pk)
     return render(request, "distillation/detail.html", {
-        "job": job, **_counts_context(counts), "summary_seq": last_seq, "last_seq": last_seq, "events": _log(job),
+        "job": job, **_counts_context(counts), "summary_seq": last_seq, "last_seq": last_seq,
+        "events": _log(job, upto=last_seq),
         "teachers": job.teachers.all(), "config": job.config, "reason_labels": REASONS, **_items_context(request, job),
     })
 
@@ -501,9 +504,16 @@ def _items_context(request, job: DistillationJob) -> dict[str, Any]:
     page = Paginator(distillation_items(job=job, status=status, reason=reason), ITEMS_PER_PAGE).get_page(
         request.GET.get("page"))
     query = "".join(f"{k}={v}&" for k, v in (("status", status), ("reason", reason)) if v)
-    return {"page": page, "items": ItemOutputSerializer(page.object_list, many=True).data, "filter_status": status,
+    return {"page": page, "items": _rows(page.object_list), "filter_status": status,
             "filter_reason": reason, "filter_reason_label": REASONS.get(reason, ""), "filter_query": query,
             "filter_choices": [("", "all"), ("accepted", "accepted"), ("rejected", "rejected"), ("pending", "pending")]}
+
+
+def _rows(items) -> list[dict[str, Any]]:  # noqa: ANN001
+    """Items as the API shows them (the response is the record's output or the last answer), with
+    their reason in words."""
+    return [{**row, "reason_label": REASONS.get(row["reason"], row["reason"])}
+            for row in ItemOutputSerializer(items, many=True).data]
 
 
 @login_required
@@ -528,8 +538,7 @@ def distillation_item_review_partial(request, job_id: int, item_id: int):
             messages.error(request, error)
         return redirect("distillation-detail", job_id=job.pk)
     item = distillation_items(job=job).get(pk=item_id)
-    response = render(request, "distillation/_item_row.html",
-                      {"job": job, "item": ItemOutputSerializer(item).data, "error": error})
+    response = render(request, "distillation/_item_row.html", {"job": job, "item": _rows([item])[0], "error": error})
     response["HX-Trigger"] = "distillation-reviewed"
     return response
 

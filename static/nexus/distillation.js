@@ -125,11 +125,24 @@
       log.scrollTop = log.scrollHeight;
     }
 
+    let itemsAt = Date.now();
+    function refreshItems() {
+      const items = document.getElementById("distill-items");
+      if (!items || !window.htmx) return;
+      itemsAt = Date.now();
+      htmx.ajax("GET", items.dataset.url, { target: "#distill-items", swap: "outerHTML" });
+    }
+
     function refresh() {
       if (!window.htmx) return;
       htmx.ajax("GET", cfg.dataset.statusUrl, { target: "#distill-status", swap: "outerHTML" });
+      refreshItems();
+    }
+
+    // while answers come in, the review table follows every few seconds (not under the pointer)
+    function maybeRefreshItems() {
       const items = document.getElementById("distill-items");
-      if (items) htmx.ajax("GET", items.dataset.url, { target: "#distill-items", swap: "outerHTML" });
+      if (items && Date.now() - itemsAt > 5000 && !items.matches(":hover")) refreshItems();
     }
 
     function handle(e) {
@@ -138,14 +151,11 @@
       lastSeq = e.seq;
       if (e.type !== "metric") appendLog(e);
       if (e.data && typeof e.data.accepted === "number") apply(e.data);
+      if (e.type === "metric") maybeRefreshItems();
       if (e.type === "status") {
         statusSeq = e.seq;
         refresh();
-        if (ENDED.includes(e.data.status)) {
-          finished = true;
-          if (live) live.close();
-          setState("closed", "finished");
-        }
+        if (ENDED.includes(e.data.status)) finish();
       }
     }
 
@@ -170,11 +180,21 @@
         .catch(() => {});
     }, 5000);
 
-    // a status partial rendered before a status change this page has seen is stale: ask again
+    function finish() {
+      finished = true;
+      if (live) live.close();
+      setState("closed", "finished");
+    }
+
+    // a status partial rendered before a status change this page has seen is stale: ask again;
+    // a fresh one that says the job ended ends the following
     document.body.addEventListener("htmx:afterSwap", () => {
       const region = document.getElementById("distill-status");
-      if (region && parseInt(region.dataset.seq || "0", 10) < statusSeq) {
+      if (!region) return;
+      if (parseInt(region.dataset.seq || "0", 10) < statusSeq) {
         htmx.ajax("GET", cfg.dataset.statusUrl, { target: "#distill-status", swap: "outerHTML" });
+      } else if (!finished && ENDED.includes(region.dataset.status)) {
+        finish();
       }
     });
 

@@ -99,7 +99,7 @@ def test_the_review_table_filters_by_status_and_reason_and_pages(user, finished_
     page = _login(user)
     url = f"/finetune/distillation/{finished_job.pk}/items/"
     rejected = page.get(url, {"status": "rejected"}).content.decode()
-    assert rejected.count('<tr id="item-') == 1 and "primary colours" in rejected and "refusal" in rejected
+    assert rejected.count('<tr id="item-') == 1 and "primary colours" in rejected and 'data-reason="refusal"' in rejected
     accepted = page.get(url, {"status": "accepted"}).content.decode()
     assert accepted.count('<tr id="item-') == 2 and "primary colours" not in accepted
     assert page.get(url, {"status": "rejected", "reason": "refusal"}).content.decode().count('<tr id="item-') == 1
