@@ -69,3 +69,30 @@ def test_cancel_stops_a_running_job_within_seconds(celery_worker_process, api, t
     time.sleep(2)
     assert teacher.count() == requests_at_cancel  # nothing more is sent after a cancel
     assert done["accepted"] >= 2  # what was paid for is kept for review
+
+
+def test_self_distillation_from_a_model_deployed_in_nexus(celery_worker_process, base_model, api):
+    """Section 4.5: the teacher is a deployment (a real llama.cpp server of the demo model), with no
+    key or address given: Nexus knows both."""
+    from tests.deployments_app.test_deployments import deploy, stop, wait_running
+
+    d = wait_running(api, deploy(api, name="teacher")["id"])
+    try:
+        body = {"name": "self-distill", "teacher_config": {"provider": "deployed", "deployment_id": d["id"],
+                                                           "max_tokens": 24, "temperature": 0},
+                "prompts_config": {"prompts": ["Say hello to a new user.", "Name a colour of the sky.",
+                                               "Give one tip for staying focused."]},
+                "quality": {"min_words": 1, "check_language": False}, "batch_size": 2}
+        r = api.post("/api/v1/finetune/distillation/jobs", body, format="json")
+        assert r.status_code == 201, r.content
+        assert r.json()["teachers"][0]["provider"] == "deployed" and r.json()["teachers"][0]["key_last4"] == ""
+        done = wait_for(lambda: get(api, r.json()["id"]), lambda j: j["status"] not in ("queued", "running"), 300,
+                        "the job to finish")
+        assert done["status"] == "completed", done["error"]
+        assert done["generated"] == 3 and done["tokens_out"] > 0
+        items = api.get(f"/api/v1/finetune/distillation/jobs/{done['id']}/preview").json()["results"]
+        answered = [i for i in items if i["response"].strip()]
+        assert len(answered) == 3, items
+        assert done["cost_usd"] == 0  # a deployed model has no price: it costs no API money
+    finally:
+        stop(api, d["id"])

@@ -35,3 +35,46 @@ def test_prompts_become_answers_that_approve_into_a_dataset(api, teacher, make_t
     assert r.status_code == 201, r.content
     assert r.json()["origin"]["job_id"] == job_id
     assert DistillationJob.objects.get(pk=job_id).dataset_id == r.json()["dataset_id"]
+
+
+def _writes_prompts(messages, model):
+    """The fake teacher: numbered requests when asked to write prompts, else an answer."""
+    from tests.datasets_app.distillation.conftest import varied_answer
+
+    text = messages[-1]["content"]
+    if "numbered" in text and "new, diverse requests" in text:
+        import re
+
+        count = int(re.search(r"Write (\d+) new", text).group(1))
+        return "Here are the requests:\n" + "\n".join(
+            f"{i + 1}. Write a function number {i} in {model} style that reverses list {i}." for i in range(count))
+    return varied_answer(messages, model)
+
+
+@pytest.mark.django_db
+def test_a_template_with_fewer_combinations_than_wanted_has_the_teacher_write_more_prompts(api, teacher):
+    teacher.responder = _writes_prompts
+    body = {"name": "from-template", "teacher_config": openai_teacher(teacher), "rate_limit": 6000, "batch_size": 4,
+            "prompts_config": {"template_id": "coding-assistant", "num_examples": 12,
+                               "variables": {"language": ["Python"], "task": ["write a function that"],
+                                             "topic": ["parses dates", "merges two sorted lists"]}}}
+    r = api.post("/api/v1/finetune/distillation/jobs", body, format="json")
+    assert r.status_code == 201, r.content
+    created = r.json()
+    assert created["num_prompts"] < 12 and created["prompts_to_generate"] == 12 - created["num_prompts"]
+    run_job(created["id"])
+    job = api.get(f"/api/v1/finetune/distillation/jobs/{created['id']}").json()
+    assert job["status"] == "completed", job["error"]
+    assert job["num_prompts"] == 12 and job["prompts_to_generate"] == 0 and job["accepted"] == 12
+    written = [i for i in api.get(f"/api/v1/finetune/distillation/jobs/{created['id']}/preview?limit=50").json()["results"]
+               if i["prompt"].startswith("Write a function number")]
+    assert len(written) == 12 - created["num_prompts"]
+    events = [e["message"] for e in api.get(f"/api/v1/finetune/distillation/jobs/{created['id']}/events").json()["results"]]
+    assert any(m.startswith("The teacher wrote") for m in events)
+    # the prompt-writing calls are paid for too: the job's tokens are the answers' plus theirs
+    from datasets_app.models import DistillationItem
+
+    rows = DistillationItem.objects.filter(job_id=created["id"])
+    writing = [r.calls["write_prompts"]["tokens_in"] for r in rows if "write_prompts" in r.calls]
+    assert writing and all(writing)
+    assert job["tokens_in"] == sum(r.tokens_in for r in rows) + sum(writing)
