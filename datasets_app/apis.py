@@ -55,7 +55,7 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "team", "name", "description", "format", "file_type", "status", "num_examples", "num_invalid",
                   "num_usable", "total_tokens", "file_path", "original_filename", "file_size", "error_message",
                   "detection", "validated_with", "excluded_indices", "dedup_actions", "parent_id", "split",
-                  "created_at", "updated_at", "validation_errors", "statistics"]
+                  "origin", "created_at", "updated_at", "validation_errors", "statistics"]
 
     def to_representation(self, instance):
         data = super().to_representation(instance)

@@ -35,6 +35,9 @@ def test_prompts_become_answers_that_approve_into_a_dataset(api, teacher, make_t
     assert r.status_code == 201, r.content
     assert r.json()["origin"]["job_id"] == job_id
     assert DistillationJob.objects.get(pk=job_id).dataset_id == r.json()["dataset_id"]
+    dataset = api.get(f"/api/v1/finetune/datasets/{r.json()['dataset_id']}").json()
+    assert dataset["origin"]["kind"] == "distillation" and dataset["origin"]["records"] == 5
+    assert dataset["status"] == "uploading" and dataset["format"] == "sharegpt"  # the normal pipeline takes it
 
 
 def _writes_prompts(messages, model):
