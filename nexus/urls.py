@@ -133,12 +133,12 @@ pages = [
     path("distillation/new/test-teacher/", distill_views.teacher_test_partial, name="distillation-new-test"),
     path("distillation/new/template-preview/", distill_views.template_preview_partial, name="distillation-new-preview"),
     path("distillation/new/estimate/", distill_views.estimate_partial, name="distillation-new-estimate"),
-    path("distillation/<int:job_id>/", distill_views.distillation_detail_page, name="distillation-detail"),
-    path("distillation/<int:job_id>/items/", distill_views.distillation_items_partial, name="distillation-items"),
-    path("distillation/<int:job_id>/items/<int:item_id>/review/", distill_views.distillation_item_review_partial,
+    path("distillation/<int:distillation_id>/", distill_views.distillation_detail_page, name="distillation-detail"),
+    path("distillation/<int:distillation_id>/items/", distill_views.distillation_items_partial, name="distillation-items"),
+    path("distillation/<int:distillation_id>/items/<int:item_id>/review/", distill_views.distillation_item_review_partial,
          name="distillation-item-review"),
-    path("distillation/<int:job_id>/cancel/", distill_views.distillation_cancel_page, name="distillation-cancel"),
-    path("distillation/<int:job_id>/approve/", distill_views.distillation_approve_page, name="distillation-approve"),
+    path("distillation/<int:distillation_id>/cancel/", distill_views.distillation_cancel_page, name="distillation-cancel"),
+    path("distillation/<int:distillation_id>/approve/", distill_views.distillation_approve_page, name="distillation-approve"),
 ]
 
 urlpatterns = [

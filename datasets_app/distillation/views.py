@@ -335,7 +335,7 @@ def distillation_new_page(request):
             except NexusError as exc:
                 status = exc.status_code
             else:
-                return redirect("distillation-detail", job_id=job.pk)
+                return redirect("distillation-detail", distillation_id=job.pk)
         else:
             status = 400
     return render(request, "distillation/new.html", {
@@ -481,8 +481,8 @@ def _log(job: DistillationJob, *, upto: int) -> list:
 
 
 @login_required
-def distillation_detail_page(request, job_id: int):
-    job = distillation_job_get(user=request.user, pk=job_id)
+def distillation_detail_page(request, distillation_id: int):
+    job = distillation_job_get(user=request.user, pk=distillation_id)
     if request.htmx:
         return _status(request, job)
     from nexus.events import job_events_last_seq
@@ -517,16 +517,16 @@ def _rows(items) -> list[dict[str, Any]]:  # noqa: ANN001
 
 
 @login_required
-def distillation_items_partial(request, job_id: int):
-    job = distillation_job_get(user=request.user, pk=job_id)
+def distillation_items_partial(request, distillation_id: int):
+    job = distillation_job_get(user=request.user, pk=distillation_id)
     return render(request, "distillation/_items.html", {"job": job, **_items_context(request, job)})
 
 
 @require_POST
 @login_required
-def distillation_item_review_partial(request, job_id: int, item_id: int):
+def distillation_item_review_partial(request, distillation_id: int, item_id: int):
     """Accept or reject one item by hand; htmx gets the row back (and the counts refresh)."""
-    job = distillation_job_get(user=request.user, pk=job_id, write=True)
+    job = distillation_job_get(user=request.user, pk=distillation_id, write=True)
     error = ""
     try:
         distillation_item_review(job=job, item_id=item_id, user=request.user,
@@ -536,7 +536,7 @@ def distillation_item_review_partial(request, job_id: int, item_id: int):
     if not request.htmx:
         if error:
             messages.error(request, error)
-        return redirect("distillation-detail", job_id=job.pk)
+        return redirect("distillation-detail", distillation_id=job.pk)
     item = distillation_items(job=job).get(pk=item_id)
     response = render(request, "distillation/_item_row.html", {"job": job, "item": _rows([item])[0], "error": error})
     response["HX-Trigger"] = "distillation-reviewed"
@@ -545,8 +545,8 @@ def distillation_item_review_partial(request, job_id: int, item_id: int):
 
 @require_POST
 @login_required
-def distillation_cancel_page(request, job_id: int):
-    job = distillation_job_get(user=request.user, pk=job_id, write=True)
+def distillation_cancel_page(request, distillation_id: int):
+    job = distillation_job_get(user=request.user, pk=distillation_id, write=True)
     error = None
     try:
         job = distillation_job_cancel(job=job)
@@ -556,18 +556,18 @@ def distillation_cancel_page(request, job_id: int):
         return _status(request, job, control_error=error)
     if error:
         messages.error(request, error)
-    return redirect("distillation-detail", job_id=job_id)
+    return redirect("distillation-detail", distillation_id=distillation_id)
 
 
 @require_POST
 @login_required
-def distillation_approve_page(request, job_id: int):
+def distillation_approve_page(request, distillation_id: int):
     """The accepted items become a dataset; off to its page."""
-    job = distillation_job_get(user=request.user, pk=job_id, write=True)
+    job = distillation_job_get(user=request.user, pk=distillation_id, write=True)
     try:
         dataset = distillation_job_approve(job=job, user=request.user, name=request.POST.get("name", "")[:200])
     except NexusError as exc:
         messages.error(request, exc.message)
-        return redirect("distillation-detail", job_id=job_id)
+        return redirect("distillation-detail", distillation_id=distillation_id)
     messages.success(request, f"Job '{job.name}' became the dataset '{dataset.name}'.")
     return redirect("dataset-detail", dataset_id=dataset.pk)
