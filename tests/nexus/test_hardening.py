@@ -288,6 +288,18 @@ def test_quotas_refuse_more_work_with_a_429_that_names_them(api, user, base_mode
     assert refused(api.post(export, {"quantization": "f16"}, format="json"), "NEXUS_QUOTA_ACTIVE_EXPORTS")
     assert AdapterExport.objects.count() == 1
 
+    from datasets_app.models import DistillationJob
+
+    settings.NEXUS_QUOTA_ACTIVE_DISTILLATIONS = 1
+    settings.NEXUS_TEACHER_ALLOWED_HOSTS = "127.0.0.1"
+    distill = {"name": "q", "teacher_config": {"model": "gpt-4o-mini", "api_key": "sk-quota-test-0000",
+                                               "base_url": "http://127.0.0.1:9/v1"},
+               "prompts_config": {"prompts": ["hello there"]}}
+    assert api.post("/api/v1/finetune/distillation/jobs", distill, format="json").status_code == 201
+    assert refused(api.post("/api/v1/finetune/distillation/jobs", distill, format="json"),
+                   "NEXUS_QUOTA_ACTIVE_DISTILLATIONS")
+    assert DistillationJob.objects.count() == 1
+
 
 def test_viewers_may_not_spend_compute_through_a_deployment_unless_the_team_allows(user, base_model):
     from nexus.models import Membership
