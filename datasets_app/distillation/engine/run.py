@@ -123,6 +123,9 @@ class _Run:
         self.tick = itertools.count()
         self.failures: dict[tuple[int, str], int] = {}
         self.in_flight: dict[Future, tuple[WorkItem, Call]] = {}
+        # A teacher's first call goes alone, until one answers: a wrong key or model costs one request, not a batch
+        self.answered: set[int] = set()  # id() of the clients that have answered
+        self.probing: dict[Future, int] = {}  # a first call on its way -> id() of its client (popped: None if not one)
         self.assessed: dict[int, list[tuple[WorkItem, Outcome]]] = {}
         self.result = RunResult()
 
@@ -219,26 +222,34 @@ class _Run:
                 self.ready.popleft()
                 self._assess(item)
                 continue
+            if id(client) not in self.answered and id(client) in self.probing.values():
+                return
             if self.limiter.wait_s() > 0:
                 return
             self.ready.popleft()
             self.hooks.on_attempt(self.limiter.take(), item, call.step)
             self.result.calls += 1
-            self.in_flight[self.pool.submit(self._call, client, call)] = (item, call)
+            future = self.pool.submit(self._call, client, call)
+            self.in_flight[future] = (item, call)
+            if id(client) not in self.answered:
+                self.probing[future] = id(client)
 
     def _settle(self, future: Future) -> None:
         item, call = self.in_flight.pop(future)
+        probed = self.probing.pop(future, None)
         try:
             answer = future.result()
         except TeacherFatal as exc:
             self.result.fatal = self.result.fatal or exc
             return
-        except TeacherRejected as exc:
+        except TeacherRejected as exc:  # this request was refused; the key, address and model work
+            self.answered.add(probed)
             self._assess(item, Rejection("teacher_error", exc.message))
             return
         except TeacherRetry as exc:
             self._retry(item, call, exc)
             return
+        self.answered.add(probed)
         self.result.answers += 1
         stored = answer.as_dict()
         if call.step == JUDGE_STEP:

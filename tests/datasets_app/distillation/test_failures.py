@@ -112,8 +112,9 @@ def test_a_cancel_during_a_long_retry_after_pause_stops_the_job_within_seconds(a
 
 @TEACHERS
 def test_a_wrong_key_fails_the_job_at_once_after_one_request(api, teacher, make_teacher):
-    body = job_body(make_teacher(teacher, api_key="sk-this-is-not-the-key-0000"), PROMPTS)
-    del body["batch_size"], body["rate_limit"]  # the defaults: 5 at once, 60 a minute
+    # as many at once as the batch allows, and no pacing to speak of: still one request
+    body = job_body(make_teacher(teacher, api_key="sk-this-is-not-the-key-0000"), PROMPTS, batch_size=5,
+                    rate_limit=100_000)
     created = create_job(api, body)
     started = time.monotonic()
     error = run_task(created["id"])
@@ -129,8 +130,7 @@ def test_a_wrong_key_fails_the_job_at_once_after_one_request(api, teacher, make_
 
 @TEACHERS
 def test_an_unknown_model_fails_the_job_at_once_after_one_request(api, teacher, make_teacher):
-    body = job_body(make_teacher(teacher, model="gpt-9-ultra"), PROMPTS)
-    del body["batch_size"], body["rate_limit"]
+    body = job_body(make_teacher(teacher, model="gpt-9-ultra"), PROMPTS, batch_size=5, rate_limit=100_000)
     created = create_job(api, body)
     assert run_task(created["id"]) is not None
     row = job(created["id"])
