@@ -370,6 +370,7 @@ def distillation_run(*, job_id: int) -> None:
     counts = distillation_counts(job_id=job.pk)
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(counts["rejected_by_reason"].items(), key=lambda x: -x[1]))
     cost = f"${job.cost_usd:.4f}" + ("" if job.cost_known else " (some models have no price)")
-    transition(DISTILLATION, job.pk, to=S.COMPLETED, frm=[S.RUNNING], completed_at=timezone.now(), data=counts,
+    transition(DISTILLATION, job.pk, to=S.COMPLETED, frm=[S.RUNNING], completed_at=timezone.now(),
+               data={k: v for k, v in counts.items() if k != "status"},  # the event's own status is the new one
                message=f"Completed: {job.accepted} accepted, {job.rejected} rejected" + (f" ({reasons})" if reasons else "")
                + f"; {job.requests} requests, {job.tokens_in:,} tokens in, {job.tokens_out:,} out, {cost}")

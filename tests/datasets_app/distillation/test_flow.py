@@ -27,6 +27,9 @@ def test_prompts_become_answers_that_approve_into_a_dataset(api, teacher, make_t
     assert (job["accepted"], job["rejected"], job["generated"]) == (5, 0, 5)
     assert job["tokens_in"] > 0 and job["tokens_out"] > 0
     assert teacher.count(status=200) == 5 and not teacher.repeated_prompts()
+    events = api.get(f"/api/v1/finetune/distillation/jobs/{job_id}/events").json()["results"]
+    last = [e for e in events if e["type"] == "status"][-1]
+    assert last["data"]["status"] == "completed" and last["data"]["accepted"] == 5
     preview = api.get(f"/api/v1/finetune/distillation/jobs/{job_id}/preview").json()
     assert preview["count"] == 5
     assert {i["prompt"] for i in preview["results"]} == set(PROMPTS)
