@@ -12,8 +12,16 @@ from tests.factories import make_adapter, make_deployment, make_job, make_user, 
 
 @pytest.fixture
 def owned(user, base_model):
+    from datasets_app.models import DistillationItem, DistillationJob, DistillationTeacher, TeacherConnection
+
     job = make_job(user, base_model)
-    return {"dataset": job.dataset, "job": job, "adapter": make_adapter(job), "deployment": make_deployment(user, base_model)}
+    distillation = DistillationJob.objects.create(team=job.team, name="d", status="completed")
+    teacher = DistillationTeacher.objects.create(job=distillation, model="gpt-4o-mini")
+    item = DistillationItem.objects.create(job=distillation, group=0, teacher=teacher, prompt="p", status="accepted",
+                                           record={"instruction": "p", "output": "an answer"})
+    return {"dataset": job.dataset, "job": job, "adapter": make_adapter(job), "deployment": make_deployment(user, base_model),
+            "distillation": distillation, "item": item,
+            "connection": TeacherConnection.objects.create(team=job.team, name="c", model="gpt-4o-mini")}
 
 
 def _login(user) -> Client:
@@ -43,6 +51,10 @@ def test_new_user_gets_a_personal_team_they_own(user):
         ("deployment", "/api/v1/finetune/deployments/{id}"),
         ("deployment", "/api/v1/finetune/deployments/{id}/status"),
         ("deployment", "/api/v1/finetune/deployments/{id}/logs"),
+        ("distillation", "/api/v1/finetune/distillation/jobs/{id}"),
+        ("distillation", "/api/v1/finetune/distillation/jobs/{id}/preview"),
+        ("distillation", "/api/v1/finetune/distillation/jobs/{id}/events"),
+        ("connection", "/api/v1/finetune/distillation/connections/{id}"),
     ],
 )
 def test_outsider_gets_404_from_the_api(owned, outsider_api, api, kind, url):
@@ -63,6 +75,8 @@ def test_outsider_gets_404_from_the_api(owned, outsider_api, api, kind, url):
         ("adapter", "/finetune/adapters/{id}/exports/"),
         ("deployment", "/finetune/deployments/{id}/"),
         ("deployment", "/finetune/deployments/{id}/chat/"),
+        ("distillation", "/finetune/distillation/{id}/"),
+        ("distillation", "/finetune/distillation/{id}/items/"),
     ],
 )
 def test_outsider_gets_404_from_the_pages(owned, user, outsider, kind, url):
@@ -207,6 +221,10 @@ VIEWER_POSTS = [
                                     "base_model": o["base_model"].name}),
     ("deployments/{deployment_id}/start/", dict),
     ("deployments/{deployment_id}/stop/", dict),
+    ("distillation/{distillation_id}/approve/", lambda o: {"name": "viewer-dataset"}),
+    ("distillation/{distillation_id}/items/{item_id}/review/", lambda o: {"decision": "reject"}),
+    ("distillation/{distillation_id}/cancel/", dict),
+    ("distillation/connections/{connection_id}/test/", dict),
 ]
 
 

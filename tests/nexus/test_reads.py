@@ -39,9 +39,17 @@ def running_everything(user, base_model):
     deployment = make_deployment(user, base_model, adapter=adapter, status="running")
     deployment.arms.update(pid=999_999, port=1, log_path="/nonexistent/log")
     job_event_record(kind="training", job_id=job.pk, message="step 3", data={"progress": 30})
+    from datasets_app.models import DistillationItem, DistillationJob, DistillationTeacher, TeacherConnection
+
+    distillation = DistillationJob.objects.create(team=job.team, name="d", status="running", worker="w@nowhere",
+                                                  config={"rate_limit": 60, "batch_size": 2})
+    teacher = DistillationTeacher.objects.create(job=distillation, model="gpt-4o-mini")
+    item = DistillationItem.objects.create(job=distillation, group=0, teacher=teacher, prompt="p")
+    connection = TeacherConnection.objects.create(team=job.team, name="c", model="gpt-4o-mini")
     return {"dataset_id": job.dataset.pk, "job_id": job.pk, "adapter_id": adapter.pk, "export_id": export.pk,
             "deployment_id": deployment.pk, "step": 3, "preset_id": "balanced", "endpoint": "models",
-            "action": "preview"}
+            "action": "preview", "distillation_id": distillation.pk, "item_id": item.pk,
+            "connection_id": connection.pk, "template_id": "coding-assistant"}
 
 
 def test_no_get_of_any_api_endpoint_or_page_changes_a_row(user, running_everything):
@@ -60,6 +68,8 @@ def test_no_get_of_any_api_endpoint_or_page_changes_a_row(user, running_everythi
         assert _db_state() == before, f"GET {url} changed the database"
     assert len(walked) > 60
     assert ("/api/v1/finetune/deployments/%d" % running_everything["deployment_id"], 200) in walked
+    assert ("/api/v1/finetune/distillation/jobs/%d/preview" % running_everything["distillation_id"], 200) in walked
+    assert ("/finetune/distillation/%d/" % running_everything["distillation_id"], 200) in walked
 
 
 def test_a_user_made_outside_nexus_has_a_personal_team_before_any_page_is_read():
