@@ -325,7 +325,9 @@ def _check_result(request, result, error: str = ""):  # noqa: ANN001, ANN202
 
 @login_required
 def distillation_new_page(request):
-    form = DistillationForm(request.POST or None, user=request.user, initial={"dataset": request.GET.get("dataset", "")})
+    dataset = request.GET.get("dataset", "")  # from a dataset's page: its prompts, to answer or augment
+    form = DistillationForm(request.POST or None, user=request.user,
+                            initial={"dataset": dataset, "source": "dataset" if dataset else "prompts"})
     status = 200
     if request.method == "POST":
         team = _team(request, form)

@@ -211,6 +211,22 @@ def test_the_form_uses_a_saved_connection(user, teacher):
     assert DistillationJob.objects.get().teachers.get().connection == conn
 
 
+def test_a_teams_ready_dataset_gives_the_prompts(user, teacher):
+    from tests.factories import make_ready_dataset
+
+    dataset = make_ready_dataset(user)
+    page = _login(user)
+    html = page.get("/finetune/distillation/new/", {"dataset": dataset.pk}).content.decode()
+    assert f'<option value="{dataset.pk}" selected>' in html
+    assert re.search(r'<input[^>]*name="source" value="dataset"[^>]*checked', html)
+    r = page.post("/finetune/distillation/new/", form_data(teacher, name="rephrased", source="dataset",
+                                                           dataset=dataset.pk, mode="rephrase", num_examples="4"))
+    assert r.status_code == 302, r.content.decode()[:3000]
+    job = DistillationJob.objects.get(name="rephrased")
+    assert job.mode == "rephrase" and job.num_items == 4 and job.config["source"]["dataset_id"] == dataset.pk
+    assert all(job.items.values_list("reference", flat=True))  # the dataset's answers are kept
+
+
 def test_a_written_template_is_saved_with_the_job_and_a_builtin_one_is_used_as_is(user, teacher):
     page = _login(user)
     r = page.post("/finetune/distillation/new/", form_data(
