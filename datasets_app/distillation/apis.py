@@ -130,6 +130,8 @@ class PromptsConfigSerializer(serializers.Serializer):
                                     help_text='strings, or {"prompt", "input", "system"} objects')
     dataset_id = serializers.IntegerField(required=False, help_text="take the prompts from a ready dataset")
     template_id = serializers.CharField(required=False, help_text="a built-in template id or the team's own")
+    template = serializers.DictField(required=False, help_text='an inline template: {"prompt": "... {topic} ...", '
+                                                              '"variables": {"topic": [...]}, "system_prompt": "..."}')
     variables = serializers.DictField(required=False, help_text="template variable -> value or list of values")
     num_examples = serializers.IntegerField(required=False, min_value=1)
     include_reasoning = serializers.BooleanField(required=False, default=False)

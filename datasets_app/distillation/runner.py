@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F
+from django.db.models import Case, CharField, Count, F, Q, Value, When
 from django.utils import timezone
 
 from datasets_app.distillation.engine.filters import DuplicateIndex, QualityConfig
@@ -203,8 +203,10 @@ def distillation_recount(*, job: DistillationJob) -> None:
 def distillation_counts(*, job_id: int) -> dict[str, Any]:
     """The live numbers of a job (what the job page's counters and bar show)."""
     job = DistillationJob.objects.get(pk=job_id)
-    reasons = dict(DistillationItem.objects.filter(job_id=job_id, status=I.REJECTED).values_list("reason")
-                   .annotate(n=Count("id")).values_list("reason", "n"))
+    # after a person's review: rejected by hand ("manual") or by the filters with their reason
+    rejected = DistillationItem.objects.filter(Q(review=I.REJECTED) | Q(review="", status=I.REJECTED), job_id=job_id)
+    why = Case(When(~Q(status=I.REJECTED), then=Value("manual")), default=F("reason"), output_field=CharField())
+    reasons = dict(rejected.annotate(why=why).values_list("why").annotate(n=Count("id")).values_list("why", "n"))
     teachers = [{"teacher": t.label, "role": t.role, "requests": t.requests, "tokens_in": t.tokens_in,
                  "tokens_out": t.tokens_out, "cost_usd": round(t.cost_usd, 6)}
                 for t in job.teachers.all()]

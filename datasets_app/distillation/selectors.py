@@ -77,3 +77,14 @@ def template_get(*, user, team, template_id: str | int, write: bool = False) -> 
 def price_table() -> dict[str, tuple[float, float]]:
     """The operator's prices (seeded with list prices by a migration; edited in the admin)."""
     return {p.model: (float(p.input_per_mtok), float(p.output_per_mtok)) for p in TeacherPrice.objects.all()}
+
+
+def distillation_job_log(*, job: DistillationJob, upto: int | None = None, limit: int = 500) -> list:
+    """The job's log and status lines (not its once-a-second metric events), oldest first, the
+    newest `limit` up to seq `upto` (where a page's websocket resumes)."""
+    from nexus.models import JobEvent
+
+    events = JobEvent.objects.filter(job_kind="distillation", job_id=job.pk).exclude(type=JobEvent.Type.METRIC)
+    if upto is not None:
+        events = events.filter(seq__lte=upto)
+    return list(reversed(events.order_by("-seq")[:limit]))

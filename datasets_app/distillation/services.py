@@ -44,7 +44,8 @@ TEACHER_KEYS = {"provider", "model", "api_key", "base_url", "temperature", "max_
 JOB_KEYS = {"name", "team", "teacher_config", "teacher_configs", "judge_config", "multi_teacher", "prompts_config",
             "system_prompt", "quality_threshold", "quality", "batch_size", "rate_limit", "output_format", "mode",
             "pivot_language", "description"}
-PROMPT_KEYS = {"prompts", "dataset_id", "template_id", "variables", "num_examples", "include_reasoning", "seed"}
+PROMPT_KEYS = {"prompts", "dataset_id", "template_id", "template", "variables", "num_examples", "include_reasoning",
+               "seed"}
 DEFAULTS = {"batch_size": 5, "rate_limit": 60, "quality_threshold": 0.0, "output_format": "alpaca", "temperature": 0.7,
             "max_tokens": 2048}
 
@@ -291,7 +292,7 @@ def template_check(*, prompt: str, variables: Any, system_prompt: str = "") -> d
         clean[name] = [v for v in values if v.strip()]
     for key, text in (("prompt", prompt), ("system_prompt", system_prompt)):
         try:
-            names = template_fields(text)
+            names = template_fields(text, where=key)
         except TemplateError as exc:
             raise bad(key, str(exc).removeprefix(f"{key}: ")) from exc
         if key == "prompt" and not names and not text.strip():
@@ -410,6 +411,34 @@ def _prompts_from_dataset(*, user, team: Team, dataset_id: Any, limit: int, seed
     return out, dataset
 
 
+def _template_of(*, user, team: Team, prompts: dict):
+    """A saved template (`template_id`: a built-in or the team's) or one given inline (`template`)."""
+    from datasets_app.distillation.engine.templates import PromptTemplate
+    from datasets_app.distillation.selectors import template_get
+
+    if prompts.get("template_id") is not None:
+        try:
+            return template_get(user=user, team=team, template_id=prompts["template_id"])
+        except Http404:
+            raise bad("prompts_config.template_id", f"no template {prompts['template_id']!r} (a built-in one or "
+                                                    f"one of team '{team.name}')") from None
+    raw = prompts["template"]
+    path = "prompts_config.template"
+    if not isinstance(raw, dict):
+        raise bad(path, "must be an object: {\"prompt\": \"... {topic} ...\", \"variables\": {\"topic\": [...]}, "
+                        "\"system_prompt\": \"...\"}")
+    _unknown(raw, {"name", "description", "prompt", "variables", "system_prompt"}, path)
+    require(raw, ["prompt"], path)
+    prompt, system_prompt = _text(raw, "prompt", path), _text(raw, "system_prompt", path)
+    try:
+        variables = template_check(prompt=prompt, variables=raw.get("variables") or {}, system_prompt=system_prompt)
+    except NexusError as exc:
+        raise bad(f"{path}.{next(iter(exc.details))}", exc.message.split(": ", 1)[-1]) from exc
+    return PromptTemplate(id="inline", name=_text(raw, "name", path, max_len=200) or "Inline template",
+                          description=_text(raw, "description", path), system_prompt=system_prompt, prompt=prompt,
+                          variables=variables)
+
+
 def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
     """Check a job request (the design's body, section 7.5) down to the field; nothing is saved."""
     if not isinstance(body, dict):
@@ -458,9 +487,10 @@ def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
     if not isinstance(prompts, dict):
         raise bad("prompts_config", "is required: {\"prompts\": [...]}, {\"dataset_id\": N} or {\"template_id\": ...}")
     _unknown(prompts, PROMPT_KEYS, "prompts_config")
-    given = [k for k in ("prompts", "dataset_id", "template_id") if prompts.get(k) is not None]
+    given = [k for k in ("prompts", "dataset_id", "template_id", "template") if prompts.get(k) is not None]
     if len(given) != 1:
-        raise bad("prompts_config", "give exactly one source of prompts: prompts, dataset_id or template_id")
+        raise bad("prompts_config", "give exactly one source of prompts: prompts, dataset_id, template_id or an "
+                                    "inline template {\"prompt\", \"variables\", \"system_prompt\"}")
     cap = settings.NEXUS_DISTILLATION_MAX_EXAMPLES
     num_examples = _number(prompts, "num_examples", "prompts_config", lo=1, hi=cap, default=None, integer=True)
     seed = _number(prompts, "seed", "prompts_config", lo=0, hi=2**31, default=0, integer=True)
@@ -480,13 +510,7 @@ def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
                                                  limit=num_examples or cap, seed=seed)
         source = {"kind": "dataset", "dataset_id": dataset.pk, "dataset_name": dataset.name}
     else:
-        from datasets_app.distillation.selectors import template_get
-
-        try:
-            template = template_get(user=user, team=team, template_id=prompts["template_id"])
-        except Http404:
-            raise bad("prompts_config.template_id", f"no template {prompts['template_id']!r} (a built-in one or "
-                                                    f"one of team '{team.name}')") from None
+        template = _template_of(user=user, team=team, prompts=prompts)
         variables = dict(template.variables)
         given_vars = prompts.get("variables") or {}
         if not isinstance(given_vars, dict):
@@ -500,7 +524,7 @@ def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
         try:
             rendered = expand(template.prompt, variables, limit=wanted, seed=seed)
         except TemplateError as exc:
-            raise bad("prompts_config.template_id", str(exc)) from exc
+            raise bad(f"prompts_config.{given[0]}", str(exc)) from exc
         sources = []
         for text, values in rendered:
             system = render(template.system_prompt, values) if template.system_prompt else ""

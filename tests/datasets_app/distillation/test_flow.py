@@ -84,3 +84,25 @@ def test_a_template_with_fewer_combinations_than_wanted_has_the_teacher_write_mo
     writing = [r.calls["write_prompts"]["tokens_in"] for r in rows if "write_prompts" in r.calls]
     assert writing and all(writing)
     assert job["tokens_in"] == sum(r.tokens_in for r in rows) + sum(writing)
+
+
+@pytest.mark.django_db
+def test_an_inline_template_needs_no_saved_template_and_hand_rejections_count_as_manual(api, teacher):
+    body = {"name": "inline", "teacher_config": openai_teacher(teacher), "rate_limit": 6000,
+            "prompts_config": {"template": {"prompt": "Explain {topic} to a {reader}.",
+                                            "variables": {"topic": ["recursion", "caching"], "reader": ["child", "CTO"]},
+                                            "system_prompt": "Be brief."}, "num_examples": 4}}
+    r = api.post("/api/v1/finetune/distillation/jobs", body, format="json")
+    assert r.status_code == 201, r.content
+    assert r.json()["num_prompts"] == 4 and r.json()["prompts_to_generate"] == 0
+    run_job(r.json()["id"])
+    base = f"/api/v1/finetune/distillation/jobs/{r.json()['id']}"
+    results = api.get(f"{base}/preview").json()["results"]
+    assert {i["prompt"] for i in results} == {f"Explain {t} to a {w}." for t in ("recursion", "caching")
+                                              for w in ("child", "CTO")}
+    assert api.post(f"{base}/items/{results[0]['id']}/review", {"decision": "reject"}, format="json").status_code == 200
+    counts = api.get(base).json()["counts"]
+    assert counts["rejected_by_reason"] == {"manual": 1}
+    bad = {**body, "prompts_config": {"template": {"prompt": "Explain {topic.upper}."}}}
+    r = api.post("/api/v1/finetune/distillation/jobs", bad, format="json")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("prompts_config.template.prompt:")
