@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, CharField, Count, F, Q, Value, When
@@ -353,9 +354,15 @@ def distillation_run(*, job_id: int) -> None:
     if done_before or stored:
         event(DISTILLATION, job.pk, f"Resuming: {done_before} items already decided and {stored} with answers stored "
                                     f"are not asked again; {len(items) - stored} to go")
-    result = run_items(items, teachers=[clients[t.pk] for t in teachers], judge=clients[judge.pk] if judge else None,
-                       plan=plan, limiter=limiter, hooks=hooks, batch_size=job.config["batch_size"],
-                       duplicates=duplicates)
+    try:
+        result = run_items(items, teachers=[clients[t.pk] for t in teachers],
+                           judge=clients[judge.pk] if judge else None, plan=plan, limiter=limiter, hooks=hooks,
+                           batch_size=job.config["batch_size"], duplicates=duplicates)
+    except SoftTimeLimitExceeded:
+        # a long job (many prompts at a low rate) outlived its task's time slice: what it has is
+        # stored, so the kit's retry resumes it rather than failing it
+        hooks.progress(force=True)
+        raise TransientError("the run used its time slice; resuming from the answers stored") from None
     hooks.progress(force=True)
     if result.fatal is not None:
         raise NexusError(f"Distillation failed: {result.fatal.message}", code="teacher_error")

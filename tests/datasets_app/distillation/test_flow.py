@@ -106,3 +106,41 @@ def test_an_inline_template_needs_no_saved_template_and_hand_rejections_count_as
     bad = {**body, "prompts_config": {"template": {"prompt": "Explain {topic.upper}."}}}
     r = api.post("/api/v1/finetune/distillation/jobs", bad, format="json")
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("prompts_config.template.prompt:")
+
+
+@pytest.mark.django_db
+def test_a_run_that_outlives_its_time_slice_is_resumed_not_failed(api, teacher):
+    """Celery's soft time limit arrives as a signal in the worker's main thread (SIGUSR1 raising
+    SoftTimeLimitExceeded); the run turns it into a transient error that the kit retries."""
+    import os
+    import signal
+    import threading
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from nexus.jobs import TransientError
+
+    teacher.latency_s = 0.2
+    prompts = [f"Slice question {i}: say something about {i}." for i in range(16)]
+    r = api.post("/api/v1/finetune/distillation/jobs", {"name": "slices", "teacher_config": openai_teacher(teacher),
+                                                        "prompts_config": {"prompts": prompts}, "batch_size": 2,
+                                                        "rate_limit": 6000}, format="json")
+    job_id = r.json()["id"]
+
+    def soft_limit(signum, frame):
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGUSR1, soft_limit)
+    timer = threading.Timer(0.8, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(TransientError, match="time slice"):
+            run_job(job_id)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert DistillationJob.objects.get(pk=job_id).status == "running"  # held, for the kit's retry to take over
+    run_job(job_id, worker="retry@host", held_by="test@host")
+    job = api.get(f"/api/v1/finetune/distillation/jobs/{job_id}").json()
+    assert job["status"] == "completed" and job["accepted"] == 16
+    assert len(teacher.repeated_prompts()) <= 2  # at most the answers in flight at the signal are bought again
