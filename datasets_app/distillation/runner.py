@@ -211,7 +211,8 @@ def distillation_counts(*, job_id: int) -> dict[str, Any]:
     teachers = [{"teacher": t.label, "role": t.role, "requests": t.requests, "tokens_in": t.tokens_in,
                  "tokens_out": t.tokens_out, "cost_usd": round(t.cost_usd, 6)}
                 for t in job.teachers.all()]
-    return {"status": job.status, "progress": job.progress, "num_items": job.num_items, "generated": job.generated,
+    # progress as every kind's events carry it: a fraction (the job's API field is a percentage)
+    return {"status": job.status, "progress": round(job.progress / 100, 4), "num_items": job.num_items, "generated": job.generated,
             "accepted": job.accepted, "rejected": job.rejected, "requests": job.requests, "tokens_in": job.tokens_in,
             "tokens_out": job.tokens_out, "cost_usd": round(job.cost_usd, 6), "cost_known": job.cost_known,
             "rejected_by_reason": reasons, "teachers": teachers, "prompts_to_generate": job.prompts_to_generate}
