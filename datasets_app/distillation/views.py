@@ -4,6 +4,8 @@ review table, cancel, approve into a dataset). Each view: access helper -> one s
 selector -> render."""
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any
 
 from django import forms
@@ -20,7 +22,7 @@ from datasets_app.distillation.apis import ItemOutputSerializer
 from datasets_app.distillation.engine.filters import REASONS
 from datasets_app.distillation.engine.modes import MODE_HELP, MODES
 from datasets_app.distillation.jobs import DISTILLATION
-from datasets_app.distillation.models import DistillationJob, DistillationTeacher, Provider
+from datasets_app.distillation.models import DistillationJob, DistillationTeacher, DistillationTemplate, Provider
 from datasets_app.distillation.runner import distillation_counts
 from datasets_app.distillation.selectors import (
     distillation_items,
@@ -41,6 +43,7 @@ from datasets_app.distillation.services import (
     job_request_parse,
     teacher_check,
     teacher_connection_create,
+    teacher_connection_delete,
     teacher_connection_test,
     teacher_parse,
     template_create,
@@ -48,8 +51,10 @@ from datasets_app.distillation.services import (
 )
 from datasets_app.models import Dataset
 from datasets_app.selectors import dataset_list
+from deployments_app.models import Deployment
+from deployments_app.selectors import deployment_list
 from nexus.errors import NexusError
-from nexus.teams import resolve_team, user_teams
+from nexus.teams import get_for_user, resolve_team, user_teams
 
 ITEMS_PER_PAGE = 20
 ITEM_STATUSES = ("accepted", "rejected", "pending")
@@ -57,6 +62,11 @@ PROBLEMS = {"key": "Wrong key", "unreachable": "Unreachable", "model": "Unknown 
             "other": "Failed"}
 # an estimate needs no key: it prices the request without calling the teacher
 ESTIMATE_KEY = "not-needed-for-an-estimate"
+TEACHER_BLOCKS = 4  # teacher 1 and up to three more
+# a teacher block's fields; teacher 1's have no prefix, teacher n's "t<n>_", the judge's "judge_"
+BLOCK_FIELDS = ("connection", "provider", "deployment", "model", "base_url", "api_key")
+TYPED_FIELDS = ("model", "base_url", "api_key")
+JUDGE = "judge_"
 
 
 def _choices(values) -> list[tuple[str, str]]:  # noqa: ANN001
@@ -121,15 +131,42 @@ class ConnectionForm(TeacherFieldsMixin):
                        else exc.message)
 
 
+class DeploymentSelect(forms.Select):
+    """The team's deployments; only running ones can be picked."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.disabled_values: set[str] = set()
+
+    def create_option(self, name, value, *args, **kwargs):  # noqa: ANN001, ANN201
+        option = super().create_option(name, value, *args, **kwargs)
+        if str(value) in self.disabled_values:
+            option["attrs"]["disabled"] = True
+        return option
+
+
+def _prefix(block: int | str) -> str:
+    return JUDGE if block == "judge" else "" if str(block) == "1" else f"t{block}_"
+
+
 class DistillationForm(TeacherFieldsMixin):
-    """The new-job form; body() is the API's request body (section 7.5)."""
+    """The new-job form; body() is the API's request body (section 7.5). Teacher 1's fields have no
+    prefix, teachers 2-4 are the same fields prefixed "t<n>_", a typed judge's "judge_"."""
 
     name = forms.CharField(max_length=200)
     team = forms.ChoiceField(choices=(), required=False, help_text="")
     connection = forms.ChoiceField(required=False, label="Teacher",
                                    help_text="a saved connection, or a teacher given below")
-    temperature = forms.FloatField(initial=DEFAULTS["temperature"], min_value=0, max_value=2)
-    max_tokens = forms.IntegerField(initial=DEFAULTS["max_tokens"], min_value=1)
+    provider = forms.ChoiceField(choices=Provider.choices, initial=Provider.OPENAI)
+    deployment = forms.ChoiceField(required=False, label="Deployment", widget=DeploymentSelect,
+                                   help_text="a running deployment of the team: no key or address needed")
+    temperature = forms.FloatField(initial=DEFAULTS["temperature"], min_value=0, max_value=2,
+                                   help_text="every teacher's")
+    max_tokens = forms.IntegerField(initial=DEFAULTS["max_tokens"], min_value=1, help_text="every teacher's")
+    multi_teacher = forms.ChoiceField(choices=[("best", "Best answer: every teacher answers, the judge keeps one"),
+                                               ("round_robin", "Round robin: the prompts are shared out")],
+                                      initial="best", required=False, widget=forms.RadioSelect,
+                                      label="With several teachers")
 
     source = forms.ChoiceField(choices=[("prompts", "Prompts, one a line"), ("dataset", "A ready dataset"),
                                         ("template", "A template")], initial="prompts", widget=forms.RadioSelect,
@@ -146,25 +183,40 @@ class DistillationForm(TeacherFieldsMixin):
                                          help_text="one a line: name: value one | value two")
     template_system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False,
                                              label="Template system prompt")
-    template_name = forms.CharField(max_length=200, required=False, label="Save the edited template as",
-                                    help_text="blank: named after the job")
+    template_name = forms.CharField(max_length=200, required=False, label="Also save it as a team template named",
+                                    help_text="blank: the edited template is used for this job only")
     num_examples = forms.IntegerField(required=False, min_value=1, label="Number of examples",
                                       help_text="blank: every prompt of the list or dataset; 100 for a template")
     include_reasoning = forms.BooleanField(required=False, label="Include reasoning (chain of thought)")
 
     mode = forms.ChoiceField(choices=[(m, format_html('<strong>{}</strong> <span class="muted">{}</span>', m, MODE_HELP[m]))
                                       for m in MODES], initial="response", widget=forms.RadioSelect)
+    pivot_language = forms.CharField(max_length=50, required=False, initial="French", label="Pivot language",
+                                     help_text="back_translate goes through this language and back")
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False,
                                     help_text="sent with every prompt (a template's own comes first)")
-    quality_threshold = forms.FloatField(initial=DEFAULTS["quality_threshold"], min_value=0, max_value=1,
-                                         help_text="0: no judge; above 0 the teacher scores every answer (0-1)")
     batch_size = forms.IntegerField(initial=DEFAULTS["batch_size"], help_text="requests at once")
     rate_limit = forms.IntegerField(initial=DEFAULTS["rate_limit"], help_text="requests a minute")
     output_format = forms.ChoiceField(choices=_choices(OUTPUT_FORMATS), initial=DEFAULTS["output_format"])
 
-    TEACHER_FIELDS = ("connection", "provider", "model", "base_url", "api_key", "temperature", "max_tokens")
+    quality_threshold = forms.FloatField(initial=DEFAULTS["quality_threshold"], min_value=0, max_value=1,
+                                         help_text="0: no judge; above 0 the judge scores every answer (0-1)")
+    judge = forms.ChoiceField(required=False, label="Judge",
+                              help_text="scores the answers when the threshold is above 0, and picks the best "
+                                        "answer of several teachers")
+    min_words = forms.IntegerField(initial=3, min_value=0, max_value=10_000, required=False, label="Minimum words",
+                                   help_text="shorter answers are rejected")
+    check_language = forms.BooleanField(initial=True, required=False,
+                                        label="Reject answers in another language than the prompt")
+    near_threshold = forms.FloatField(required=False, min_value=0.5, max_value=1, label="Near-duplicate threshold",
+                                      help_text="0.5-1: an answer this similar to an earlier one is rejected; "
+                                                "blank: 0.85")
+
+    TEACHER_FIELDS = ("connection", "provider", "deployment", "model", "base_url", "api_key", "temperature",
+                      "max_tokens")
     TEMPLATE_FIELDS = ("template", "template_prompt", "template_variables", "template_system_prompt", "template_name")
-    GENERATION_FIELDS = ("mode", "system_prompt", "quality_threshold", "batch_size", "rate_limit", "output_format")
+    GENERATION_FIELDS = ("mode", "system_prompt", "batch_size", "rate_limit", "output_format")
+    QUALITY_FIELDS = ("min_words", "check_language", "near_threshold")
     # service detail keys (paths in the request body) -> form fields
     PROMPT_KEYS = {"prompts": "prompts", "dataset_id": "dataset", "template_id": "template",
                    "variables": "template_variables", "num_examples": "num_examples",
@@ -175,11 +227,29 @@ class DistillationForm(TeacherFieldsMixin):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["team"].choices = _team_choices(user)
+        teams = _team_choices(user)
+        self.fields["team"].choices = teams
         self.connections = list(teacher_connection_list(user=user).select_related("team"))
-        self.fields["connection"].choices = [("", "Enter a teacher below")] + [
-            (str(c.pk), f"{c.name} ({c.label}{' · ••••' + c.key_last4 if c.key_last4 else ''})")
-            for c in self.connections]
+        saved = [(str(c.pk), f"{c.name} ({c.label}{' · ••••' + c.key_last4 if c.key_last4 else ''})")
+                 for c in self.connections]
+        self.fields["connection"].choices = [("", "Enter a teacher below")] + saved
+        self.deployments = list(deployment_list(user=user).select_related("team"))
+        self.fields["deployment"].choices = [("", "Choose a deployment")] + [
+            (str(d.pk), f"{d.name} ({d.status}{', team ' + d.team.name if len(teams) > 1 else ''})")
+            for d in self.deployments]
+        self.fields["deployment"].widget.disabled_values = {
+            str(d.pk) for d in self.deployments if d.status != Deployment.Status.RUNNING}
+        for block in [*range(2, TEACHER_BLOCKS + 1), "judge"]:
+            for name in BLOCK_FIELDS:
+                if block == "judge" and name == "connection":
+                    continue  # the judge picks a saved connection in its own selector
+                field = copy.deepcopy(self.fields[name])
+                field.required = False
+                if name == "connection":
+                    field.label = f"Teacher {block}"
+                self.fields[f"{_prefix(block)}{name}"] = field
+        self.fields["judge"].choices = [("", "The first teacher"), ("typed", "Another model, given below")] + (
+            [("Saved connections", saved)] if saved else [])
         ready = dataset_list(user=user).filter(status=Dataset.Status.READY)
         self.fields["dataset"].choices = [("", "Choose a dataset")] + [(str(d.pk), f"{d.name} ({d.num_usable} examples)")
                                                                         for d in ready]
@@ -189,6 +259,45 @@ class DistillationForm(TeacherFieldsMixin):
 
     def clean_template_variables(self) -> dict[str, list[str]]:
         return parse_variables(self.cleaned_data.get("template_variables", ""))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        running = {str(d.pk): d for d in self.deployments}
+        for block in [*self.active_blocks(), "judge"]:
+            p = _prefix(block)
+            chosen = data.get(f"{p}deployment")
+            if data.get(f"{p}provider") == Provider.DEPLOYED and chosen in running and \
+                    running[chosen].status != Deployment.Status.RUNNING:
+                self.add_error(f"{p}deployment", f"'{running[chosen].name}' is not running "
+                                                 f"({running[chosen].status}); start it first")
+        return data
+
+    def active_blocks(self) -> list[int]:
+        """Teacher 1, and each further teacher block with anything chosen or typed in it."""
+        return [1] + [n for n in range(2, TEACHER_BLOCKS + 1)
+                      if any((self.data.get(f"t{n}_{f}") or "").strip() for f in BLOCK_FIELDS if f != "provider")]
+
+    def block_raw(self, block: int | str) -> dict[str, Any]:
+        """One teacher block as the API takes it: a saved connection, a deployment or a typed teacher."""
+        data, p = self.cleaned_data, _prefix(block)
+        if data.get(f"{p}connection"):
+            return {"connection_id": int(data[f"{p}connection"])}
+        provider = data.get(f"{p}provider") or Provider.OPENAI
+        if provider == Provider.DEPLOYED:
+            chosen = data.get(f"{p}deployment") or ""
+            return {"provider": provider, "deployment_id": int(chosen) if chosen.isdigit() else None}
+        raw = {"provider": provider, "model": data.get(f"{p}model", ""), "api_key": data.get(f"{p}api_key", "")}
+        if data.get(f"{p}base_url"):
+            raw["base_url"] = data[f"{p}base_url"]
+        return raw
+
+    def teacher_raw(self) -> dict[str, Any]:
+        return self.block_raw(1)
+
+    def judge_needed(self, teachers: int) -> bool:
+        data = self.cleaned_data
+        return (data.get("quality_threshold") or 0) > 0 or (teachers > 1 and (data.get("multi_teacher") or "best")
+                                                             == "best")
 
     def chosen_template(self, team):  # noqa: ANN001, ANN201
         """The template picked in the editor's "Start from", when the editor still holds it as it
@@ -207,45 +316,75 @@ class DistillationForm(TeacherFieldsMixin):
                 "prompt": data.get("template_prompt", ""), "variables": data.get("template_variables") or {},
                 "system_prompt": data.get("template_system_prompt", "")}
 
-    def body(self, *, template_id: str | int | None = None, prompts: list[str] | None = None) -> dict[str, Any]:
-        """The request body; `template_id` is the editor's template (saved), `prompts` stand in for it
-        (the estimate of an unsaved one)."""
+    def body(self, *, template_id: str | int | None = None) -> dict[str, Any]:
+        """The request body; `template_id` is the editor's template when it is saved (a built-in or
+        the team's), else the editor's template goes inline."""
         data = self.cleaned_data
-        if data.get("connection"):
-            teacher: dict[str, Any] = {"connection_id": int(data["connection"])}
-        else:
-            teacher = self.teacher_raw()
-        for key in ("temperature", "max_tokens"):
-            if data.get(key) is not None:
-                teacher[key] = data[key]
+        self._blocks = self.active_blocks()
+        teachers = [self.block_raw(n) for n in self._blocks]
+        for teacher in teachers:
+            for key in ("temperature", "max_tokens"):
+                if data.get(key) is not None:
+                    teacher[key] = data[key]
         source = data.get("source") or "prompts"
         config: dict[str, Any] = {"include_reasoning": bool(data.get("include_reasoning"))}
-        if prompts is not None:
-            config["prompts"] = prompts
-        elif source == "prompts":
+        if source == "prompts":
             config["prompts"] = [line.strip() for line in data.get("prompts", "").splitlines() if line.strip()]
         elif source == "dataset":
             config["dataset_id"] = int(data["dataset"]) if (data.get("dataset") or "").isdigit() else ""
-        else:
+        elif template_id is not None:
             config["template_id"] = template_id
             config["variables"] = data.get("template_variables") or {}
+        else:
+            config["template"] = self.template_raw()
         if data.get("num_examples"):
             config["num_examples"] = data["num_examples"]
-        body = {"name": data.get("name", ""), "teacher_config": teacher, "prompts_config": config,
-                "mode": data.get("mode") or "response", "system_prompt": data.get("system_prompt", ""),
-                "output_format": data.get("output_format") or DEFAULTS["output_format"]}
+        body: dict[str, Any] = {"name": data.get("name", ""), "prompts_config": config,
+                                "mode": data.get("mode") or "response", "system_prompt": data.get("system_prompt", ""),
+                                "output_format": data.get("output_format") or DEFAULTS["output_format"]}
+        if len(teachers) == 1:
+            body["teacher_config"] = teachers[0]
+        else:
+            body["teacher_configs"] = teachers
+            body["multi_teacher"] = data.get("multi_teacher") or "best"
+        judge = data.get("judge") or ""
+        if judge and self.judge_needed(len(teachers)):
+            body["judge_config"] = self.block_raw("judge") if judge == "typed" else {"connection_id": int(judge)}
+        quality: dict[str, Any] = {"check_language": bool(data.get("check_language"))}
+        for key in ("min_words", "near_threshold"):
+            if data.get(key) is not None:
+                quality[key] = data[key]
+        body["quality"] = quality
+        if body["mode"] == "back_translate" and data.get("pivot_language"):
+            body["pivot_language"] = data["pivot_language"]
         for key in ("quality_threshold", "batch_size", "rate_limit"):
             if data.get(key) is not None:
                 body[key] = data[key]
         return body
 
+    def _block_field(self, prefix: str, name: str) -> str:
+        name = "deployment" if name == "deployment_id" else name
+        return f"{prefix}{name}" if name in BLOCK_FIELDS and f"{prefix}{name}" in self.fields else \
+            name if name in ("temperature", "max_tokens") else "judge" if prefix == JUDGE else f"{prefix}connection"
+
     def field_for(self, key: str, *, template: bool = False) -> str | None:
         head, _, rest = key.partition(".")
         if template:
             return self.TEMPLATE_KEYS.get(head.split("[")[0])
-        if head in ("teacher_config", "judge_config"):
-            name = rest.split(".")[0]
-            return "connection" if name == "connection_id" else name if name in self.TEACHER_FIELDS else "connection"
+        name = rest.split(".")[0]
+        if head == "teacher_config":
+            return self._block_field("", name)
+        if head.startswith("teacher_configs["):
+            index = head[len("teacher_configs["):-1]
+            blocks = getattr(self, "_blocks", None) or self.active_blocks()
+            block = blocks[int(index)] if index.isdigit() and int(index) < len(blocks) else 1
+            return self._block_field(_prefix(block), name)
+        if head == "judge_config":
+            return self._block_field(JUDGE, name) if (self.cleaned_data.get("judge") == "typed") else "judge"
+        if head == "quality":
+            return name if name in self.QUALITY_FIELDS else "quality_threshold"
+        if head == "prompts_config" and name == "template":  # the inline template's own fields
+            return self.TEMPLATE_KEYS.get(rest.split(".")[1] if rest.count(".") else "prompt", "template_prompt")
         if head == "prompts_config":
             return self.PROMPT_KEYS.get(rest.split(".")[0].split("[")[0], "source")
         return head if head in self.fields else None
@@ -257,13 +396,23 @@ class DistillationForm(TeacherFieldsMixin):
         field = self.field_for(key, template=template) if key else None
         message = exc.message
         if field and message.startswith(f"{key}: "):
-            short, problem = key.removeprefix("teacher_config.").removeprefix("prompts_config."), message[len(key) + 2:]
-            message = problem if short in (field, field.removeprefix("template_")) else f"{short}: {problem}"
+            short, problem = key.split(".", 1)[-1].removeprefix("template.") if "." in key else key, message[len(key) + 2:]
+            bare = field.removeprefix("template_").removeprefix(JUDGE)
+            bare = bare.split("_", 1)[1] if re.match(r"t\d_", bare) else bare
+            short_bare = "deployment" if short == "deployment_id" else short
+            message = problem if short in (field, bare) or short_bare == bare else f"{short}: {problem}"
         self.add_error(field, message)
 
+    def teacher_blocks(self) -> list[dict[str, Any]]:
+        """Each teacher block's fields, for the page; the blocks after the first start hidden when empty."""
+        active = self.active_blocks()
+        return [{"n": n, "prefix": _prefix(n), "active": n in active,
+                 "fields": [self[f"{_prefix(n)}{f}"] for f in BLOCK_FIELDS]} for n in range(1, TEACHER_BLOCKS + 1)]
+
     def sections(self) -> dict[str, list]:
-        return {"teacher": [self[f] for f in self.TEACHER_FIELDS if f != "connection"],
-                "generation": [self[f] for f in self.GENERATION_FIELDS]}
+        return {"judge": [self[f"{JUDGE}{f}"] for f in BLOCK_FIELDS if f != "connection"],
+                "generation": [self[f] for f in self.GENERATION_FIELDS],
+                "quality": [self[f] for f in self.QUALITY_FIELDS]}
 
 
 def _team(request, form: forms.Form | None = None):  # noqa: ANN001, ANN202
@@ -282,7 +431,30 @@ def distillation_list_page(request, connection_form: ConnectionForm | None = Non
         "jobs": distillation_job_list(user=request.user).select_related("team", "dataset"),
         "connections": teacher_connection_list(user=request.user).select_related("team"),
         "connection_form": connection_form or ConnectionForm(user=request.user),
+        "team_templates": [(team, t) for team in user_teams(request.user).order_by("name")
+                           for t in template_list(user=request.user, team=team) if not t.builtin],
     }, status=status)
+
+
+@require_POST
+@login_required
+def connection_delete_page(request, connection_id: int):
+    """Jobs that used the connection keep their own copy of the teacher."""
+    connection = teacher_connection_get(user=request.user, pk=connection_id, write=True)
+    teacher_connection_delete(connection=connection)
+    messages.success(request, f"Deleted the connection '{connection.name}'.")
+    return redirect("distillation-list")
+
+
+@require_POST
+@login_required
+def template_delete_page(request, template_id: int):
+    """A team's own template (jobs made from it keep what it rendered)."""
+    # as the template API's delete does; a template_delete service would be the one place for it
+    row = get_for_user(DistillationTemplate.objects.all(), request.user, pk=template_id, write=True)
+    row.delete()
+    messages.success(request, f"Deleted the template '{row.name}'.")
+    return redirect("distillation-list")
 
 
 @require_POST
@@ -349,19 +521,20 @@ def distillation_new_page(request):
 
 @transaction.atomic
 def _create(request, form: DistillationForm, team) -> DistillationJob:  # noqa: ANN001
-    """The job, after saving the editor's template when it was written or edited here (the API
-    takes a saved template's id). Either both are saved or neither; errors go on their fields."""
+    """The job. The editor's template goes with it inline unless it is a saved one as it stands, or
+    the editor names it to be saved as a team template too: then both are saved or neither. Errors go
+    on their fields."""
     template_id = None
     if form.cleaned_data.get("source") == "template":
         template = form.chosen_template(team)
-        if template is None:
+        if template is not None:
+            template_id = template.id
+        elif form.cleaned_data.get("template_name"):
             try:
                 template_id = template_create(team=team, user=request.user, raw=form.template_raw()).pk
             except NexusError as exc:
                 form.add_service_error(exc, template=True)
                 raise
-        else:
-            template_id = template.id
     try:
         return distillation_job_create(team=team, user=request.user, body=form.body(template_id=template_id))
     except NexusError as exc:
@@ -372,17 +545,28 @@ def _create(request, form: DistillationForm, team) -> DistillationJob:  # noqa: 
 @require_POST
 @login_required
 def teacher_test_partial(request):
-    """The new-job form's "Test connection": the saved connection picked, or the teacher typed in
-    (not saved)."""
+    """The new-job form's "Test connection" of one teacher block (`which`: 1-4, or judge): the saved
+    connection picked, the deployment, or the teacher typed in (not saved)."""
     form = DistillationForm(request.POST, user=request.user)
     team = _team(request, form)
     form.is_valid()
-    chosen = request.POST.get("connection", "")
+    which = request.POST.get("which", "1")
+    block = which if which == "judge" or which in {str(n) for n in range(2, TEACHER_BLOCKS + 1)} else 1
+    p = _prefix(block)
+    if block == "judge":
+        chosen = request.POST.get("judge", "")
+        if not chosen:  # the judge is the first teacher unless another is chosen
+            block, p, chosen = 1, "", request.POST.get("connection", "")
+        chosen = "" if chosen == "typed" else chosen
+    else:
+        chosen = request.POST.get(f"{p}connection", "")
     if chosen:  # any id, not only the form's choices: another team's connection is a 404, not ignored
         connection = teacher_connection_get(user=request.user, pk=int(chosen) if chosen.isdigit() else 0, write=True)
         return _check_result(request, teacher_connection_test(connection=connection))
+    if form.errors.get(f"{p}deployment"):
+        return _check_result(request, None, error=form.errors[f"{p}deployment"][0])
     try:
-        parsed = teacher_parse(team=team, user=request.user, raw=form.teacher_raw())
+        parsed = teacher_parse(team=team, user=request.user, raw=form.block_raw(block))
     except NexusError as exc:
         return _check_result(request, None, error=exc.message)
     return _check_result(request, teacher_check(row=DistillationTeacher(**parsed.fields())))
@@ -411,8 +595,11 @@ def template_preview_partial(request):
 def estimate_partial(request):
     """Requests, cost (low / expected / high, per teacher and judge) and minutes for the form as it is."""
     post = request.POST.copy()
-    if not post.get("connection") and not post.get("api_key"):
-        post["api_key"] = ESTIMATE_KEY
+    blocks = DistillationForm(post, user=request.user).active_blocks()
+    for p in [*(_prefix(n) for n in blocks), *([JUDGE] if post.get("judge") == "typed" else [])]:
+        if not post.get(f"{p}connection") and not post.get(f"{p}api_key") and \
+                post.get(f"{p}provider") != Provider.DEPLOYED:
+            post[f"{p}api_key"] = ESTIMATE_KEY
     form = DistillationForm(post, user=request.user)
     team = _team(request, form)
     ctx: dict[str, Any] = {}
@@ -430,22 +617,9 @@ def estimate_partial(request):
 
 
 def _estimate_body(form: DistillationForm, team) -> dict[str, Any]:  # noqa: ANN001
-    """An unsaved template is estimated from the prompts it renders, repeated up to the number of
-    examples (what the teacher would write past its combinations costs about the same)."""
-    if form.cleaned_data.get("source") != "template":
-        return form.body()
-    template = form.chosen_template(team)
-    if template is not None:
-        return form.body(template_id=template.id)
-    wanted = form.cleaned_data.get("num_examples") or 100
-    preview = template_preview(prompt=form.cleaned_data.get("template_prompt", ""),
-                               variables=form.cleaned_data.get("template_variables") or {},
-                               system_prompt=form.cleaned_data.get("template_system_prompt", ""),
-                               limit=min(wanted, 1000))
-    rendered = preview["prompts"] or [""]
-    body = form.body(prompts=[rendered[i % len(rendered)] for i in range(wanted)])
-    body["prompts_config"]["num_examples"] = wanted
-    return body
+    """The body as the form would send it; a saved template as it stands by its id, else inline."""
+    template = form.chosen_template(team) if form.cleaned_data.get("source") == "template" else None
+    return form.body(template_id=template.id if template is not None else None)
 
 
 # -- job -------------------------------------------------------------------------------------------------

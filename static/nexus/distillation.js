@@ -18,11 +18,72 @@
     form.querySelectorAll("input[name=source]").forEach((r) => r.addEventListener("change", showSource));
     showSource();
 
-    const connection = form.elements.connection;
-    const teacherFields = document.getElementById("teacher-fields");
-    function showTeacher() { teacherFields.classList.toggle("using-connection", !!connection.value); }
-    connection.addEventListener("change", showTeacher);
-    showTeacher();
+    // a teacher block shows what its choice needs: nothing more for a saved connection, the
+    // deployment for a deployed model, else model, address and key
+    function field(name) { return form.elements[name]; }
+    function show(name, on) {
+      const el = field(name);
+      const label = el && el.closest("label");
+      if (label) label.hidden = !on;
+    }
+    function showBlock(block) {
+      const p = block.dataset.prefix;
+      const saved = field(`${p}connection`) ? !!field(`${p}connection`).value : false;
+      const deployed = field(`${p}provider`).value === "deployed";
+      show(`${p}provider`, !saved);
+      show(`${p}deployment`, !saved && deployed);
+      ["model", "base_url", "api_key"].forEach((n) => show(`${p}${n}`, !saved && !deployed));
+    }
+    const blocks = [...form.querySelectorAll(".teacher-block")];
+    blocks.forEach((block) => {
+      block.querySelectorAll("select").forEach((s) => s.addEventListener("change", () => { showBlock(block); showQuality(); }));
+      showBlock(block);
+    });
+
+    // teachers 2-4: hidden until "Add another teacher"; "remove" empties and hides one
+    const extra = blocks.filter((b) => Number(b.dataset.block) > 1);
+    extra.forEach((b) => { if (b.dataset.empty) b.hidden = true; });
+    const add = document.getElementById("add-teacher");
+    function teachers() { return 1 + extra.filter((b) => !b.hidden).length; }
+    function changed() { form.dispatchEvent(new Event("change", { bubbles: true })); }
+    add.hidden = false;
+    add.addEventListener("click", () => {
+      const next = extra.find((b) => b.hidden);
+      if (next) { next.hidden = false; showBlock(next); }
+      showQuality();
+      changed();
+    });
+    form.querySelectorAll(".remove-teacher").forEach((button) => button.addEventListener("click", () => {
+      const block = button.closest(".teacher-block");
+      block.querySelectorAll("input, select").forEach((el) => {
+        if (el.tagName === "SELECT") el.selectedIndex = 0; else el.value = "";
+      });
+      block.hidden = true;
+      showBlock(block);
+      showQuality();
+      changed();
+    }));
+
+    // the multi-teacher choice with 2+ teachers; the judge when something needs one; the pivot
+    // language for back_translate
+    const multi = document.getElementById("multi-teacher");
+    const judgeRow = field("judge").closest("label");
+    const judgeBlock = document.getElementById("judge-block");
+    function showQuality() {
+      const n = teachers();
+      multi.hidden = n < 2;
+      add.hidden = n >= extra.length + 1;
+      const best = (form.querySelector("input[name=multi_teacher]:checked") || {}).value !== "round_robin";
+      const needed = parseFloat(field("quality_threshold").value || "0") > 0 || (n > 1 && best);
+      judgeRow.hidden = !needed;
+      judgeBlock.hidden = !needed || field("judge").value !== "typed";
+      showBlock(judgeBlock);
+      const mode = form.querySelector("input[name=mode]:checked");
+      document.getElementById("pivot-language").hidden = !mode || mode.value !== "back_translate";
+    }
+    form.addEventListener("input", showQuality);
+    form.addEventListener("change", showQuality);
+    showQuality();
 
     const templates = JSON.parse(document.getElementById("distill-templates").textContent);
     const select = form.elements.template;

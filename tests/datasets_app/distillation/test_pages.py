@@ -12,7 +12,7 @@ from datasets_app.distillation.models import DistillationItem, DistillationJob, 
 from datasets_app.distillation.services import distillation_job_create, teacher_connection_create
 from nexus.models import Membership
 from nexus.teams import team_member_add
-from tests.datasets_app.distillation.conftest import KEY, openai_teacher, run_job
+from tests.datasets_app.distillation.conftest import JUDGE_MODEL, KEY, openai_teacher, run_job
 from tests.factories import make_user, personal_team
 
 pytestmark = pytest.mark.django_db
@@ -32,7 +32,8 @@ def form_data(fake, **overrides) -> dict:
             "source": "prompts", "prompts": "\n".join(PROMPTS), "dataset": "", "template": "", "template_prompt": "",
             "template_variables": "", "template_system_prompt": "", "template_name": "", "num_examples": "",
             "mode": "response", "system_prompt": "", "quality_threshold": "0", "batch_size": "2", "rate_limit": "600",
-            "output_format": "alpaca"}
+            "output_format": "alpaca", "multi_teacher": "best", "judge": "", "min_words": "3", "check_language": "on",
+            "near_threshold": "", "pivot_language": "French"}
     data.update(overrides)
     return data
 
@@ -227,17 +228,23 @@ def test_a_teams_ready_dataset_gives_the_prompts(user, teacher):
     assert all(job.items.values_list("reference", flat=True))  # the dataset's answers are kept
 
 
-def test_a_written_template_is_saved_with_the_job_and_a_builtin_one_is_used_as_is(user, teacher):
+def test_a_written_template_goes_inline_a_named_one_is_saved_and_a_builtin_one_is_used_as_is(user, teacher):
     page = _login(user)
-    r = page.post("/finetune/distillation/new/", form_data(
-        teacher, name="tips", source="template", template_prompt="Give a {tone} tip about {topic}.",
-        template_variables="tone: short | friendly\ntopic: tea | rain | maps", num_examples="6"))
+    written = form_data(teacher, name="tips", source="template", template_prompt="Give a {tone} tip about {topic}.",
+                        template_variables="tone: short | friendly\ntopic: tea | rain | maps", num_examples="6")
+    r = page.post("/finetune/distillation/new/", written)
     assert r.status_code == 302, r.content.decode()[:3000]
     job = DistillationJob.objects.get(name="tips")
-    saved = DistillationTemplate.objects.get(team=personal_team(user))
-    assert saved.name == "tips template" and saved.variables["topic"] == ["tea", "rain", "maps"]
-    assert job.config["source"]["template_id"] == str(saved.pk)
+    assert not DistillationTemplate.objects.exists()  # inline: no team template for a one-off
+    assert job.config["source"]["template"]["prompt"] == "Give a {tone} tip about {topic}."
+    assert job.config["source"]["variables"]["topic"] == ["tea", "rain", "maps"]
     assert job.num_items == 6 and job.prompts_to_generate == 0
+
+    r = page.post("/finetune/distillation/new/", {**written, "name": "tips again", "template_name": "Tea tips"})
+    assert r.status_code == 302, r.content.decode()[:3000]
+    saved = DistillationTemplate.objects.get(team=personal_team(user))
+    assert saved.name == "Tea tips" and saved.variables["topic"] == ["tea", "rain", "maps"]
+    assert DistillationJob.objects.get(name="tips again").config["source"]["template_id"] == str(saved.pk)
 
     from datasets_app.distillation.engine.templates import BUILTIN_TEMPLATES
     from datasets_app.distillation.views import variables_text
@@ -318,11 +325,13 @@ def test_the_estimate_names_an_unpriced_model_and_a_form_error(user, teacher):
     assert 'id="estimate-error"' in html and "batch_size: must be from 1 to 64" in html
 
 
-def test_the_estimate_of_an_unsaved_template_counts_its_examples(user, teacher):
+def test_the_estimate_of_an_unsaved_template_counts_its_examples_and_what_the_teacher_writes(user, teacher):
     html = _login(user).post("/finetune/distillation/new/estimate/", form_data(
         teacher, source="template", template_prompt="Tip about {topic}", template_variables="topic: tea | rain",
         num_examples="10")).content.decode()
-    assert re.search(r'id="estimate-prompts">10<', html) and re.search(r'id="estimate-requests">10<', html)
+    # 2 combinations, 8 more prompts written by the teacher (one request per 20), 10 answers
+    assert re.search(r'id="estimate-prompts">10 <span class="muted">\(8 written by the teacher\)', html), html
+    assert re.search(r'id="estimate-requests">11<', html)
     assert DistillationTemplate.objects.count() == 0
 
 
@@ -413,3 +422,205 @@ def test_cancel_stops_a_queued_job_and_the_partial_shows_it(user, teacher):
     r = _login(user).post(f"/finetune/distillation/{job.pk}/cancel/", HTTP_HX_REQUEST="true")
     assert 'id="control-error"' in r.content.decode()
     assert DistillationItem.objects.filter(job=job).count() == 3
+
+
+# -- several teachers, a judge, deployed models, quality ---------------------------------------------------
+
+
+def second_teacher(fake, n: int = 2, **overrides) -> dict:
+    block = {"provider": "anthropic", "model": "claude-haiku-4-5", "base_url": fake.anthropic_base_url,
+             "api_key": KEY, "connection": "", "deployment": ""}
+    block.update(overrides)
+    return {f"t{n}_{k}": v for k, v in block.items()}
+
+
+def test_two_teachers_and_a_saved_judge_make_a_job_with_teacher_configs_and_judge_config(user, teacher, monkeypatch):
+    from datasets_app.distillation import views
+
+    conn = teacher_connection_create(team=personal_team(user), user=user,
+                                     raw={"name": "judge", **openai_teacher(teacher, model=JUDGE_MODEL)})
+    bodies = []
+    real = views.distillation_job_create
+    monkeypatch.setattr(views, "distillation_job_create", lambda **kw: bodies.append(kw["body"]) or real(**kw))
+    r = _login(user).post("/finetune/distillation/new/", {
+        **form_data(teacher, name="two", quality_threshold="0.5", judge=conn.pk), **second_teacher(teacher)})
+    assert r.status_code == 302, r.content.decode()[:3000]
+    (body,) = bodies
+    assert "teacher_config" not in body and [t.get("model") for t in body["teacher_configs"]] == \
+        ["gpt-4o-mini", "claude-haiku-4-5"]
+    assert body["multi_teacher"] == "best" and body["judge_config"] == {"connection_id": conn.pk}
+    job = DistillationJob.objects.get(name="two")
+    teachers = list(job.teachers.order_by("role", "position").values_list("role", "model"))
+    assert teachers == [("judge", JUDGE_MODEL), ("teacher", "gpt-4o-mini"), ("teacher", "claude-haiku-4-5")]
+    assert job.teachers.get(role="judge").connection == conn
+    assert job.config["multi_teacher"] == "best" and job.num_items == 6  # every teacher answers every prompt
+
+
+def test_round_robin_shares_the_prompts_and_a_typed_judge_is_used_only_when_needed(user, teacher):
+    page = _login(user)
+    judge = {"judge": "typed", "judge_provider": "openai", "judge_model": JUDGE_MODEL,
+             "judge_base_url": teacher.openai_base_url, "judge_api_key": KEY}
+    r = page.post("/finetune/distillation/new/", {**form_data(teacher, name="rr", multi_teacher="round_robin"),
+                                                 **second_teacher(teacher), **second_teacher(teacher, 3, model="gpt-4o",
+                                                 provider="openai", base_url=teacher.openai_base_url), **judge})
+    assert r.status_code == 302, r.content.decode()[:3000]
+    job = DistillationJob.objects.get(name="rr")
+    # round robin and no threshold: nothing to judge, so no judge
+    assert job.config["multi_teacher"] == "round_robin" and job.num_items == 3
+    assert not job.teachers.filter(role="judge").exists() and job.teachers.count() == 3
+    r = page.post("/finetune/distillation/new/", {**form_data(teacher, name="judged", quality_threshold="0.6"),
+                                                 **judge})
+    assert r.status_code == 302, r.content.decode()[:3000]
+    job = DistillationJob.objects.get(name="judged")
+    assert job.teachers.get(role="judge").model == JUDGE_MODEL and job.config["quality_threshold"] == 0.6
+
+
+def test_an_empty_extra_teacher_block_is_ignored_and_a_half_filled_one_is_named(user, teacher):
+    page = _login(user)
+    r = page.post("/finetune/distillation/new/", {**form_data(teacher, name="one"), **second_teacher(
+        teacher, 4, model="", base_url="", api_key="")})
+    assert r.status_code == 302 and DistillationJob.objects.get(name="one").teachers.count() == 1
+    r = page.post("/finetune/distillation/new/", {**form_data(teacher, name="half"), **second_teacher(teacher, model="")})
+    assert r.status_code == 400
+    html = r.content.decode()
+    at = html.find("is required (e.g.")
+    assert at > 0 and re.findall(r'name="(\w+)"', html[:at])[-1] == "t2_model"
+    assert KEY not in html and not DistillationJob.objects.filter(name="half").exists()
+
+
+def test_the_estimate_lists_every_teacher_and_the_judge(user, teacher):
+    html = _login(user).post("/finetune/distillation/new/estimate/", {
+        **form_data(teacher, api_key=""), **second_teacher(teacher, api_key="")}).content.decode()
+    assert 'id="estimate-result"' in html, html
+    rows = [(role, name.strip()) for role, name in re.findall(r'<tr data-role="(\w+)"><td>([^<]+)<', html)]
+    # best of two: both answer all 3 prompts and the judge (the first teacher) scores 6 answers
+    assert rows == [("teacher", "openai:gpt-4o-mini"), ("teacher", "anthropic:claude-haiku-4-5"),
+                    ("judge", "openai:gpt-4o-mini")]
+    assert re.search(r'id="estimate-requests">12<', html)
+
+
+@pytest.fixture
+def deployment(user, base_model, teacher):
+    """A running deployment whose one arm is the fake server, and a stopped one."""
+    from nexus.secrets import secret_encrypt
+    from tests.factories import make_deployment
+
+    row = make_deployment(user, base_model, status="running")
+    row.name = "house-model"
+    row.save(update_fields=["name"])
+    row.arms.update(port=teacher.port, api_key_encrypted=secret_encrypt("arm-key-1234567890"))
+    teacher.api_key = "arm-key-1234567890"
+    teacher.models.append(row.name)
+    return row
+
+
+def test_a_deployed_model_is_a_teacher_with_no_key_or_address(user, teacher, deployment, outsider):
+    from tests.factories import make_deployment
+
+    stopped = make_deployment(user, deployment.base_model, status="stopped")
+    theirs = make_deployment(outsider, deployment.base_model, status="running")
+    page = _login(user)
+    html = page.get("/finetune/distillation/new/").content.decode()
+    assert '<option value="deployed"' in html
+    assert re.search(rf'<option value="{deployment.pk}">house-model \(running\)</option>', html)
+    assert re.search(rf'<option value="{stopped.pk}" disabled>d \(stopped\)</option>', html)
+    assert f'<option value="{theirs.pk}"' not in html
+    deployed = form_data(teacher, name="self", provider="deployed", deployment=deployment.pk, model="", base_url="",
+                         api_key="")
+    check = page.post("/finetune/distillation/new/test-teacher/", deployed, HTTP_HX_REQUEST="true").content.decode()
+    assert "check ok" in check and "house-model" in check
+    estimate = page.post("/finetune/distillation/new/estimate/", deployed).content.decode()
+    assert "deployed:house-model" in estimate
+    r = page.post("/finetune/distillation/new/", deployed)
+    assert r.status_code == 302, r.content.decode()[:3000]
+    row = DistillationJob.objects.get(name="self").teachers.get()
+    assert (row.provider, row.deployment_id, row.key_last4, row.base_url) == ("deployed", deployment.pk, "", "")
+    # a stopped one is named by its field; another team's is not in the team
+    r = page.post("/finetune/distillation/new/", {**deployed, "name": "stopped", "deployment": stopped.pk})
+    assert r.status_code == 400 and "is not running (stopped)" in r.content.decode()
+    check = page.post("/finetune/distillation/new/test-teacher/", {**deployed, "deployment": stopped.pk}).content
+    assert b"is not running" in check
+    r = page.post("/finetune/distillation/new/", {**deployed, "name": "theirs", "deployment": theirs.pk})
+    assert r.status_code == 400 and not DistillationJob.objects.filter(name__in=["stopped", "theirs"]).exists()
+    # as a second teacher, tested from its own block
+    both = {**form_data(teacher, name="mixed"), **second_teacher(teacher, provider="deployed",
+                                                                 deployment=deployment.pk, model="", base_url="",
+                                                                 api_key="")}
+    check = page.post("/finetune/distillation/new/test-teacher/", {**both, "which": "2"}).content.decode()
+    assert "check ok" in check and "house-model" in check
+    assert page.post("/finetune/distillation/new/", both).status_code == 302
+    assert DistillationJob.objects.get(name="mixed").teachers.filter(provider="deployed").count() == 1
+
+
+def test_the_judge_block_is_tested_with_its_own_settings(user, teacher):
+    page = _login(user)
+    body = {**form_data(teacher), "judge": "typed", "judge_provider": "openai", "judge_model": "gpt-nonexistent",
+            "judge_base_url": teacher.openai_base_url, "judge_api_key": KEY, "which": "judge"}
+    assert "Unknown model" in page.post("/finetune/distillation/new/test-teacher/", body).content.decode()
+    body["judge"] = ""  # the first teacher
+    assert "Connected: model gpt-4o-mini" in page.post("/finetune/distillation/new/test-teacher/", body).content.decode()
+
+
+def test_quality_settings_and_the_pivot_language_reach_the_job(user, teacher):
+    from tests.factories import make_ready_dataset
+
+    page = _login(user)
+    r = page.post("/finetune/distillation/new/", {
+        **form_data(teacher, name="picky", min_words="7", near_threshold="0.9"), "check_language": ""})
+    assert r.status_code == 302, r.content.decode()[:3000]
+    assert DistillationJob.objects.get(name="picky").config["quality"] == \
+        {"min_words": 7, "check_language": False, "near_threshold": 0.9}
+    dataset = make_ready_dataset(user)
+    r = page.post("/finetune/distillation/new/", form_data(teacher, name="pivot", source="dataset", dataset=dataset.pk,
+                                                           mode="back_translate", pivot_language="German",
+                                                           num_examples="2"))
+    assert r.status_code == 302, r.content.decode()[:3000]
+    job = DistillationJob.objects.get(name="pivot")
+    assert job.config["pivot_language"] == "German" and job.config["quality"]["check_language"] is True
+    r = page.post("/finetune/distillation/new/", form_data(teacher, name="bad", near_threshold="0.2"))
+    assert r.status_code == 400 and not DistillationJob.objects.filter(name="bad").exists()
+
+
+# -- deleting a connection or a template from the list ---------------------------------------------------
+
+
+def test_a_connection_and_a_team_template_are_deleted_from_the_list(user, teacher):
+    from datasets_app.distillation.services import template_create
+
+    conn = make_connection(user, teacher)
+    template = template_create(team=personal_team(user), user=user,
+                               raw={"name": "Tea tips", "prompt": "Tip about {topic}", "variables": {"topic": ["tea"]}})
+    page = _login(user)
+    html = page.get("/finetune/distillation/").content.decode()
+    assert f'data-template="{template.pk}"' in html and "Tea tips" in html and "coding-assistant" not in html
+    assert f'action="/finetune/distillation/connections/{conn.pk}/delete/"' in html and "onsubmit=\"return confirm(" in html
+    r = page.post(f"/finetune/distillation/connections/{conn.pk}/delete/", follow=True)
+    assert r.redirect_chain[-1][0] == "/finetune/distillation/" and "Deleted the connection" in r.content.decode()
+    r = page.post(f"/finetune/distillation/templates/{template.pk}/delete/")
+    assert r.status_code == 302
+    assert not TeacherConnection.objects.exists() and not DistillationTemplate.objects.exists()
+    assert page.get(f"/finetune/distillation/connections/{conn.pk}/delete/").status_code == 405
+
+
+def test_deleting_is_404_for_an_outsider_and_403_for_a_viewer(user, outsider, viewer, teacher):
+    from datasets_app.distillation.services import template_create
+
+    conn = make_connection(user, teacher)
+    template = template_create(team=personal_team(user), user=user, raw={"name": "Mine", "prompt": "Say hi"})
+    for who, code in ((outsider, 404), (viewer, 403)):
+        page = _login(who)
+        assert page.post(f"/finetune/distillation/connections/{conn.pk}/delete/").status_code == code
+        assert page.post(f"/finetune/distillation/templates/{template.pk}/delete/").status_code == code
+    assert "Mine" not in _login(outsider).get("/finetune/distillation/").content.decode()
+    assert "Mine" in _login(viewer).get("/finetune/distillation/").content.decode()
+    assert TeacherConnection.objects.count() == 1 and DistillationTemplate.objects.count() == 1
+
+
+def test_no_key_of_any_teacher_block_or_the_judge_is_rendered_back(user, teacher):
+    judge_key = "sk-judge-Other-Secret-Key-77aa"
+    r = _login(user).post("/finetune/distillation/new/", {
+        **form_data(teacher, batch_size="1000", quality_threshold="0.5"), **second_teacher(teacher),
+        "judge": "typed", "judge_provider": "openai", "judge_model": JUDGE_MODEL, "judge_api_key": judge_key})
+    html = r.content.decode()
+    assert r.status_code == 400 and KEY not in html and judge_key not in html
+    assert 'value="claude-haiku-4-5"' in html  # the rest is kept as typed
