@@ -12,6 +12,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.forms.utils import pretty_name
 from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
@@ -245,8 +246,7 @@ class DistillationForm(TeacherFieldsMixin):
                     continue  # the judge picks a saved connection in its own selector
                 field = copy.deepcopy(self.fields[name])
                 field.required = False
-                if name == "connection":
-                    field.label = f"Teacher {block}"
+                field.label = "Saved connection" if name == "connection" else field.label or pretty_name(name)
                 self.fields[f"{_prefix(block)}{name}"] = field
         self.fields["judge"].choices = [("", "The first teacher"), ("typed", "Another model, given below")] + (
             [("Saved connections", saved)] if saved else [])

@@ -66,6 +66,11 @@ def test_a_distillation_from_the_form_to_a_dataset(celery_worker_process, asgi_s
             page.click("#test-teacher")
             check = page.wait_for_selector("#teacher-check .check.ok")
             assert "Connected: model gpt-4o-mini" in check.inner_text()
+            # a deployed model needs no key or address: its fields give way to the deployment's
+            page.select_option("select[name=provider]", "deployed")
+            assert page.is_visible("select[name=deployment]") and page.is_hidden("input[name=api_key]")
+            page.select_option("select[name=provider]", "openai")
+            assert page.is_hidden("select[name=deployment]") and page.is_visible("input[name=api_key]")
 
             page.check("input[name=source][value=template]")
             assert page.is_hidden("textarea[name=prompts]") and page.is_visible("textarea[name=template_prompt]")
@@ -84,6 +89,22 @@ def test_a_distillation_from_the_form_to_a_dataset(celery_worker_process, asgi_s
             page.fill("input[name=rate_limit]", "600")
             page.wait_for_selector("#estimate-requests:text-is('8')")
             assert page.inner_text("#estimate-expected").startswith("$")
+            # a second teacher: the best-of choice and the judge appear, and the estimate prices both
+            assert page.is_hidden("#teacher-block-2") and page.is_hidden("#multi-teacher")
+            page.click("#add-teacher")
+            assert page.is_visible("#multi-teacher") and page.is_visible("select[name=judge]")
+            page.select_option("select[name=t2_provider]", "anthropic")
+            page.fill("input[name=t2_model]", "claude-haiku-4-5")
+            page.fill("input[name=t2_base_url]", fake.anthropic_base_url)
+            page.fill("input[name=t2_api_key]", KEY)
+            page.wait_for_selector("#estimate-teachers tr[data-role=teacher] >> nth=1")
+            rows = [r.inner_text() for r in page.query_selector_all("#estimate-teachers tbody tr")]
+            assert [r.split("\t")[0].strip() for r in rows] == \
+                ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "openai:gpt-4o-mini judge"], rows
+            _shot(page, "distillation-new-two-teachers")
+            page.click("#teacher-block-2 .remove-teacher")
+            assert page.is_hidden("#teacher-block-2") and page.is_hidden("#multi-teacher")
+            page.wait_for_function("document.querySelectorAll('#estimate-teachers tbody tr').length === 1")
             _shot(page, "distillation-new")
             assert KEY not in page.content()
 
