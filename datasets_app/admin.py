@@ -29,7 +29,8 @@ SECRET_FIELDS = ["api_key_encrypted"]  # keys are never shown, not even encrypte
 @admin.register(TeacherPrice)
 class TeacherPriceAdmin(admin.ModelAdmin):
     """The operator's price table: USD per million tokens by model name or name prefix (the longest
-    matching prefix prices a model). Costs of jobs already run are not recomputed."""
+    matching prefix prices a model). A row overrides the built-in list price of its model; deleting
+    it goes back to the list price. Costs of jobs already run are not recomputed."""
 
     list_display = ["model", "input_per_mtok", "output_per_mtok", "updated_at"]
     list_editable = ["input_per_mtok", "output_per_mtok"]

@@ -75,8 +75,13 @@ def template_get(*, user, team, template_id: str | int, write: bool = False) -> 
 
 
 def price_table() -> dict[str, tuple[float, float]]:
-    """The operator's prices (seeded with list prices by a migration; edited in the admin)."""
-    return {p.model: (float(p.input_per_mtok), float(p.output_per_mtok)) for p in TeacherPrice.objects.all()}
+    """The operator's prices (rows seeded with the list prices by a migration, edited and added in the
+    admin) over the built-in list prices: a model without a row of its own keeps its list price."""
+    from datasets_app.distillation.engine.pricing import DEFAULT_PRICES
+
+    table = dict(DEFAULT_PRICES)
+    table.update({p.model: (float(p.input_per_mtok), float(p.output_per_mtok)) for p in TeacherPrice.objects.all()})
+    return table
 
 
 def distillation_job_log(*, job: DistillationJob, upto: int | None = None, limit: int = 500) -> list:

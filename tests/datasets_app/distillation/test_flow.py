@@ -144,3 +144,17 @@ def test_a_run_that_outlives_its_time_slice_is_resumed_not_failed(api, teacher):
     job = api.get(f"/api/v1/finetune/distillation/jobs/{job_id}").json()
     assert job["status"] == "completed" and job["accepted"] == 16
     assert len(teacher.repeated_prompts()) <= 2  # at most the answers in flight at the signal are bought again
+
+
+@pytest.mark.django_db
+def test_the_operators_prices_override_the_list_prices():
+    from datasets_app.distillation.engine.pricing import DEFAULT_PRICES
+    from datasets_app.distillation.selectors import price_table
+    from datasets_app.models import TeacherPrice
+
+    TeacherPrice.objects.update_or_create(model="gpt-4o-mini", defaults={"input_per_mtok": 1, "output_per_mtok": 2})
+    TeacherPrice.objects.update_or_create(model="my-gateway-model", defaults={"input_per_mtok": 3, "output_per_mtok": 4})
+    table = price_table()
+    assert table["gpt-4o-mini"] == (1.0, 2.0) and table["my-gateway-model"] == (3.0, 4.0)
+    TeacherPrice.objects.filter(model="gpt-4o-mini").delete()
+    assert price_table()["gpt-4o-mini"] == DEFAULT_PRICES["gpt-4o-mini"]  # back to the list price
