@@ -40,6 +40,7 @@ from datasets_app.distillation.services import (
     teacher_connection_update,
     teacher_parse,
     template_create,
+    template_delete,
     template_preview,
 )
 from nexus.api_utils import request_team, request_team_filter
@@ -368,8 +369,8 @@ class DistillationTemplateDetailApi(APIView):
 
         team = request_team(request, write=True)
         template = template_get(user=request.user, team=team, template_id=template_id, write=True)
-        row = get_for_user(DistillationTemplate.objects.all(), request.user, pk=int(template.id), write=True)
-        row.delete()
+        template_delete(template=get_for_user(DistillationTemplate.objects.all(), request.user, pk=int(template.id),
+                                              write=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

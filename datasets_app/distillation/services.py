@@ -278,6 +278,10 @@ def teacher_connection_delete(*, connection: TeacherConnection) -> None:
     connection.delete()  # jobs keep their own copies
 
 
+def template_delete(*, template: DistillationTemplate) -> None:
+    template.delete()  # jobs keep the template they were made from in their config
+
+
 # -- templates --------------------------------------------------------------------------------------
 
 
@@ -439,6 +443,16 @@ def _template_of(*, user, team: Team, prompts: dict):
                           variables=variables)
 
 
+def _check_running(teacher: TeacherInput, path: str) -> None:
+    """A job's deployed teacher has to be up (or coming up): a stopped one would fail the run."""
+    from deployments_app.models import Deployment
+
+    d = teacher.deployment
+    if d is not None and d.status not in (Deployment.Status.STARTING, Deployment.Status.RUNNING):
+        raise bad(f"{path}.deployment_id", f"deployment '{d.name}' is {d.status}: start it first", code="not_running",
+                  status=409)
+
+
 def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
     """Check a job request (the design's body, section 7.5) down to the field; nothing is saved."""
     if not isinstance(body, dict):
@@ -458,6 +472,8 @@ def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
                     for i, t in enumerate(raw_teachers)]
     else:
         teachers = [teacher_parse(team=team, user=user, raw=body["teacher_config"])]
+    for i, t in enumerate(teachers):
+        _check_running(t, f"teacher_configs[{i}]" if "teacher_configs" in body else "teacher_config")
     multi = body.get("multi_teacher", "best")
     if multi not in MULTI_TEACHER:
         raise bad("multi_teacher", f"must be one of {', '.join(MULTI_TEACHER)}, got {multi!r}")
@@ -466,6 +482,7 @@ def job_request_parse(*, team: Team, user, body: Any) -> JobRequest:
     judge = None
     if body.get("judge_config") is not None:
         judge = teacher_parse(team=team, user=user, raw=body["judge_config"], path="judge_config")
+        _check_running(judge, "judge_config")
     elif threshold > 0 or best_of:
         judge = teachers[0]
     mode = body.get("mode", "response")

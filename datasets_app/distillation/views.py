@@ -28,6 +28,7 @@ from datasets_app.distillation.runner import distillation_counts
 from datasets_app.distillation.selectors import (
     distillation_items,
     distillation_job_get,
+    distillation_job_log,
     distillation_job_list,
     teacher_connection_get,
     teacher_connection_list,
@@ -48,6 +49,7 @@ from datasets_app.distillation.services import (
     teacher_connection_test,
     teacher_parse,
     template_create,
+    template_delete,
     template_preview,
 )
 from datasets_app.models import Dataset
@@ -450,9 +452,8 @@ def connection_delete_page(request, connection_id: int):
 @login_required
 def template_delete_page(request, template_id: int):
     """A team's own template (jobs made from it keep what it rendered)."""
-    # as the template API's delete does; a template_delete service would be the one place for it
     row = get_for_user(DistillationTemplate.objects.all(), request.user, pk=template_id, write=True)
-    row.delete()
+    template_delete(template=row)
     messages.success(request, f"Deleted the template '{row.name}'.")
     return redirect("distillation-list")
 
@@ -646,17 +647,6 @@ def _counts_context(counts: dict[str, Any]) -> dict[str, Any]:
             "split": {k: round(100 * counts[k] / total, 2) if total else 0 for k in ("accepted", "rejected")}}
 
 
-def _log(job: DistillationJob, *, upto: int) -> list:
-    """The job's log lines up to `upto` (the page's websocket resumes after it), not its
-    once-a-second metric events; the newest 500."""
-    from nexus.models import JobEvent
-
-    events = JobEvent.objects.filter(job_kind=DISTILLATION.name, job_id=job.pk, seq__lte=upto).exclude(
-        type=JobEvent.Type.METRIC)
-    return list(reversed(events.order_by("-seq")[:500]))
-
-
-@login_required
 def distillation_detail_page(request, distillation_id: int):
     job = distillation_job_get(user=request.user, pk=distillation_id)
     if request.htmx:
@@ -667,7 +657,7 @@ def distillation_detail_page(request, distillation_id: int):
     counts = distillation_counts(job_id=job.pk)
     return render(request, "distillation/detail.html", {
         "job": job, **_counts_context(counts), "summary_seq": last_seq, "last_seq": last_seq,
-        "events": _log(job, upto=last_seq),
+        "events": distillation_job_log(job=job, upto=last_seq),
         "teachers": job.teachers.all(), "config": job.config, "reason_labels": REASONS, **_items_context(request, job),
     })
 

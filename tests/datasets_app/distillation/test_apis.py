@@ -618,3 +618,14 @@ def test_a_deployed_model_is_a_teacher_by_id_or_in_the_designs_form(api, teacher
                             ({"provider": "deployed"}, "teacher_config.deployment_id: ")]:
         r = api.post(f"{API}/jobs", job_body(config), format="json")
         assert r.status_code == 400 and error_of(r)["message"].startswith(message), (config, r.content)
+
+
+def test_a_job_refuses_a_stopped_deployment_as_its_teacher_but_a_connection_may_name_one(api, user, base_model):
+    from tests.factories import make_deployment
+
+    stopped = make_deployment(user, base_model, status="stopped")
+    r = api.post(f"{API}/jobs", job_body({"provider": "deployed", "deployment_id": stopped.pk}), format="json")
+    assert r.status_code == 409
+    assert r.json()["error"]["message"] == f"teacher_config.deployment_id: deployment '{stopped.name}' is stopped: start it first"
+    r = api.post(f"{API}/connections", {"name": "later", "provider": "deployed", "deployment_id": stopped.pk}, format="json")
+    assert r.status_code == 201
