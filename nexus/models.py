@@ -18,6 +18,9 @@ class Team(models.Model):
     # Chatting with a deployment spends the team's compute: members may; viewers only when allowed.
     viewers_use_deployments = models.BooleanField(
         default=False, help_text="Let the team's viewers send requests to its deployments (chat and the OpenAI endpoint)")
+    # Rating comparisons is a judgement call a team may want from more people than its members.
+    viewers_rate_evaluations = models.BooleanField(
+        default=False, help_text="Let the team's viewers rate comparisons (everything else they may only read)")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -97,6 +100,9 @@ class JobEvent(models.Model):
         EXPORT = "export", "Merge or GGUF export"
         DEPLOYMENT = "deployment", "Deployment"
         DISTILLATION = "distillation", "Distillation"
+        COMPARISON = "comparison", "Comparison"
+        JUDGE = "judge", "LLM judge"
+        PERFORMANCE = "performance", "Speed test"
 
     class Type(models.TextChoices):
         LOG = "log", "Log"

@@ -28,6 +28,11 @@ def _active(kind: str, team: Team) -> int:
         from datasets_app.models import DistillationJob
 
         return DistillationJob.objects.filter(team=team, status__in=DistillationJob.ACTIVE).count()
+    if kind == "active_evaluations":
+        from evaluation_app.models import ACTIVE, ComparisonSession, JudgeRun, PerformanceTest
+
+        return sum(m.objects.filter(team=team, status__in=ACTIVE).count()
+                   for m in (ComparisonSession, JudgeRun, PerformanceTest))
     raise ValueError(kind)
 
 
@@ -35,7 +40,8 @@ WHAT = {"live_deployments": "live deployments (starting or running)",
         "active_training_jobs": "training jobs queued, running or paused",
         "active_exports": "exports queued or running",
         "processing_datasets": "datasets waiting for or in processing",
-        "active_distillations": "distillation jobs queued or running"}
+        "active_distillations": "distillation jobs queued or running",
+        "active_evaluations": "comparison runs, judge runs and speed tests queued or running"}
 
 
 def quota_check(*, team: Team, kind: str) -> None:

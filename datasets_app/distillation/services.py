@@ -30,6 +30,10 @@ from datasets_app.distillation.models import (
 from datasets_app.models import Dataset
 from nexus.control import control_send
 from nexus.errors import NexusError
+from nexus.fields import bad, require
+from nexus.fields import number as _number
+from nexus.fields import text as _text
+from nexus.fields import unknown as _unknown
 from nexus.jobs import enqueue, event, transition
 from nexus.models import Team
 from nexus.quotas import quota_check
@@ -48,52 +52,6 @@ PROMPT_KEYS = {"prompts", "dataset_id", "template_id", "template", "variables", 
                "seed"}
 DEFAULTS = {"batch_size": 5, "rate_limit": 60, "quality_threshold": 0.0, "output_format": "alpaca", "temperature": 0.7,
             "max_tokens": 2048}
-
-
-def bad(path: str, problem: str, *, code: str = "validation_error", status: int = 400) -> NexusError:
-    return NexusError(f"{path}: {problem}", code=code, details={path: problem}, status_code=status)
-
-
-def require(raw: dict, fields: list[str], path: str = "") -> None:
-    """Every missing required field at once, each named in the details."""
-    missing = [f for f in fields if raw.get(f) in (None, "", [], {})]
-    if missing:
-        where = f"{path}." if path else ""
-        raise NexusError(f"{where}{missing[0]}: is required" + (f" (also missing: {', '.join(missing[1:])})"
-                                                                 if missing[1:] else ""),
-                         code="validation_error", details={f"{where}{f}": "is required" for f in missing})
-
-
-def _number(raw: dict, key: str, path: str, *, lo: float, hi: float, default: Any, integer: bool = False) -> Any:
-    value = raw.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise bad(f"{path}.{key}" if path else key, f"must be {'an integer' if integer else 'a number'} from {lo:g} to "
-                                                   f"{hi:g}, got {value!r}")
-    if not lo <= value <= hi:
-        raise bad(f"{path}.{key}" if path else key, f"must be from {lo:g} to {hi:g}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _text(raw: dict, key: str, path: str, *, max_len: int = 100_000, default: str = "") -> str:
-    value = raw.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise bad(f"{path}.{key}" if path else key, f"must be a string, got {type(value).__name__}")
-    if "\x00" in value:
-        raise bad(f"{path}.{key}" if path else key, "must not contain NUL characters")
-    if len(value) > max_len:
-        raise bad(f"{path}.{key}" if path else key, f"is {len(value):,} characters long; at most {max_len:,}")
-    return value
-
-
-def _unknown(raw: dict, allowed: set[str], path: str) -> None:
-    extra = sorted(set(raw) - allowed)
-    if extra:
-        where = f"{path}." if path else ""
-        raise bad(f"{where}{extra[0]}", f"unknown field (known: {', '.join(sorted(allowed))})")
 
 
 # -- teachers ---------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ NEXUS_QUOTA_ACTIVE_DISTILLATIONS = int(_str("NEXUS_QUOTA_ACTIVE_DISTILLATIONS", 
 # one port). Private, loopback and link-local addresses are refused unless listed themselves.
 NEXUS_TEACHER_ALLOWED_HOSTS = _str("NEXUS_TEACHER_ALLOWED_HOSTS", "api.openai.com,api.anthropic.com")
 NEXUS_DISTILLATION_MAX_EXAMPLES = int(_str("NEXUS_DISTILLATION_MAX_EXAMPLES", "100000"))
+NEXUS_QUOTA_ACTIVE_EVALUATIONS = int(_str("NEXUS_QUOTA_ACTIVE_EVALUATIONS", "5"))
+NEXUS_EVAL_MAX_PROMPTS = int(_str("NEXUS_EVAL_MAX_PROMPTS", "2000"))
+NEXUS_JUDGE_TIMEOUT_S = float(_str("NEXUS_JUDGE_TIMEOUT_S", "120"))
 # The job kit (nexus/jobs): workers heartbeat every few seconds; one silent for LOST_AFTER is gone and
 # the reaper (beat, every REAP_EVERY) resumes or fails what it held. A host none of whose workers is
 # heard from for HOST_LOST_AFTER has its servers given up. Waiting work the broker holds is marked for

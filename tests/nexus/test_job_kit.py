@@ -84,7 +84,8 @@ def test_every_declared_kind_is_complete():
     from nexus.jobs import kinds
 
     declared = {k.name: k for k in kinds()}
-    assert set(declared) == {"dataset", "training", "export", "deployment", "distillation"}
+    assert set(declared) == {"dataset", "training", "export", "deployment", "distillation", "comparison", "judge",
+                             "performance"}
     assert len({k.lock for k in declared.values()}) == len(declared)
     for kind in declared.values():
         assert kind.name in JobEvent.Kind.values
