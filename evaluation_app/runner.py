@@ -205,11 +205,10 @@ def judge_run(*, run_id: int) -> None:
 
     def one(c: PromptComparison):  # noqa: ANN202
         prompt = c.prompt if len(c.messages) <= 1 else "\n\n".join(f"[{m['role']}] {m['content']}" for m in c.messages)
-        if run.session.system_prompt:
-            prompt = f"[system] {run.session.system_prompt}\n\n{prompt}"
         return judge_pair(client, prompt=prompt, base=c.base_response["response"],
                           finetuned=c.finetuned_response["response"], criteria=run.evaluation_criteria,
-                          rubric=run.scoring_rubric, rounds=run.num_evaluations, should_stop=should_stop, rng=rng)
+                          rubric=run.scoring_rubric, system_prompt=run.session.system_prompt,
+                          rounds=run.num_evaluations, should_stop=should_stop, rng=rng)
 
     first_error = ""
     try:

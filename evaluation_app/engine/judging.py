@@ -34,8 +34,10 @@ class Stopped(Exception):
 
 
 def _ask(client: TeacherClient, out: PairOutcome, *, prompt: str, a: str, b: str, criteria: list[str],
-         rubric: dict[str, str], should_stop: Callable[[], bool], rng: random.Random, sleep=time.sleep):  # noqa: ANN001
-    system, messages = judge_messages(prompt=prompt, response_a=a, response_b=b, criteria=criteria, rubric=rubric)
+         rubric: dict[str, str], system_prompt: str, should_stop: Callable[[], bool], rng: random.Random,
+         sleep=time.sleep):  # noqa: ANN001
+    system, messages = judge_messages(prompt=prompt, response_a=a, response_b=b, criteria=criteria, rubric=rubric,
+                                      system_prompt=system_prompt)
     malformed, transient = 0, 0
     while True:
         if should_stop():
@@ -67,8 +69,9 @@ def _ask(client: TeacherClient, out: PairOutcome, *, prompt: str, a: str, b: str
 
 
 def judge_pair(client: TeacherClient, *, prompt: str, base: str, finetuned: str, criteria: list[str],
-               rubric: dict[str, str], rounds: int = 1, should_stop: Callable[[], bool] = lambda: False,
-               rng: random.Random | None = None, sleep=time.sleep) -> PairOutcome:  # noqa: ANN001
+               rubric: dict[str, str], system_prompt: str = "", rounds: int = 1,
+               should_stop: Callable[[], bool] = lambda: False, rng: random.Random | None = None,
+               sleep=time.sleep) -> PairOutcome:  # noqa: ANN001
     """Each round asks with the base response as A, then with the fine-tuned one as A; the rounds
     are combined (engine/judge.py). TeacherFatal passes through; Stopped when asked to stop."""
     rng = rng or random.Random()
@@ -76,9 +79,9 @@ def judge_pair(client: TeacherClient, *, prompt: str, base: str, finetuned: str,
     try:
         for _ in range(rounds):
             base_first = _ask(client, out, prompt=prompt, a=base, b=finetuned, criteria=criteria, rubric=rubric,
-                              should_stop=should_stop, rng=rng, sleep=sleep)
+                              system_prompt=system_prompt, should_stop=should_stop, rng=rng, sleep=sleep)
             finetuned_first = _ask(client, out, prompt=prompt, a=finetuned, b=base, criteria=criteria, rubric=rubric,
-                                   should_stop=should_stop, rng=rng, sleep=sleep)
+                                   system_prompt=system_prompt, should_stop=should_stop, rng=rng, sleep=sleep)
             out.rounds.append(reconcile(base_first, finetuned_first))
     except JudgeParseError as exc:
         out.error = exc.message
