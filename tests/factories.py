@@ -96,3 +96,28 @@ def record_event(job, message: str, **kw) -> JobEvent:
     from nexus.events import job_event_record
 
     return job_event_record(kind=JobEvent.Kind.TRAINING, job_id=job.pk, message=message, **kw)
+
+
+def _response(text: str, finetuned: bool) -> dict:
+    return {"model_id": "x", "model_name": "ft" if finetuned else "base", "is_finetuned": finetuned, "adapter_id": None,
+            "response": text, "tokens_generated": 5, "generation_time_ms": 100.0, "tokens_per_second": 50.0,
+            "finish_reason": "stop"}
+
+
+def make_comparison_session(user, base_model, n: int = 4, blind: bool = False):
+    """A session whose run has completed: fine-tuned answers say FINE, base answers say BASE."""
+    from evaluation_app.models import ComparisonSession, PromptComparison
+
+    adapter = make_adapter(make_job(user, base_model, name="evaluated"))
+    session = ComparisonSession.objects.create(
+        team=personal_team(user), created_by=user, name="judged", base_model=base_model, adapter=adapter,
+        comparison_type="blind" if blind else "batch", status="completed",
+        sides=[{"role": "base", "type": "base", "label": "b", "is_finetuned": False, "base_model_id": base_model.pk},
+               {"role": "finetuned", "type": "adapter", "label": "f", "is_finetuned": True,
+                "base_model_id": base_model.pk, "adapter_id": adapter.pk}])
+    for i in range(n):
+        PromptComparison.objects.create(session=session, index=i, prompt=f"Question {i}?", status="done",
+                                        messages=[{"role": "user", "content": f"Question {i}?"}], a_is_base=i % 2 == 0,
+                                        base_response=_response(f"BASE answer {i}", False),
+                                        finetuned_response=_response(f"FINE answer {i}", True))
+    return session

@@ -150,6 +150,7 @@ SPECTACULAR_SETTINGS = {
         "DatasetFileType": "datasets_app.engine.readers.FILE_TYPES",
         "DistillationStatus": "datasets_app.distillation.models.DistillationJob.Status",
         "TeacherProvider": "datasets_app.distillation.models.Provider",
+        "EvaluationRunStatus": "evaluation_app.models.RunStatus",
     },
 }
 

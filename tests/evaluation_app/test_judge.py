@@ -8,9 +8,9 @@ import re
 import pytest
 
 from evaluation_app.engine.judge import CRITERIA
-from evaluation_app.models import ComparisonRating, ComparisonSession, JudgeEvaluation, JudgeRun, PromptComparison
+from evaluation_app.models import ComparisonRating, JudgeEvaluation, JudgeRun
 from tests.evaluation_app.conftest import run_judge
-from tests.factories import make_adapter, make_job, personal_team
+from tests.factories import make_comparison_session as make_session
 from tests.fakes.teachers import FakeTeacher
 
 pytestmark = pytest.mark.django_db
@@ -21,29 +21,6 @@ URL = "/api/v1/finetune/eval/judge"
 @pytest.fixture(autouse=True)
 def _judges_on_loopback(settings) -> None:
     settings.NEXUS_TEACHER_ALLOWED_HOSTS = "api.openai.com,api.anthropic.com,127.0.0.1"
-
-
-def _response(text: str, finetuned: bool) -> dict:
-    return {"model_id": "x", "model_name": "ft" if finetuned else "base", "is_finetuned": finetuned, "adapter_id": None,
-            "response": text, "tokens_generated": 5, "generation_time_ms": 100.0, "tokens_per_second": 50.0,
-            "finish_reason": "stop"}
-
-
-def make_session(user, base_model, n: int = 4, blind: bool = False) -> ComparisonSession:
-    """A session whose run has completed: fine-tuned answers say FINE, base answers say BASE."""
-    adapter = make_adapter(make_job(user, base_model))
-    session = ComparisonSession.objects.create(
-        team=personal_team(user), created_by=user, name="judged", base_model=base_model, adapter=adapter,
-        comparison_type="blind" if blind else "batch", status="completed",
-        sides=[{"role": "base", "type": "base", "label": "b", "is_finetuned": False, "base_model_id": base_model.pk},
-               {"role": "finetuned", "type": "adapter", "label": "f", "is_finetuned": True,
-                "base_model_id": base_model.pk, "adapter_id": adapter.pk}])
-    for i in range(n):
-        PromptComparison.objects.create(session=session, index=i, prompt=f"Question {i}?", status="done",
-                                        messages=[{"role": "user", "content": f"Question {i}?"}], a_is_base=i % 2 == 0,
-                                        base_response=_response(f"BASE answer {i}", False),
-                                        finetuned_response=_response(f"FINE answer {i}", True))
-    return session
 
 
 def _blocks(messages: list[dict]) -> tuple[str, str, str]:

@@ -19,9 +19,17 @@ def owned(user, base_model):
     teacher = DistillationTeacher.objects.create(job=distillation, model="gpt-4o-mini")
     item = DistillationItem.objects.create(job=distillation, group=0, teacher=teacher, prompt="p", status="accepted",
                                            record={"instruction": "p", "output": "an answer"})
+    from evaluation_app.models import JudgeRun, PerformanceTest
+    from tests.factories import make_comparison_session
+
+    session = make_comparison_session(user, base_model, n=1)
     return {"dataset": job.dataset, "job": job, "adapter": make_adapter(job), "deployment": make_deployment(user, base_model),
             "distillation": distillation, "item": item,
-            "connection": TeacherConnection.objects.create(team=job.team, name="c", model="gpt-4o-mini")}
+            "connection": TeacherConnection.objects.create(team=job.team, name="c", model="gpt-4o-mini"),
+            "session": session, "comparison": session.comparisons.get(),
+            "judge": JudgeRun.objects.create(team=job.team, session=session, model="gpt-4o", status="completed"),
+            "performance": PerformanceTest.objects.create(team=job.team, adapter=session.adapter, base_model=base_model,
+                                                          status="completed")}
 
 
 def _login(user) -> Client:
@@ -55,6 +63,13 @@ def test_new_user_gets_a_personal_team_they_own(user):
         ("distillation", "/api/v1/finetune/distillation/jobs/{id}/preview"),
         ("distillation", "/api/v1/finetune/distillation/jobs/{id}/events"),
         ("connection", "/api/v1/finetune/distillation/connections/{id}"),
+        ("session", "/api/v1/finetune/eval/compare/{id}"),
+        ("session", "/api/v1/finetune/eval/compare/{id}/export"),
+        ("session", "/api/v1/finetune/eval/compare/{id}/events"),
+        ("judge", "/api/v1/finetune/eval/judge/{id}"),
+        ("judge", "/api/v1/finetune/eval/judge/{id}/events"),
+        ("performance", "/api/v1/finetune/eval/performance/{id}"),
+        ("performance", "/api/v1/finetune/eval/performance/{id}/events"),
     ],
 )
 def test_outsider_gets_404_from_the_api(owned, outsider_api, api, kind, url):
@@ -98,8 +113,11 @@ def test_outsider_cannot_cancel_or_train_on_anothers_dataset(owned, outsider, ou
 
 @pytest.mark.django_db
 def test_lists_show_only_the_users_teams(owned, outsider_api, api):
-    for url in ("/api/v1/finetune/datasets", "/api/v1/finetune/jobs", "/api/v1/finetune/adapters"):
+    for url in ("/api/v1/finetune/eval/compare", "/api/v1/finetune/eval/judge", "/api/v1/finetune/eval/performance"):
         assert len(api.get(url).json()["results"]) == 1
+        assert outsider_api.get(url).json()["results"] == []
+    for url in ("/api/v1/finetune/datasets", "/api/v1/finetune/jobs"):
+        assert len(api.get(url).json()["results"]) == 2  # the owned job's, and the evaluated adapter's
         assert outsider_api.get(url).json()["results"] == []
     page = _login(make_user("eve")).get("/finetune/datasets/")
     assert owned["dataset"].name.encode() not in page.content
@@ -110,6 +128,33 @@ def test_naming_a_team_you_are_not_in_is_404(owned, outsider_api, user):
     team = personal_team(user)
     assert outsider_api.get("/api/v1/finetune/datasets", {"team": team.pk}).status_code == 404
     assert outsider_api.get("/api/v1/finetune/datasets", {"team": team.slug}).status_code == 404
+
+
+@pytest.mark.django_db
+def test_viewer_reads_evaluations_writes_none_and_rates_only_when_the_team_allows(owned, user):
+    viewer = make_user("valerie")
+    team = personal_team(user)
+    team_member_add(team=team, user=viewer, role=Membership.Role.VIEWER)
+    client = api_client_for(viewer)
+    sid, cid = owned["session"].pk, owned["comparison"].pk
+    base = "/api/v1/finetune/eval"
+    assert client.get(f"{base}/compare/{sid}").status_code == 200
+    assert client.get(f"{base}/judge/{owned['judge'].pk}").status_code == 200
+    for method, url, body in (("delete", f"{base}/compare/{sid}", None), ("post", f"{base}/compare/{sid}/run", None),
+                              ("post", f"{base}/compare/{sid}/cancel", None),
+                              ("post", f"{base}/compare/{sid}/prompts", {"prompts": ["x"]}),
+                              ("delete", f"{base}/judge/{owned['judge'].pk}", None),
+                              ("delete", f"{base}/performance/{owned['performance'].pk}", None),
+                              ("post", f"{base}/compare", {"team": team.pk, "name": "x", "adapter_id": owned["adapter"].pk}),
+                              ("post", f"{base}/performance", {"team": team.pk, "adapter_id": owned["adapter"].pk}),
+                              ("post", f"{base}/compare/{sid}/rate", {"comparison_id": cid, "preferred": "A"})):
+        r = getattr(client, method)(url, body, format="json") if body else getattr(client, method)(url)
+        assert r.status_code == 403, (method, url, r.status_code)
+    team.viewers_rate_evaluations = True
+    team.save(update_fields=["viewers_rate_evaluations"])
+    r = client.post(f"{base}/compare/{sid}/rate", {"comparison_id": cid, "preferred": "A"}, format="json")
+    assert r.status_code == 201
+    assert client.delete(f"{base}/compare/{sid}").status_code == 403
 
 
 @pytest.mark.django_db

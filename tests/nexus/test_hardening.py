@@ -60,8 +60,11 @@ def test_the_schema_answers_json_and_documents_each_body_that_the_api_accepts(ap
     distillation = DistillationJob.objects.create(team=job.team, name="d", status="completed")
     item = DistillationItem.objects.create(job=distillation, group=0, prompt="p", status="accepted",
                                            teacher=DistillationTeacher.objects.create(job=distillation, model="m"))
+    from tests.factories import make_comparison_session
+
+    session = make_comparison_session(user, base_model, n=1)
     ids = {"dataset_id": job.dataset_id, "adapter_id": make_adapter(job).pk, "job_id": job.pk,
-           "distillation_id": distillation.pk, "item_id": item.pk}
+           "distillation_id": distillation.pk, "item_id": item.pk, "session_id": session.pk}
     checked = 0
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():

@@ -46,7 +46,16 @@ def running_everything(user, base_model):
     teacher = DistillationTeacher.objects.create(job=distillation, model="gpt-4o-mini")
     item = DistillationItem.objects.create(job=distillation, group=0, teacher=teacher, prompt="p")
     connection = TeacherConnection.objects.create(team=job.team, name="c", model="gpt-4o-mini")
-    return {"dataset_id": job.dataset.pk, "job_id": job.pk, "adapter_id": adapter.pk, "export_id": export.pk,
+    from evaluation_app.models import JudgeRun, PerformanceTest
+    from tests.factories import make_comparison_session
+
+    session = make_comparison_session(user, base_model, n=2, blind=True)
+    session.status = "running"
+    session.worker = "w@nowhere"
+    session.save(update_fields=["status", "worker"])
+    judge = JudgeRun.objects.create(team=job.team, session=session, model="gpt-4o", status="running", worker="w@nowhere")
+    performance = PerformanceTest.objects.create(team=job.team, adapter=adapter, base_model=base_model, status="queued")
+    return {"session_id": session.pk, "judge_id": judge.pk, "performance_id": performance.pk,"dataset_id": job.dataset.pk, "job_id": job.pk, "adapter_id": adapter.pk, "export_id": export.pk,
             "deployment_id": deployment.pk, "step": 3, "preset_id": "balanced", "endpoint": "models",
             "action": "preview", "distillation_id": distillation.pk, "item_id": item.pk,
             "connection_id": connection.pk, "template_id": "coding-assistant"}
@@ -70,6 +79,8 @@ def test_no_get_of_any_api_endpoint_or_page_changes_a_row(user, running_everythi
     assert ("/api/v1/finetune/deployments/%d" % running_everything["deployment_id"], 200) in walked
     assert ("/api/v1/finetune/distillation/jobs/%d/preview" % running_everything["distillation_id"], 200) in walked
     assert ("/finetune/distillation/%d/" % running_everything["distillation_id"], 200) in walked
+    assert ("/api/v1/finetune/eval/compare/%d" % running_everything["session_id"], 200) in walked
+    assert ("/api/v1/finetune/eval/compare/%d/export" % running_everything["session_id"], 200) in walked
 
 
 def test_a_user_made_outside_nexus_has_a_personal_team_before_any_page_is_read():
