@@ -302,3 +302,30 @@ def test_outsiders_get_404_on_sessions_comparisons_and_ratings(api, eval_adapter
     assert outsider_api.get(URL).json()["count"] == 0
     r = outsider_api.post(URL, {"name": "x", "adapter_id": eval_adapter.pk}, format="json")
     assert r.status_code == 400 and "no adapter" in r.json()["error"]["message"]
+
+
+def test_any_two_models_a_merged_export_that_equals_the_base_answers_exactly_as_the_base(api, user, base_model,
+                                                                                       eval_adapter):
+    """A merged GGUF whose weights are the base model's (a zero adapter merged) must say exactly what
+    the base says when both sample with the same seed: the seed is the same per prompt for both sides."""
+    from adapters_app.models import AdapterExport
+
+    export = AdapterExport.objects.create(team=eval_adapter.team, adapter=eval_adapter, kind="model_gguf",
+                                          quantization="q4_1", status="completed", verified=True,
+                                          path=base_model.gguf_path)
+    body = {"name": "merged", "models": [{"type": "base", "base_model": base_model.name},
+                                         {"type": "merged", "export_id": export.pk}],
+            "test_prompts": ["Tell me a story about a dragon.", "Invent a new word and define it."],
+            "sampling_params": {"max_tokens": 16, "temperature": 1.2}}
+    r = api.post(URL, body, format="json")
+    assert r.status_code == 201, r.content
+    assert [m["type"] for m in r.json()["models"]] == ["base", "merged"]
+    run_session(api.post(f"{URL}/{r.json()['id']}/run").json()["id"])
+    comparisons = api.get(f"{URL}/{r.json()['id']}").json()["comparisons"]
+    assert len(comparisons) == 2
+    for c in comparisons:
+        assert c["finetuned_response"]["model_id"] == f"merged:{export.pk}"
+        assert c["base_response"]["response"] == c["finetuned_response"]["response"]
+    AdapterExport.objects.filter(pk=export.pk).update(status="running", verified=False)
+    r = api.post(URL, body, format="json")
+    assert r.status_code == 409 and "models[1].export_id" in r.json()["error"]["details"]
