@@ -20,9 +20,13 @@ Per request, on the client's clock:
   tokens_per_second  (completion_tokens - 1) / decode_ms: the tokens after the first over the time
                      they took. That is the quantity llama.cpp's "eval time ... runs" line measures
                      (the first token comes out of the prompt evaluation; each later one costs one
-                     decode run), so the two compare like with like. llama.cpp's clock covers only
-                     the forward passes; ours also sees sampling, detokenization and the HTTP
-                     stream, which is the whole of the gap between them.
+                     decode run), so the two compare like with like. llama.cpp's eval clock covers
+                     only the forward passes; ours also sees what llama-cpp-python does per token
+                     around them (sampling, detokenizing, handing the chunk to the HTTP stream).
+                     Measured on the demo model (2-core VM, 1 thread, llama-cpp-python 0.3.36):
+                     about 2 ms a token, 8-9% of tokens/s, and llama.cpp's own "total time" sees
+                     it too: per token, eval ms/run + (total - prompt eval - eval)/tokens agrees
+                     with ours within 1% (bench/evaluation.py --part speed).
   completion_tokens  the server's usage when the stream carries it (llama-cpp-python's does not),
                      else the content chunks received: one per token, except that tokens making up
                      one multi-byte character arrive as one chunk.
@@ -49,13 +53,19 @@ A round whose log does not match (other clients on a shared server, a non-verbos
 llama-cpp-python version) gets None for llama.cpp's numbers and for cache reuse; nothing is
 invented.
 
-Prompt-cache reuse = 1 - evaluated prompt tokens / prompt tokens. Found on llama-cpp-python 0.3.x:
+Prompt-cache reuse = 1 - evaluated prompt tokens / prompt tokens. Found on llama-cpp-python 0.3.36:
 its Llama keeps the tokens of the last request in the KV cache and re-evaluates only what differs
 from them (the prefix-match line above), with or without `--cache true`. Consecutive requests
 with the same chat template share the template's opening (SmolLM2's default system message: a
 large share of a short prompt), and the same prompt twice in a row reuses all of it but the last
-token. `--cache true` (a RAM cache of saved states keyed by prompt) only adds a reload of a state
-saved for an earlier prompt; we leave it off, as deployments do.
+token. `--cache true` (llama-cpp-python's RAM cache of states saved after each completion, keyed
+by prompt) also brings back an earlier prompt's state: alternating two prompts on the demo model,
+reuse went from 0.73 / 0.55 to 0.97 / 0.98 and the server's peak memory from 269 to 411 MB. Our
+servers leave it off, as deployments do; a server given by URL is measured as it runs.
+
+Threads: `n_threads` (default: all cores) is used for prompt batches too (`--n_threads_batch`;
+the server's own default is all cores for those): on a shared machine a llama.cpp thread waiting
+for a busy core turned an 11-token prompt evaluation from 0.1 s into 7 s.
 
 Peak memory is the server process's VmHWM (peak resident set, model weights mapped from the
 file included), read from /proc just before the server is stopped.
@@ -238,8 +248,9 @@ def _run_target(index: int, target: Target, config: SpeedConfig, workdir: Path, 
                         records += done
                         rounds.append({"output_length": length, "batch_size": batch, "wall_s": wall,
                                        "tokens": sum(r["completion_tokens"] for r in done)})
-                    progress.step(f"{target.name}: {length} tokens x {batch} concurrent, "
-                                  f"{'warm-up' if warm else 'round'} {iteration + 1}")
+                    progress.step(f"{target.name}: {length} tokens x {batch} concurrent, " + (
+                        f"warm-up {iteration + 1}/{config.warmup_iterations}" if warm else
+                        f"round {iteration - config.warmup_iterations + 1}/{config.num_iterations}"))
         finally:
             for s in sessions:
                 s.close()
@@ -254,7 +265,11 @@ def _run_target(index: int, target: Target, config: SpeedConfig, workdir: Path, 
             "server": {**server.info, "forcing": server.forcing, "log_path": server.log_path, "pid": server.pid,
                        "prompt_tokens": server.prompt_tokens, "warmup_requests": warmups,
                        "probe_requests": len(config.test_prompts), "llama_timings_matched": matched,
-                       "llama_timings_unmatched": len(records) - matched}}
+                       "llama_timings_unmatched": len(records) - matched,
+                       # cut off (no finish reason: e.g. a server that interrupts a stream for the next
+                       # request) or shorter than asked (the forcing did not hold)
+                       "interrupted_requests": sum(r["finish_reason"] is None for r in records),
+                       "short_requests": sum(r["completion_tokens"] < r["output_length"] for r in records)}}
 
 
 def _start(index: int, target: Target, workdir: Path, should_stop) -> tuple[_Server, tuple[int, int]]:
@@ -268,7 +283,7 @@ def _start(index: int, target: Target, workdir: Path, should_stop) -> tuple[_Ser
     port = serving.free_port()
     spec = serving.ServerSpec(model_path=target.model_path, lora_path=target.lora_path, log_path=log_path, port=port,
                               n_ctx=target.n_ctx, n_threads=threads, verbose=True,
-                              extra={"interrupt_requests": "False"})
+                              extra={"interrupt_requests": "False", "n_threads_batch": str(threads)})
     pid = serving.spawn(spec)
     try:
         _wait_exec(pid, port)
@@ -328,8 +343,8 @@ def _forcing(model_path: str) -> dict:
     """How the request makes a greedy model run to max_tokens (see the module docstring)."""
     if model_path and Path(model_path).is_file():
         ids = _end_of_generation_ids(model_path)
-        return {"method": "logit_bias", "token_ids": ids, "body": {"logit_bias": {str(i): EOG_BIAS for i in ids}}}
-    return {"method": "min_tokens", "token_ids": None, "body": None}
+        return {"method": "logit_bias", "token_ids": ids}
+    return {"method": "min_tokens", "token_ids": None}
 
 
 def _end_of_generation_ids(model_path: str) -> list[int]:
@@ -408,7 +423,7 @@ def _stream(session: requests.Session, server: _Server, config: SpeedConfig, pro
     body = {"messages": [{"role": "user", "content": config.test_prompts[prompt_index]}], "max_tokens": length,
             "temperature": 0.0, "seed": config.seed, "stream": True}
     if server.forcing["method"] == "logit_bias":
-        body.update(server.forcing["body"])
+        body["logit_bias"] = {str(i): EOG_BIAS for i in server.forcing["token_ids"]}
     else:
         body["min_tokens"] = length
     chunks, usage, finish = 0, None, None
@@ -497,7 +512,10 @@ def _attach_llama_timings(done: list[dict], log_text: str | None) -> None:
         if b is None:
             continue
         runs, ms = b["eval_runs"], b["eval_ms"]
-        r["llama"] = {**b, "eval_tokens_per_second": runs / ms * 1000 if runs and ms else None}
+        outside = b["total_ms"] - b["prompt_eval_ms"] - (ms or 0) if b["total_ms"] is not None else None
+        r["llama"] = {**b, "eval_tokens_per_second": runs / ms * 1000 if runs and ms else None,
+                      "overhead_ms_per_token": outside / r["completion_tokens"]
+                      if outside is not None and r["completion_tokens"] else None}
         if r["prompt_tokens"]:
             r["prompt_cache_reuse"] = 1 - b["evaluated_prompt_tokens"] / r["prompt_tokens"]
 

@@ -1,0 +1,201 @@
+"""Evaluation benches on the demo model (SmolLM2-135M-Instruct), one part at a time:
+
+  speed   the speed test engine (evaluation_app/engine/speed.py) on the base GGUF and on base + a
+          random LoRA adapter GGUF made on the fly, and, for the same requests, its tokens/s and
+          time to first token against llama.cpp's own timings from the server's log. Target: the
+          engine within 5% of llama.cpp.
+
+    .venv/bin/python bench/evaluation.py --part speed [--tokens 16,64 --batches 1,2 --iterations 5
+                                                       --warmup 2 --threads 1]
+
+The baselines are llama.cpp's numbers for the very requests the engine timed (matched per request;
+see the engine's docstring), so a slow spell of the machine moves both sides alike:
+
+  tokens/s vs llama.cpp eval        the engine's (tokens - 1) / (last token - first token) against
+                                    llama.cpp's "eval time" runs / ms: its forward passes alone
+  tokens/s vs llama.cpp all-in      ... against 1 / (eval ms per run + the time per token llama.cpp's
+                                    own total clock saw outside prompt eval and eval: sampling,
+                                    detokenizing, handing the chunk to the HTTP stream)
+  TTFT vs llama.cpp prompt eval     request sent -> first token, against llama.cpp's prompt eval
+                                    time plus that per-token share (the first token's sampling);
+                                    only requests that did not queue (batch 1: with 2 concurrent
+                                    requests one waits for the other, and its TTFT includes that)
+  outside ms                        the engine's total time - llama.cpp's total time (batch 1)
+
+Each ratio is the median over requests of engine / llama.cpp. --threads 1 by default: on a shared
+2-core machine a second llama.cpp thread waiting for a core that other work holds turns a
+millisecond step into seconds. Results: bench/RESULTS-evaluation.txt, one section per part; a run
+rewrites its own section and keeps the others.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from bench.export import _demo_files, _random_adapter  # noqa: E402
+
+RESULTS = ROOT / "bench" / "RESULTS-evaluation.txt"
+TARGET = 0.05
+PROMPTS = ["Explain in a few sentences how a river shapes the valley it flows through.",
+           "Write a short poem about autumn.",
+           "List three things a new colleague should know about code review, with one reason each."]
+
+
+def _ratios(requests: list[dict]) -> dict[str, list[float]]:
+    """Per request: engine / llama.cpp for the same request, where the log gave llama.cpp's numbers."""
+    out: dict[str, list[float]] = {"compute": [], "all_in": [], "ttft": [], "ttft_raw": [], "outside_ms": []}
+    for r in requests:
+        llama = r["llama"]
+        if not llama or not r["tokens_per_second"] or not llama["eval_runs"]:
+            continue
+        per_run = llama["eval_ms"] / llama["eval_runs"]
+        out["compute"].append(r["tokens_per_second"] / llama["eval_tokens_per_second"])
+        out["all_in"].append(r["tokens_per_second"] * (per_run + llama["overhead_ms_per_token"]) / 1000)
+        if r["batch_size"] == 1 and llama["prompt_eval_ms"] > 0:  # a queued request's wait is outside too
+            out["outside_ms"].append(r["total_ms"] - llama["total_ms"])
+            out["ttft"].append(r["ttft_ms"] / (llama["prompt_eval_ms"] + llama["overhead_ms_per_token"]))
+            out["ttft_raw"].append(r["ttft_ms"] / llama["prompt_eval_ms"])
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _verdict(ratio: float | None) -> str:
+    if ratio is None:
+        return "n/a"
+    return "within 5%" if abs(ratio - 1) <= TARGET else f"off by {100 * (ratio - 1):+.1f}%"
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def bench_speed(*, tokens: list[int], batches: list[int], iterations: int, warmup: int, threads: int,
+                rank: int = 16, say=print) -> dict:
+    """Run the speed test on base and base + a random adapter; print the engine against llama.cpp."""
+    from adapters_app.engine import gguf as engine
+    from evaluation_app.engine import speed
+
+    hf_dir, base_gguf = _demo_files()
+    say(f"demo model {hf_dir.parent.name}, base GGUF {base_gguf.name} ({base_gguf.stat().st_size / 1e6:.1f} MB); "
+        f"output lengths {tokens}, concurrent requests {batches}, {iterations} rounds after {warmup} warm-up, "
+        f"{threads} llama.cpp thread(s), {len(PROMPTS)} prompts round-robin")
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-eval-") as tmp:
+        tmp = Path(tmp)
+        import json
+
+        _random_adapter(hf_dir, tmp / "adapter", rank)
+        adapter = engine.write_adapter_gguf(tmp / "adapter", json.loads((hf_dir / "config.json").read_text()),
+                                            tmp / "adapter.gguf", name="bench random")
+        config = speed.SpeedConfig(test_prompts=PROMPTS, output_lengths=tokens, batch_sizes=batches,
+                                   num_iterations=iterations, warmup_iterations=warmup)
+        targets = [speed.Target("base", str(base_gguf), n_threads=threads),
+                   speed.Target(f"base + adapter (r={rank}, 7 modules)", str(base_gguf), lora_path=str(adapter),
+                                n_threads=threads)]
+        started = time.perf_counter()
+        results = speed.run_speed_test(targets, config, workdir=tmp / "logs")
+        wall = time.perf_counter() - started
+    say(f"ran in {wall:.0f} s\n")
+    for name, result in results.items():
+        server = result["server"]
+        say(f"== {name}: {result['overall']['n']} requests timed, llama.cpp's log matched to "
+            f"{server['llama_timings_matched']} of them, forced length by {server['forcing']['method']}, "
+            f"peak memory {_fmt(result['peak_memory_mb'], '.0f')} MB, prompt-cache reuse "
+            f"{_fmt(result['overall']['prompt_cache_reuse'], '.2f')} ==")
+        say(f"{'tokens x batch':>15} {'tok/s':>7} {'llama eval':>10} {'ratio':>6} {'all-in':>7} "
+            f"{'TTFT ms':>8} {'llama PE ms':>11} {'ratio':>6}  {'tput tok/s':>10}  {'outside ms':>10}")
+        rows = [(f"{c['output_length']} x {c['batch_size']}", c,
+                 [r for r in result["requests"] if (r["output_length"], r["batch_size"]) ==
+                  (c["output_length"], c["batch_size"])]) for c in result["cells"]]
+        rows.append(("overall", result["overall"], result["requests"]))
+        for label, cell, requests in rows:
+            ratios = _ratios(requests)
+            llama_tps = _median([r["llama"]["eval_tokens_per_second"] for r in requests if r["llama"]])
+            llama_pe = _median([r["llama"]["prompt_eval_ms"] for r in requests if r["llama"] and r["batch_size"] == 1])
+            say(f"{label:>15} {_fmt(cell['tokens_per_second']['median'], '.1f'):>7} {_fmt(llama_tps, '.1f'):>10} "
+                f"{_fmt(_median(ratios['compute'])):>6} {_fmt(_median(ratios['all_in'])):>7} "
+                f"{_fmt(cell['time_to_first_token_ms']['median'], '.1f'):>8} {_fmt(llama_pe, '.1f'):>11} {_fmt(_median(ratios['ttft'])):>6}  "
+                f"{_fmt(cell['throughput_tokens_per_second']['median'], '.1f'):>10}  "
+                f"{_fmt(_median(ratios['outside_ms']), '.1f'):>10}")
+        ratios = _ratios(result["requests"])
+        overhead = _median([r["llama"]["overhead_ms_per_token"] for r in result["requests"] if r["llama"]])
+        per_run = _median([r["llama"]["eval_ms"] / r["llama"]["eval_runs"] for r in result["requests"] if r["llama"]])
+        say(f"tokens/s vs llama.cpp eval (forward passes only): {_fmt(_median(ratios['compute']))} "
+            f"-> {_verdict(_median(ratios['compute']))}")
+        say(f"tokens/s vs llama.cpp all-in (eval {_fmt(per_run, '.2f')} ms/run + {_fmt(overhead, '.2f')} ms/token its "
+            f"own clock saw outside the forward passes): {_fmt(_median(ratios['all_in']))} "
+            f"-> {_verdict(_median(ratios['all_in']))}")
+        say(f"TTFT vs llama.cpp prompt eval + first-token share (batch 1): {_fmt(_median(ratios['ttft']))} "
+            f"-> {_verdict(_median(ratios['ttft']))}; against prompt eval alone {_fmt(_median(ratios['ttft_raw']))}; "
+            f"the request spends a median {_fmt(_median(ratios['outside_ms']), '.1f')} ms outside llama.cpp's "
+            f"clock (HTTP, chat template, tokenizing)\n")
+    base, tuned = results.values()
+    diff = speed.compare(base, tuned)
+    say("== base + adapter against base, % difference of medians (overall) ==")
+    say("  ".join(f"{m} {_fmt(v, '+.1f')}%" for m, v in diff["overall"].items())
+        + f"  peak_memory_mb {_fmt(diff['peak_memory_mb'], '+.1f')}%")
+    return results
+
+
+# --part compare (base vs fine-tuned answers) is added beside bench_speed: its own function and
+# PARTS entry, and its own section in RESULTS-evaluation.txt (write_section keeps the others).
+PARTS = ("speed",)
+
+
+def write_section(part: str, lines: list[str]) -> None:
+    """Replace this part's section of the results file, keeping the other parts' sections."""
+    header = f"######## part: {part}"
+    sections: dict[str, str] = {}
+    if RESULTS.exists():
+        current = None
+        for line in RESULTS.read_text().splitlines():
+            if line.startswith("######## part: "):
+                current = line
+                sections[current] = ""
+            elif current:
+                sections[current] += line + "\n"
+    sections[header] = "\n".join(lines) + "\n"
+    RESULTS.write_text("\n".join(f"{h}\n{body.rstrip()}\n" for h, body in sections.items()))
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=PARTS, required=True)
+    parser.add_argument("--tokens", type=_ints, default=[16, 64], help="output lengths, comma-separated")
+    parser.add_argument("--batches", type=_ints, default=[1, 2], help="concurrent requests, comma-separated")
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads per server")
+    args = parser.parse_args()
+
+    lines = [f"# .venv/bin/python bench/evaluation.py {' '.join(sys.argv[1:])}  ({os.cpu_count()} cores, "
+             f"load average before {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d')}; a shared VM: other work "
+             f"may run meanwhile, which the per-request ratios are robust to and absolute tokens/s are not)"]
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    if args.part == "speed":
+        bench_speed(tokens=args.tokens, batches=args.batches, iterations=args.iterations, warmup=args.warmup,
+                    threads=args.threads, say=say)
+    lines.append(f"# load average after {os.getloadavg()[0]:.2f}")
+    write_section(args.part, lines)
+
+
+if __name__ == "__main__":
+    main()
