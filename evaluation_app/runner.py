@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -142,10 +143,13 @@ def comparison_run(*, session_id: int) -> None:
             batch = todo[start:start + BATCH]
             prompts = [{"messages": c.messages, "seed": c.seed} for c in batch]
             answers = {role: answer_batch(model, prompts, system=session.system_prompt, sampling=sampling,
-                                          concurrent=isinstance(model, RemoteModel))
+                                          concurrent=isinstance(model, RemoteModel), should_stop=should_stop)
                        for role, model in zip(("base", "finetuned"), models)}
             for i, comparison in enumerate(batch):
-                ok = _store(comparison, {role: answers[role][i] for role in answers})
+                results = {role: answers[role][i] for role in answers}
+                if any(r is None for r in results.values()):
+                    continue  # stopped before both answered: it stays pending for the next run
+                ok = _store(comparison, results)
                 done, failed = done + 1, failed + (not ok)
                 _progress(COMPARISON, session.pk, done, total, f"{done} of {total} compared",
                           comparison_id=comparison.pk, index=comparison.index, ok=ok)
@@ -202,20 +206,23 @@ def judge_run(*, run_id: int) -> None:
     todo = [c for c in pairs if c.pk not in judged]
     done, ok_count = len(pairs) - len(todo), len(judged)
     rng = random.Random()
+    stopping = threading.Event()  # set by this thread from should_stop(); the judge's threads only read it
 
     def one(c: PromptComparison):  # noqa: ANN202
         prompt = c.prompt if len(c.messages) <= 1 else "\n\n".join(f"[{m['role']}] {m['content']}" for m in c.messages)
         return judge_pair(client, prompt=prompt, base=c.base_response["response"],
                           finetuned=c.finetuned_response["response"], criteria=run.evaluation_criteria,
                           rubric=run.scoring_rubric, system_prompt=run.session.system_prompt,
-                          rounds=run.num_evaluations, should_stop=should_stop, rng=rng)
+                          rounds=run.num_evaluations, should_stop=stopping.is_set, rng=rng)
 
     first_error = ""
     try:
         with ThreadPoolExecutor(max_workers=run.concurrency) as pool:
             queue, running = list(todo), {}
             while queue or running:
-                while queue and len(running) < run.concurrency and not should_stop():
+                if should_stop():
+                    stopping.set()
+                while queue and len(running) < run.concurrency and not stopping.is_set():
                     c = queue.pop(0)
                     running[pool.submit(one, c)] = c
                 if not running:

@@ -169,10 +169,13 @@ class RemoteModel(SessionModel):
 
 
 def answer_batch(model: SessionModel, prompts: list[dict[str, Any]], *, system: str, sampling: dict[str, Any],
-                 concurrent: bool) -> list[dict | GenerationError]:
+                 concurrent: bool, should_stop=lambda: False) -> list[dict | GenerationError | None]:  # noqa: ANN001
     """Each prompt ({"messages", "seed"}) through one model: in order for a local model (one
-    llama.cpp context), at once for a server. A failed prompt gives its GenerationError."""
-    def one(p: dict[str, Any]) -> dict | GenerationError:
+    llama.cpp context), at once for a server. A failed prompt gives its GenerationError; a prompt
+    not started because `should_stop()` said so gives None."""
+    def one(p: dict[str, Any]) -> dict | GenerationError | None:
+        if should_stop():
+            return None
         try:
             return model.answer(p["messages"], system=system, sampling=sampling, seed=p["seed"])
         except GenerationError as exc:

@@ -4,6 +4,8 @@ comparison pushed over the websocket as they happen; then an LLM judge over it, 
 through a local OpenAI-protocol server."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -72,3 +74,24 @@ def test_a_session_runs_on_a_worker_and_pushes_each_comparison_live_then_a_judge
         assert judged["summary"]["judged"] == 5 and judged["summary"]["position_consistency"]["consistent"] in range(6)
     finally:
         stop(api, d["id"])
+
+
+def test_cancel_stops_a_running_session_within_seconds_and_a_new_run_finishes_it(celery_worker_process, api,
+                                                                                 eval_adapter):
+    r = api.post(URL, {"name": "long", "adapter_id": eval_adapter.pk, "run": True,
+                       "test_prompts": [f"Write a long story about planet {i}." for i in range(12)],
+                       "sampling_params": {"max_tokens": 32}}, format="json")
+    assert r.status_code == 201, r.content
+    sid = r.json()["id"]
+    wait_for(lambda: api.get(f"{URL}/{sid}", {"status": "done"}).json(), lambda s: s["count"] >= 1, 180,
+             "the first comparison")
+    asked = time.monotonic()
+    assert api.post(f"{URL}/{sid}/cancel").status_code == 202
+    done = wait_for(lambda: api.get(f"{URL}/{sid}").json(), lambda s: s["status"] != "running", 60, "the stop")
+    assert done["status"] == "cancelled" and time.monotonic() - asked < 15
+    pending = api.get(f"{URL}/{sid}", {"status": "pending"}).json()["count"]
+    assert 0 < pending < 12
+    assert api.post(f"{URL}/{sid}/run").status_code == 202
+    finished = wait_for(lambda: api.get(f"{URL}/{sid}").json(), lambda s: s["status"] not in ("queued", "running"),
+                        600, "the second run")
+    assert finished["status"] == "completed" and api.get(f"{URL}/{sid}", {"status": "done"}).json()["count"] == 12
