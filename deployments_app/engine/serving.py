@@ -42,12 +42,15 @@ class ServerSpec:
     extra: dict[str, str] = field(default_factory=dict)
 
     def command(self, python: str = sys.executable) -> list[str]:
+        # interrupt_requests False: a second request waits for the first instead of cutting its
+        # stream off (llama-cpp-python's default interrupts it: two users of one deployment lost answers)
         cmd = [python, "-m", "llama_cpp.server", "--model", self.model_path, "--host", self.host,
-               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--verbose", str(self.verbose)]
+               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--verbose", str(self.verbose),
+               "--interrupt_requests", "False"]
         if self.lora_path:
             cmd += ["--lora_path", self.lora_path]
-        if self.n_threads:
-            cmd += ["--n_threads", str(self.n_threads)]
+        if self.n_threads:  # prompt processing too (its default is every core, whatever generation uses)
+            cmd += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
         if self.n_gpu_layers:
             cmd += ["--n_gpu_layers", str(self.n_gpu_layers)]
         for key, value in self.extra.items():
@@ -125,7 +128,7 @@ def wait_healthy(*, pid: int, host: str, port: int, log_path: str, timeout: floa
     """Wait until the server answers; seconds taken. ServerFailed (with the log tail) when it exits or times out."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if not is_alive(pid, port):
+        if not is_alive(pid, port) and not _starting(pid, since=start):
             raise ServerFailed(f"llama.cpp server (pid {pid}, port {port}) exited while starting:\n{log_tail(log_path)}")
         if health(host, port, timeout=1.0, api_key=api_key) is not None:
             return time.monotonic() - start
@@ -133,6 +136,18 @@ def wait_healthy(*, pid: int, host: str, port: int, log_path: str, timeout: floa
             raise ServerFailed("start cancelled")
         time.sleep(0.25)
     raise ServerFailed(f"llama.cpp server on port {port} did not answer within {timeout:.0f} s:\n{log_tail(log_path)}")
+
+
+def _starting(pid: int, *, since: float, grace_s: float = 10.0) -> bool:
+    """Just spawned and not exited: for a moment after the fork /proc/<pid>/cmdline does not show the
+    server's arguments yet (seen under load), and is_alive() would take our own server for dead."""
+    if time.monotonic() - since > grace_s:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def stop(pid: int | None, port: int | None, timeout: float = 10.0) -> bool:
