@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet
+from django.http import Http404
 
 from evaluation_app.engine.judge import CRITERIA
 from evaluation_app.engine.stats import (
@@ -153,6 +154,22 @@ def session_comparisons(*, session: ComparisonSession, user, status: str = "", u
         by_comparison[rating.comparison_id].append(rating)
     revealed = session_revealed(session=session)
     return total, [comparison_view(c, user=user, revealed=revealed, ratings=by_comparison[c.pk]) for c in rows]
+
+
+def session_comparison(*, session: ComparisonSession, user, comparison_id: int) -> dict:
+    """One comparison of the session as `user` may see it (404 when it is not the session's)."""
+    comparison = session.comparisons.filter(pk=comparison_id).first()
+    if comparison is None:
+        raise Http404("No such comparison in this session.")
+    ratings = list(ComparisonRating.objects.filter(comparison=comparison).select_related("rater"))
+    return comparison_view(comparison, user=user, revealed=session_revealed(session=session), ratings=ratings)
+
+
+def session_rows(*, user, adapter_id: int | None = None) -> QuerySet[ComparisonSession]:
+    """The dashboard's sessions, with how many comparisons each has and how many are done."""
+    return session_list(user=user, adapter_id=adapter_id).annotate(
+        num_comparisons=Count("comparisons", distinct=True),
+        num_done=Count("comparisons", filter=Q(comparisons__status=PromptComparison.Status.DONE), distinct=True))
 
 
 def sides_view(session: ComparisonSession) -> list[dict[str, Any]]:
