@@ -1,5 +1,12 @@
 """Evaluation benches on the demo model (SmolLM2-135M-Instruct), one part at a time:
 
+  compare a batch comparison session of 50 prompts (base against base + a random adapter GGUF)
+          through the platform (services, the job kit's claim, the runner with its database writes
+          and live events, in this process) against generating the same tokens with llama.cpp
+          directly, measured before and after it in the same run. Target: overhead <= 10%.
+
+    .venv/bin/python bench/evaluation.py --part compare [--prompts 50 --max-tokens 48]
+
   speed   the speed test engine (evaluation_app/engine/speed.py) on the base GGUF and on base + a
           random LoRA adapter GGUF made on the fly, and, for the same requests, its tokens/s and
           time to first token against llama.cpp's own timings from the server's log. Target: the
@@ -147,9 +154,106 @@ def bench_speed(*, tokens: list[int], batches: list[int], iterations: int, warmu
     return results
 
 
-# --part compare (base vs fine-tuned answers) is added beside bench_speed: its own function and
-# PARTS entry, and its own section in RESULTS-evaluation.txt (write_section keeps the others).
-PARTS = ("speed",)
+def _direct(base_gguf: Path, adapter_gguf: Path, prompts: list[str], *, max_tokens: int, seed: int) -> tuple[float, list]:
+    """The baseline: the same prompts through llama.cpp directly (llama-cpp-python, no Nexus):
+    load base and base + adapter once, then each prompt through both with the session's sampling
+    and per-prompt seeds. Returns the wall time (loading included) and the texts."""
+    from adapters_app.engine import llama
+    from evaluation_app.engine.compare import CONTEXT_TOKENS
+    from evaluation_app.services import SAMPLING_DEFAULTS
+
+    started = time.perf_counter()
+    models = [llama.load(base_gguf, None, n_ctx=CONTEXT_TOKENS), llama.load(base_gguf, adapter_gguf, n_ctx=CONTEXT_TOKENS)]
+    params = {k: SAMPLING_DEFAULTS[k] for k in ("top_p", "top_k", "repeat_penalty")}
+    texts = []
+    try:
+        for i, prompt in enumerate(prompts):
+            pair = []
+            for llm in models:
+                out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                                 temperature=0.0, seed=seed + i, **params)
+                pair.append((out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"]))
+            texts.append(pair)
+        return time.perf_counter() - started, texts
+    finally:
+        for llm in models:
+            llm.close()
+
+
+def bench_compare(*, prompts: int, max_tokens: int, say=print) -> None:
+    """A batch comparison session of `prompts` prompts through the platform (services, the job kit's
+    claim, the worker's runner with its database writes and live events, in this process), against
+    generating the same tokens with llama.cpp directly, before and after it in the same run."""
+    import django
+
+    from bench.benchlib import BenchSystem
+
+    hf_dir, base_gguf = _demo_files()
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-compare-") as tmp:
+        tmp = Path(tmp)
+        system = BenchSystem(tmp, database="nexus_bench_eval", redis_db=11)
+        say(f"preparing a fresh database in {tmp} ...")
+        system.fresh()
+        os.environ.update(system.env)
+        django.setup()
+        import json
+
+        from adapters_app.engine import gguf as engine
+        from adapters_app.models import LoRAAdapter
+        from evaluation_app.jobs import COMPARISON
+        from evaluation_app.models import ComparisonSession
+        from evaluation_app.runner import comparison_run
+        from evaluation_app.services import session_create
+        from nexus.jobs import claim
+        from nexus.models import BaseModel
+        from nexus.teams import team_ensure_personal, user_create
+
+        _random_adapter(hf_dir, tmp / "adapter", 16)
+        adapter_gguf = engine.write_adapter_gguf(tmp / "adapter", json.loads((hf_dir / "config.json").read_text()),
+                                                 tmp / "adapter.gguf", name="bench random")
+        user = user_create(username="bench", password="bench-password-1")
+        team = team_ensure_personal(user=user)
+        base = BaseModel.objects.get(name="SmolLM2-135M-Instruct")
+        adapter = LoRAAdapter.objects.create(team=team, name="bench", base_model=base, path="adapters/bench",
+                                             gguf_path=str(adapter_gguf))
+        texts = [f"Question {i}: in two sentences, what is worth knowing about topic number {i}?"
+                 for i in range(prompts)]
+        seed = 1000
+        say(f"{prompts} prompts, max_tokens {max_tokens}, greedy; base {base_gguf.name} against base + a random "
+            f"r=16 adapter GGUF; llama.cpp with {os.cpu_count()} threads in this process")
+        before, direct = _direct(base_gguf, adapter_gguf, texts, max_tokens=max_tokens, seed=seed)
+        say(f"llama.cpp directly (before):  {before:.2f} s")
+        session = session_create(team=team, user=user, body={
+            "name": "bench", "adapter_id": adapter.pk, "test_prompts": texts,
+            "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens, "seed": seed}, "run": True})
+        assert claim(COMPARISON, session.pk, worker="bench@host")
+        started = time.perf_counter()
+        comparison_run(session_id=session.pk)
+        platform = time.perf_counter() - started
+        session = ComparisonSession.objects.get(pk=session.pk)
+        assert session.status == "completed", session.error
+        rows = list(session.comparisons.order_by("index"))
+        say(f"the platform's session run: {platform:.2f} s ({len(rows)} comparisons stored, {session.runs} run)")
+        after, direct_again = _direct(base_gguf, adapter_gguf, texts, max_tokens=max_tokens, seed=seed)
+        say(f"llama.cpp directly (after):   {after:.2f} s")
+        same = sum((r.base_response["response"], r.finetuned_response["response"]) == (d[0][0], d[1][0])
+                   for r, d in zip(rows, direct))
+        tokens = sum(r.base_response["tokens_generated"] + r.finetuned_response["tokens_generated"] for r in rows)
+        direct_tokens = sum(d[0][1] + d[1][1] for d in direct)
+        say(f"same texts as llama.cpp directly: {same} of {len(rows)} comparisons; tokens {tokens} (platform) vs "
+            f"{direct_tokens} (direct)")
+        baseline = (before + after) / 2
+        overhead = platform / baseline - 1
+        say(f"overhead: platform {platform:.2f} s / direct {baseline:.2f} s (mean of before and after) = "
+            f"{platform / baseline:.3f}, {overhead * 100:+.1f}% -> {'meets' if overhead <= 0.10 else 'MISSES'} the "
+            f"target (<= +10%)")
+        from django.db import connection
+
+        connection.close()
+        system.drop()
+
+
+PARTS = ("speed", "compare")
 
 
 def write_section(part: str, lines: list[str]) -> None:
@@ -180,6 +284,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads per server")
+    parser.add_argument("--prompts", type=int, default=50, help="compare: prompts of the batch session")
+    parser.add_argument("--max-tokens", type=int, default=48, help="compare: tokens per answer")
     args = parser.parse_args()
 
     lines = [f"# .venv/bin/python bench/evaluation.py {' '.join(sys.argv[1:])}  ({os.cpu_count()} cores, "
@@ -190,6 +296,8 @@ def main() -> None:
         print(text, flush=True)
         lines.append(text)
 
+    if args.part == "compare":
+        bench_compare(prompts=args.prompts, max_tokens=args.max_tokens, say=say)
     if args.part == "speed":
         bench_speed(tokens=args.tokens, batches=args.batches, iterations=args.iterations, warmup=args.warmup,
                     threads=args.threads, say=say)

@@ -13,7 +13,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "personal_owner", "viewers_use_deployments", "created_at"]
+    list_display = ["name", "slug", "personal_owner", "viewers_use_deployments", "viewers_rate_evaluations", "created_at"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
 

@@ -194,3 +194,17 @@ def test_outsiders_get_404_on_judge_runs(api, user, base_model, outsider_api):
     assert outsider_api.get(URL).json()["count"] == 0
     r = api.delete(f"{URL}/{run['id']}")
     assert r.status_code == 202 and r.json()["status"] == "cancelled"
+
+
+def test_the_admin_lists_judge_runs_and_sessions_without_the_judges_key(user, base_model, admin_client):
+    from nexus.secrets import secret_encrypt
+
+    session = make_session(user, base_model, n=1)
+    run = JudgeRun.objects.create(team=session.team, session=session, model="gpt-4o", key_last4=KEY[-4:],
+                                  api_key_encrypted=secret_encrypt(KEY), status="completed")
+    for url in ("/admin/evaluation_app/judgerun/", f"/admin/evaluation_app/judgerun/{run.pk}/change/",
+                "/admin/evaluation_app/comparisonsession/", f"/admin/evaluation_app/comparisonsession/{session.pk}/change/",
+                "/admin/evaluation_app/performancetest/", "/admin/evaluation_app/comparisonrating/"):
+        r = admin_client.get(url)
+        assert r.status_code == 200, url
+        assert KEY.encode() not in r.content and run.api_key_encrypted.encode() not in r.content
