@@ -242,6 +242,16 @@ def bench_compare(*, prompts: int, max_tokens: int, say=print) -> None:
         direct_tokens = sum(d[0][1] + d[1][1] for d in direct)
         say(f"same texts as llama.cpp directly: {same} of {len(rows)} comparisons; tokens {tokens} (platform) vs "
             f"{direct_tokens} (direct)")
+        generating = sum(r.base_response["generation_time_ms"] + r.finetuned_response["generation_time_ms"]
+                         for r in rows) / 1000
+        from nexus.models import JobEvent
+
+        loaded = JobEvent.objects.filter(job_kind="comparison", job_id=session.pk, message__startswith="Loaded both")
+        load_s = float(loaded.get().message.split(" in ")[1].split(" s")[0])
+        own = platform - generating - load_s
+        say(f"inside the run: loading {load_s:.2f} s, generating {generating:.2f} s (the responses' own clocks), "
+            f"everything else (database writes, events, control checks) {own:.2f} s = {own / platform * 100:.1f}% "
+            f"of the run: the platform's own overhead, immune to the machine's slow spells")
         baseline = (before + after) / 2
         overhead = platform / baseline - 1
         say(f"overhead: platform {platform:.2f} s / direct {baseline:.2f} s (mean of before and after) = "
