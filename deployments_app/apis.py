@@ -155,7 +155,7 @@ class AdapterDeployApi(APIView):
 
 
 def _int(value: str, field: str) -> int:
-    if not value.isdigit():
+    if not value.isdecimal():
         raise NexusError(f"{field}: 'base' or an adapter id, got {value!r}", code="validation_error",
                          details={field: value})
     return int(value)

@@ -38,10 +38,10 @@ def deployment_list_page(request):
 def _arm_from_form(request, value: str, weight: int) -> ArmInput:
     """'' or 'base': the base model alone; '<id>': base + that adapter; 'export:<id>': a merged GGUF.
     Loaded for writing: deploying spends the team's compute, which a viewer may not (403)."""
-    if value.startswith("export:") and value[7:].isdigit():
+    if value.startswith("export:") and value[7:].isdecimal():
         return ArmInput(weight=weight, export=export_get(user=request.user, pk=int(value[7:]), write=True))
     return ArmInput(weight=weight, adapter=adapter_get(user=request.user, pk=int(value), write=True)
-                    if value.isdigit() else None)
+                    if value.isdecimal() else None)
 
 
 @require_POST

@@ -60,7 +60,7 @@ def _optional_int(request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return None
-    if not raw.isdigit():
+    if not raw.isdecimal():
         raise NexusError(f"{name}: must be an id, got {raw[:40]!r}", code="validation_error", details={name: raw[:40]})
     return int(raw)
 

@@ -48,7 +48,7 @@ def conversations(text: str) -> list[list[dict[str, str]]]:
 
 def whole_numbers(text: str) -> list[int]:
     values = [v for v in re.split(r"[,\s]+", text.strip()) if v]
-    if not values or not all(v.isdigit() for v in values):
+    if not values or not all(v.isdecimal() for v in values):
         raise forms.ValidationError("write whole numbers separated by commas, e.g. 64, 256")
     return [int(v) for v in values]
 
@@ -202,7 +202,7 @@ class JudgeForm(ServiceErrors, TeacherFieldsMixin):
             judge: dict[str, Any] = {"connection_id": int(data["connection"])}
         elif data.get("provider") == Provider.DEPLOYED:
             judge = {"provider": Provider.DEPLOYED,
-                     "deployment_id": int(data["deployment"]) if (data.get("deployment") or "").isdigit() else None}
+                     "deployment_id": int(data["deployment"]) if (data.get("deployment") or "").isdecimal() else None}
         else:
             judge = self.teacher_raw()
         return {"session_id": int(data["session"]), "judge_config": judge,

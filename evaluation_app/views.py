@@ -74,7 +74,7 @@ SPEED_METRICS = {  # evaluation_app/engine/speed.py's metrics: title, unit
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 12 else None
+    return int(value) if isinstance(value, str) and value.isdecimal() and len(value) < 12 else None
 
 
 def _can_write(user, row) -> bool:  # noqa: ANN001
@@ -282,7 +282,7 @@ def session_prompts_page(request, session_id: int):
 
 def _rating_body(post, comparison_id: int | None) -> dict[str, Any]:  # noqa: ANN001
     """The API's rating body from the form: stars are radio buttons named <A|B>_<criterion>."""
-    ratings = {letter: {c: int(post[f"{letter}_{c}"]) for c in CRITERIA if post.get(f"{letter}_{c}", "").isdigit()}
+    ratings = {letter: {c: int(post[f"{letter}_{c}"]) for c in CRITERIA if post.get(f"{letter}_{c}", "").isdecimal()}
                for letter in "AB"}
     return {"comparison_id": comparison_id, "preferred": post.get("preferred", ""),
             "ratings": {k: v for k, v in ratings.items() if v}, "reason": post.get("reason", "")}

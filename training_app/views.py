@@ -185,7 +185,7 @@ def job_list_page(request):
 def _initial_dataset(user, value: str | None) -> dict:
     """`?dataset=<id>` from the dataset page (else the first one), with its "val" split as validation data."""
     ready = dataset_list(user=user).filter(status=Dataset.Status.READY)
-    dataset = (ready.filter(pk=int(value)).first() if value and value.isdigit() else None) or ready.first()
+    dataset = (ready.filter(pk=int(value)).first() if value and value.isdecimal() else None) or ready.first()
     if dataset is None:
         return {}
     sibling = dataset_validation_sibling(user=user, dataset=dataset)
@@ -220,7 +220,7 @@ def job_new_page(request):
 def job_new_preview_partial(request):
     """The wizard's dataset step: the first conversations and the sizes of the chosen dataset."""
     value = request.GET.get("dataset", "")
-    if not value.isdigit():
+    if not value.isdecimal():
         raise Http404("No dataset chosen.")
     dataset = dataset_get(user=request.user, pk=int(value))
     ready = dataset.status == Dataset.Status.READY
@@ -242,7 +242,7 @@ def job_new_estimate_partial(request):
         dataset = request.POST.get("dataset", "")
         try:
             estimates = [training_estimate(user=request.user, base_model=request.POST.get("base_model", ""),
-                                           dataset_id=int(dataset) if dataset.isdigit() else None, device=device,
+                                           dataset_id=int(dataset) if dataset.isdecimal() else None, device=device,
                                            **form.configs())
                          for device in ("cuda", "cpu")]
         except NexusError as exc:

@@ -391,7 +391,7 @@ class DistillationTemplatePreviewApi(APIView):
             raise NexusError("prompt: must be a string", code="validation_error", details={"prompt": "not a string"})
         return Response(template_preview(prompt=prompt, variables=body.get("variables") or {},
                                          system_prompt=str(body.get("system_prompt") or ""),
-                                         limit=min(int(body.get("limit") or 5) if str(body.get("limit", "5")).isdigit()
+                                         limit=min(int(body.get("limit") or 5) if str(body.get("limit", "5")).isdecimal()
                                                    else 5, 50)))
 
 

@@ -65,7 +65,7 @@ def template_get(*, user, team, template_id: str | int, write: bool = False) -> 
     text = str(template_id)
     if text in BUILTIN_TEMPLATES and not write:
         return BUILTIN_TEMPLATES[text]
-    if text.isdigit() and len(text) < 18:
+    if text.isdecimal() and len(text) < 18:
         pk = int(text)
     else:
         pk = DistillationTemplate.objects.filter(team=team, slug=text).values_list("pk", flat=True).first()

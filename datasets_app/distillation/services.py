@@ -124,7 +124,7 @@ def teacher_parse(*, team: Team, user, raw: Any, path: str = "teacher_config") -
     if provider is None:
         if model.startswith("deployed:"):
             provider, deployment_id = Provider.DEPLOYED, model.removeprefix("deployed:")
-            deployment_id = int(deployment_id) if deployment_id.isdigit() else deployment_id
+            deployment_id = int(deployment_id) if deployment_id.isdecimal() else deployment_id
             model = ""
         else:
             provider = Provider.ANTHROPIC if model.startswith("claude") else Provider.OPENAI

@@ -287,7 +287,7 @@ class DistillationForm(TeacherFieldsMixin):
         provider = data.get(f"{p}provider") or Provider.OPENAI
         if provider == Provider.DEPLOYED:
             chosen = data.get(f"{p}deployment") or ""
-            return {"provider": provider, "deployment_id": int(chosen) if chosen.isdigit() else None}
+            return {"provider": provider, "deployment_id": int(chosen) if chosen.isdecimal() else None}
         raw = {"provider": provider, "model": data.get(f"{p}model", ""), "api_key": data.get(f"{p}api_key", "")}
         if data.get(f"{p}base_url"):
             raw["base_url"] = data[f"{p}base_url"]
@@ -333,7 +333,7 @@ class DistillationForm(TeacherFieldsMixin):
         if source == "prompts":
             config["prompts"] = [line.strip() for line in data.get("prompts", "").splitlines() if line.strip()]
         elif source == "dataset":
-            config["dataset_id"] = int(data["dataset"]) if (data.get("dataset") or "").isdigit() else ""
+            config["dataset_id"] = int(data["dataset"]) if (data.get("dataset") or "").isdecimal() else ""
         elif template_id is not None:
             config["template_id"] = template_id
             config["variables"] = data.get("template_variables") or {}
@@ -379,7 +379,7 @@ class DistillationForm(TeacherFieldsMixin):
         if head.startswith("teacher_configs["):
             index = head[len("teacher_configs["):-1]
             blocks = getattr(self, "_blocks", None) or self.active_blocks()
-            block = blocks[int(index)] if index.isdigit() and int(index) < len(blocks) else 1
+            block = blocks[int(index)] if index.isdecimal() and int(index) < len(blocks) else 1
             return self._block_field(_prefix(block), name)
         if head == "judge_config":
             return self._block_field(JUDGE, name) if (self.cleaned_data.get("judge") == "typed") else "judge"
@@ -562,7 +562,7 @@ def teacher_test_partial(request):
     else:
         chosen = request.POST.get(f"{p}connection", "")
     if chosen:  # any id, not only the form's choices: another team's connection is a 404, not ignored
-        connection = teacher_connection_get(user=request.user, pk=int(chosen) if chosen.isdigit() else 0, write=True)
+        connection = teacher_connection_get(user=request.user, pk=int(chosen) if chosen.isdecimal() else 0, write=True)
         return _check_result(request, teacher_connection_test(connection=connection))
     if form.errors.get(f"{p}deployment"):
         return _check_result(request, None, error=form.errors[f"{p}deployment"][0])

@@ -278,14 +278,15 @@ def test_deploying_an_adapter_without_gguf_exports_it_first_then_splits_with_bas
     assert r.status_code == 409 and r.json()["error"]["code"] == "in_use"
     assert "stop that deployment first" in r.json()["error"]["message"]
 
+    from evaluation_app.engine import compare as engine
+
+    engine._close_all()  # what other tests of this process loaded (comparison sessions run in-process there)
     r = api.get(f"{API}/adapters/{adapter['id']}/compare", {"prompt": "Name a colour.", "max_tokens": 8})
     assert r.status_code == 200, r.content
     body = r.json()
     for side in ("base", "adapter"):
         assert body[side]["completion_tokens"] > 0 and body[side]["tokens_per_s"] > 0 and body[side]["seconds"] > 0
     assert body["adapter"]["serves"].endswith(f"v{adapter['version']}")
-    from evaluation_app.engine import compare as engine
-
     assert not engine._cache  # llama.cpp ran on the worker; this (web) process loaded nothing
     stop(api, d["id"])
     assert api.delete(f"{API}/adapters/{adapter['id']}").status_code == 204

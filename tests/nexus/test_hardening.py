@@ -383,3 +383,10 @@ def test_the_fast_list_rows_equal_what_their_serializers_document(api, user, bas
     listed = api.get("/api/v1/finetune/datasets").json()["results"]
     assert listed == DatasetListItemSerializer(dataset_list_lean(user=user), many=True).data
     assert listed[0]["num_usable"] == 8 and listed[0]["file_path"]
+
+
+def test_unicode_digits_that_int_refuses_are_ids_of_nothing(api):
+    """'²'.isdigit() is true but int('²') raises: the fuzzer found a 500 there."""
+    for url in ("/api/v1/finetune/distillation/templates/\u00b2", "/api/v1/finetune/eval/compare?adapter_id=\u00b2"):
+        r = api.get(url)
+        assert r.status_code in (400, 404), (url, r.status_code)

@@ -17,7 +17,7 @@ def checkpoint_step(path: Path) -> int:
 def checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints (those with trainer state), oldest first."""
     folder = Path(output_dir) / "trainer"
-    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdecimal()]
     return sorted(found, key=checkpoint_step)
 
 

@@ -173,11 +173,11 @@ def _parse_entry(item: str) -> _Entry | None:
     port: int | None = None
     if item.startswith("["):
         host, _, rest = item[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit():
+        if rest.startswith(":") and rest[1:].isdecimal():
             port = int(rest[1:])
     elif item.count(":") == 1:
         host, _, rest = item.partition(":")
-        if not rest.isdigit():
+        if not rest.isdecimal():
             return None
         port = int(rest)
     else:
