@@ -44,16 +44,11 @@ from evaluation_app.services import (
     session_prompts_add,
     session_run,
 )
-from nexus.api_utils import int_query_param, request_team, request_team_filter
+from nexus.api_utils import json_body, int_query_param, request_team, request_team_filter
 from nexus.errors import NexusError
 from nexus.pagination import PAGE_PARAMETERS, page_bounds, paginate, paginated, with_links
 from nexus.parsers import StrictJSONParser
 
-
-def _body(request) -> dict:
-    if not isinstance(request.data, dict):
-        raise NexusError("body: must be a JSON object", code="validation_error", details={"body": "not an object"})
-    return dict(request.data)
 
 
 def _optional_int(request, name: str) -> int | None:
@@ -242,7 +237,7 @@ class SessionListCreateApi(APIView):
                                "GGUF export and deployment. POST .../run starts it.")
     def post(self, request):
         team = request_team(request, write=True)
-        session = session_create(team=team, user=request.user, body=_body(request))
+        session = session_create(team=team, user=request.user, body=json_body(request))
         return Response(_session_detail(request, session), status=status.HTTP_201_CREATED)
 
 
@@ -267,7 +262,7 @@ class SessionPromptsApi(APIView):
 
     @extend_schema(request=PromptsAddSerializer, responses={201: PromptsAddedSerializer})
     def post(self, request, session_id: int):
-        rows = session_prompts_add(session=session_get(user=request.user, pk=session_id, write=True), body=_body(request))
+        rows = session_prompts_add(session=session_get(user=request.user, pk=session_id, write=True), body=json_body(request))
         return Response({"added": len(rows), "comparison_ids": [r.pk for r in rows]}, status=status.HTTP_201_CREATED)
 
 
@@ -299,7 +294,7 @@ class SessionRateApi(APIView):
         from evaluation_app.selectors import rating_as_shown, rating_progress
 
         session = session_get(user=request.user, pk=session_id)
-        rating = comparison_rate(session=session, user=request.user, body=_body(request))
+        rating = comparison_rate(session=session, user=request.user, body=json_body(request))
         return Response({"comparison_id": rating.comparison_id,
                          "my_rating": rating_as_shown(rating, rating.comparison),
                          "revealed": session_revealed(session=session), "progress": rating_progress(session=session)},
@@ -400,7 +395,7 @@ class JudgeListCreateApi(APIView):
                                "counts only when both orders agree.")
     def post(self, request):
         team = request_team(request, write=True)
-        run = judge_create(team=team, user=request.user, body=_body(request))
+        run = judge_create(team=team, user=request.user, body=json_body(request))
         return Response(_judge_detail(run), status=status.HTTP_202_ACCEPTED)
 
 
@@ -469,7 +464,7 @@ class PerformanceListCreateApi(APIView):
                                "length and concurrency and overall (medians with spread, warm-up excluded).")
     def post(self, request):
         team = request_team(request, write=True)
-        test = performance_create(team=team, user=request.user, body=_body(request))
+        test = performance_create(team=team, user=request.user, body=json_body(request))
         return Response(PerformanceSerializer(test).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -84,14 +84,15 @@ def rating_progress(*, session: ComparisonSession) -> dict[str, int]:
             "raters_required": session.raters_required}
 
 
-def session_revealed(*, session: ComparisonSession) -> bool:
+def session_revealed(*, session: ComparisonSession, progress: dict[str, int] | None = None) -> bool:
     """Not blind, or blind and every comparison rated (by `raters_required` members) with no run
-    going and nothing left to compare. The run ending alone reveals nothing."""
+    going and nothing left to compare. The run ending alone reveals nothing. `progress`: the
+    session's rating_progress when the caller has it already."""
     if not session.blind:
         return True
     if session.status in ACTIVE:
         return False
-    progress = rating_progress(session=session)
+    progress = progress or rating_progress(session=session)
     return progress["done"] > 0 and progress["pending"] == 0 and progress["rated"] == progress["done"]
 
 
@@ -219,7 +220,7 @@ def session_summary(*, session: ComparisonSession) -> dict[str, Any]:
     with 95% intervals and a sign test, per-criterion means with 95% intervals, the raters and their
     agreement, and the speed of each model."""
     progress = rating_progress(session=session)
-    revealed = session_revealed(session=session)
+    revealed = session_revealed(session=session, progress=progress)
     units = _human_labels(session)
     raters = {r for unit in units.values() for r in unit}
     summary: dict[str, Any] = {**progress, "revealed": revealed, "raters": len(raters),
@@ -314,14 +315,3 @@ def session_export(*, session: ComparisonSession, user, fmt: str) -> tuple[bytes
             writer.writerow({**line, **({"rater": user.get_username(), "preferred": mine["preferred"],
                                          "reason": mine["reason"], "ratings": json.dumps(mine["ratings"])} if mine else {})})
     return out.getvalue().encode(), "text/csv"
-
-
-def adapter_evaluations(*, user, adapter_id: int) -> dict[str, Any]:
-    """The dashboard's rows for one adapter."""
-    return {"sessions": session_list(user=user, adapter_id=adapter_id)[:50],
-            "judge_runs": judge_run_list(user=user).filter(session__adapter_id=adapter_id)[:50],
-            "speed_tests": performance_list(user=user, adapter_id=adapter_id)[:50]}
-
-
-def active_filter() -> Q:
-    return Q(status__in=ACTIVE)

@@ -31,7 +31,7 @@ from evaluation_app.models import (
 )
 from nexus.control import control_send
 from nexus.errors import NexusError
-from nexus.fields import bad, number, require, text, unknown
+from nexus.fields import bad, number, require, string, text, unknown
 from nexus.jobs import JobKind, enqueue, event, transition
 from nexus.models import BaseModel, Membership, Team
 from nexus.quotas import quota_check
@@ -188,20 +188,12 @@ def _turns(raw: Any, path: str) -> list[dict[str, str]]:
             raise bad(f"{where}.role", f"must be user or assistant, got {role!r} (the system prompt is the session's)")
         if not isinstance(content, str) or not content.strip():
             raise bad(f"{where}.content", "must be a non-empty string")
-        turns.append({"role": role, "content": _checked_text(content, f"{where}.content")})
+        turns.append({"role": role, "content": string(content, f"{where}.content", max_len=PROMPT_MAX_CHARS)})
     if turns[0]["role"] != "user":
         raise bad(f"{path}[0].role", "a conversation starts with a user turn")
     if turns[-1]["role"] != "user":
         raise bad(f"{path}[{len(turns) - 1}].role", "a conversation ends with the user turn the models answer")
     return turns
-
-
-def _checked_text(value: str, path: str) -> str:
-    if "\x00" in value:
-        raise bad(path, "must not contain NUL characters")
-    if len(value) > PROMPT_MAX_CHARS:
-        raise bad(path, f"is {len(value):,} characters long; at most {PROMPT_MAX_CHARS:,}")
-    return value
 
 
 def _prompts_parse(raw: Any, ctype: str, path: str = "test_prompts") -> list[list[dict[str, str]]]:
@@ -220,7 +212,7 @@ def _prompts_parse(raw: Any, ctype: str, path: str = "test_prompts") -> list[lis
             item, where = item.get("prompt"), f"{where}.prompt"
         if not isinstance(item, str) or not item.strip():
             raise bad(where, "must be a non-empty string (a conversation needs comparison_type \"conversation\")")
-        out.append([{"role": "user", "content": _checked_text(item, where)}])
+        out.append([{"role": "user", "content": string(item, where, max_len=PROMPT_MAX_CHARS)}])
     return out
 
 
@@ -326,7 +318,7 @@ def session_create(*, team: Team, user, body: Any) -> ComparisonSession:
     session = ComparisonSession.objects.create(
         team=team, created_by=user, name=name, description=text(body, "description", "", max_len=5000),
         comparison_type=ctype, base_model=base_model, adapter=adapter, sides=sides, dataset=dataset,
-        system_prompt=_checked_text(text(body, "system_prompt", "", max_len=PROMPT_MAX_CHARS), "system_prompt"),
+        system_prompt=text(body, "system_prompt", "", max_len=PROMPT_MAX_CHARS),
         sampling_params=sampling, raters_required=raters,
         seed=secrets.randbelow(2**31) if seed is None else seed)
     if seed is not None:

@@ -10,6 +10,13 @@ from nexus.models import Team
 from nexus.teams import resolve_team
 
 
+def json_body(request: Request) -> dict:
+    """The request's JSON object (a list or a scalar body is a 400 that says so)."""
+    if not isinstance(request.data, dict):
+        raise NexusError("body: must be a JSON object", code="validation_error", details={"body": "not an object"})
+    return dict(request.data)
+
+
 def request_team(request: Request, *, write: bool) -> Team:
     """The team an API call acts in: `team` (id or slug) from the body or query, else the personal team."""
     team = None

@@ -37,12 +37,17 @@ def text(raw: dict, key: str, path: str, *, max_len: int = 100_000, default: str
     value = raw.get(key, default)
     if value is None:
         return default
+    return string(value, f"{path}.{key}" if path else key, max_len=max_len)
+
+
+def string(value: Any, path: str, *, max_len: int = 100_000) -> str:
+    """`value` at `path` as a string Postgres can store, of at most `max_len` characters."""
     if not isinstance(value, str):
-        raise bad(f"{path}.{key}" if path else key, f"must be a string, got {type(value).__name__}")
+        raise bad(path, f"must be a string, got {type(value).__name__}")
     if "\x00" in value:
-        raise bad(f"{path}.{key}" if path else key, "must not contain NUL characters")
+        raise bad(path, "must not contain NUL characters")
     if len(value) > max_len:
-        raise bad(f"{path}.{key}" if path else key, f"is {len(value):,} characters long; at most {max_len:,}")
+        raise bad(path, f"is {len(value):,} characters long; at most {max_len:,}")
     return value
 
 

@@ -43,7 +43,7 @@ from datasets_app.distillation.services import (
     template_delete,
     template_preview,
 )
-from nexus.api_utils import request_team, request_team_filter
+from nexus.api_utils import json_body, request_team, request_team_filter
 from nexus.errors import NexusError
 from nexus.pagination import PAGE_PARAMETERS, paginate, paginated
 from nexus.parsers import StrictJSONParser
@@ -269,14 +269,9 @@ class DistillationJobListCreateApi(APIView):
                                "multi_teacher, judge_config, quality.")
     def post(self, request):
         team = request_team(request, write=True)
-        job = distillation_job_create(team=team, user=request.user, body=_body(request))
+        job = distillation_job_create(team=team, user=request.user, body=json_body(request))
         return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
 
-
-def _body(request) -> dict:
-    if not isinstance(request.data, dict):
-        raise NexusError("body: must be a JSON object", code="validation_error", details={"body": "not an object"})
-    return dict(request.data)
 
 
 class DistillationJobDetailApi(APIView):
@@ -311,7 +306,7 @@ class DistillationItemReviewApi(APIView):
     def post(self, request, distillation_id: int, item_id: int):
         job = distillation_job_get(user=request.user, pk=distillation_id, write=True)
         item = distillation_item_review(job=job, item_id=item_id, user=request.user,
-                                        decision=str(_body(request).get("decision", "")))
+                                        decision=str(json_body(request).get("decision", "")))
         return Response(ItemOutputSerializer(item).data)
 
 
@@ -321,7 +316,7 @@ class DistillationApproveApi(APIView):
     @extend_schema(request=ApproveSerializer, responses={201: ApprovedSerializer})
     def post(self, request, distillation_id: int):
         job = distillation_job_get(user=request.user, pk=distillation_id, write=True)
-        body = _body(request)
+        body = json_body(request)
         name = body.get("name", "")
         if not isinstance(name, str):
             raise NexusError("name: must be a string", code="validation_error", details={"name": "not a string"})
@@ -338,7 +333,7 @@ class DistillationEstimateApi(APIView):
                    description="Requests, tokens and cost of a job body, before it starts.")
     def post(self, request):
         team = request_team(request, write=False)
-        return Response(job_estimate(request=job_request_parse(team=team, user=request.user, body=_body(request))))
+        return Response(job_estimate(request=job_request_parse(team=team, user=request.user, body=json_body(request))))
 
 
 class DistillationTemplateListCreateApi(APIView):
@@ -352,7 +347,7 @@ class DistillationTemplateListCreateApi(APIView):
     @extend_schema(request=TemplateInputSerializer, responses={201: TemplateSerializer})
     def post(self, request):
         team = request_team(request, write=True)
-        row = template_create(team=team, user=request.user, raw=_body(request))
+        row = template_create(team=team, user=request.user, raw=json_body(request))
         return Response({**template_data(template_get(user=request.user, team=team, template_id=row.pk)),
                          "slug": row.slug}, status=status.HTTP_201_CREATED)
 
@@ -380,7 +375,7 @@ class DistillationTemplatePreviewApi(APIView):
     @extend_schema(request=TemplatePreviewInputSerializer, responses=TemplatePreviewSerializer,
                    description="the first prompts a template renders and how many combinations it has")
     def post(self, request):
-        body = _body(request)
+        body = json_body(request)
         if body.get("template_id") is not None and "prompt" not in body:
             team = request_team(request, write=False)
             t = template_get(user=request.user, team=team, template_id=body["template_id"])
@@ -406,7 +401,7 @@ class TeacherConnectionListCreateApi(APIView):
     @extend_schema(request=ConnectionInputSerializer, responses={201: ConnectionOutputSerializer})
     def post(self, request):
         team = request_team(request, write=True)
-        conn = teacher_connection_create(team=team, user=request.user, raw=_body(request))
+        conn = teacher_connection_create(team=team, user=request.user, raw=json_body(request))
         return Response(ConnectionOutputSerializer(conn).data, status=status.HTTP_201_CREATED)
 
 
@@ -420,7 +415,7 @@ class TeacherConnectionDetailApi(APIView):
     @extend_schema(request=ConnectionUpdateSerializer, responses=ConnectionOutputSerializer)
     def patch(self, request, connection_id: int):
         conn = teacher_connection_get(user=request.user, pk=connection_id, write=True)
-        conn = teacher_connection_update(connection=conn, user=request.user, raw=_body(request))
+        conn = teacher_connection_update(connection=conn, user=request.user, raw=json_body(request))
         return Response(ConnectionOutputSerializer(conn).data)
 
     @extend_schema(responses={204: None})
@@ -447,7 +442,7 @@ class TeacherConfigTestApi(APIView):
                    operation_id="v1_finetune_distillation_teacher_config_test")
     def post(self, request):
         team = request_team(request, write=True)
-        body = {k: v for k, v in _body(request).items() if k not in ("team", "name")}
+        body = {k: v for k, v in json_body(request).items() if k not in ("team", "name")}
         parsed = teacher_parse(team=team, user=request.user, raw=body)
         row = DistillationTeacher(**parsed.fields())
         return Response(check_data(teacher_check(row=row)))
