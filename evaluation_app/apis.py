@@ -354,6 +354,9 @@ class JudgeCreateSerializer(serializers.Serializer):
     session_id = serializers.IntegerField()
     judge_config = TeacherConfigSerializer(help_text="provider, model, api_key, base_url; a deployment; or a saved "
                                                      "connection (connection_id)")
+    judge_model = serializers.CharField(required=False, help_text="the design's JudgeConfig instead of judge_config: "
+                                                                  '"gpt-4", "claude-3-opus" or "deployed:<id>"')
+    judge_api_key = serializers.CharField(required=False, write_only=True, help_text="with judge_model")
     evaluation_criteria = serializers.ListField(child=serializers.CharField(), required=False,
                                                 help_text="default: " + ", ".join(CRITERIA))
     scoring_rubric = serializers.DictField(child=serializers.CharField(), required=False)

@@ -208,3 +208,22 @@ def test_the_admin_lists_judge_runs_and_sessions_without_the_judges_key(user, ba
         r = admin_client.get(url)
         assert r.status_code == 200, url
         assert KEY.encode() not in r.content and run.api_key_encrypted.encode() not in r.content
+
+
+def test_the_designs_flat_judge_config_works_too(api, user, base_model, settings):
+    """Design 10.4.1: {"judge_model", "judge_api_key", ...}, with its "deployed model" form (this
+    machine resolves no public name, so a provider's own API cannot be the example here)."""
+    from tests.factories import make_deployment
+
+    session = make_session(user, base_model, n=1)
+    deployment = make_deployment(user, base_model, status="running")
+    r = api.post(URL, {"session_id": session.pk, "judge_model": f"deployed:{deployment.pk}",
+                       "evaluation_criteria": ["relevance"], "scoring_rubric": {"relevance": "on topic"},
+                       "num_evaluations": 2, "temperature": 0.0}, format="json")
+    assert r.status_code == 202, r.content
+    body = r.json()
+    assert body["judge_config"]["provider"] == "deployed" and body["judge_config"]["deployment_id"] == deployment.pk
+    assert body["num_evaluations"] == 2 and body["evaluation_criteria"] == ["relevance"]
+    r = api.post(URL, {"session_id": session.pk, "judge_model": "gpt-4", "judge_config": {"model": "gpt-4"}},
+                 format="json")
+    assert r.status_code == 400 and "judge_model" in r.json()["error"]["details"]
