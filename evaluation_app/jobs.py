@@ -1,7 +1,8 @@
-"""Evaluation's kinds of job (see nexus/jobs), all on the CPU queue where llama.cpp runs:
-a comparison session's run, an LLM-judge run and a speed test. Comparisons and judge verdicts are
-stored as each one is decided, so a row whose worker is gone is queued again and resumes with what
-is left; a speed test measures again from the start (a half-measured run is not comparable)."""
+"""Evaluation's kinds of job (see nexus/jobs). On the CPU queue, where llama.cpp runs: a comparison
+session's run, an LLM-judge run and a speed test. On the GPU queue: a benchmark job (transformers
+through lm-eval). Comparisons, judge verdicts and benchmark results are stored as each one is
+decided, so a row whose worker is gone is queued again and resumes with what is left; a speed test
+measures again from the start (a half-measured run is not comparable)."""
 from __future__ import annotations
 
 from nexus.jobs import JobKind, register, requeue
@@ -77,3 +78,29 @@ def fail_performance(*, job_id: int, error: str) -> None:
 def orphaned_performance(row) -> None:  # noqa: ANN001
     requeue(PERFORMANCE, row.pk, f"The worker running this speed test ({row.worker}) stopped; measuring again from "
                                  "the start")
+
+
+# Benchmarks load the model with transformers (lm-eval's `hf` type): GPU work, the training queue.
+BENCHMARK = register(JobKind(
+    name="benchmark", label="Benchmark", model="evaluation_app.BenchmarkJob", queue="gpu",
+    waiting="queued", working=("running",), run="evaluation_app.jobs.run_benchmark",
+    fail="evaluation_app.jobs.fail_benchmark", orphaned="evaluation_app.jobs.orphaned_benchmark",
+    loader="evaluation_app.benchmarks.selectors.benchmark_job_get", lock=9, time_limit_s=24 * 3600, stale_after_s=900,
+    claim_message="Benchmark started on {worker}", resend_filter={"cancel_requested": False}))
+
+
+def run_benchmark(job_id: int) -> None:
+    from evaluation_app.benchmarks.runner import benchmark_run
+
+    benchmark_run(job_id=job_id)
+
+
+def fail_benchmark(*, job_id: int, error: str) -> None:
+    from evaluation_app.services import run_fail
+
+    run_fail(BENCHMARK, job_id, error)
+
+
+def orphaned_benchmark(row) -> None:  # noqa: ANN001
+    requeue(BENCHMARK, row.pk, f"The worker running this benchmark ({row.worker}) stopped; resuming with the "
+                               "benchmarks not yet finished (finished ones are kept)")

@@ -199,3 +199,99 @@ class PerformanceTest(RunFields):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+# -- benchmarks (10.3) ------------------------------------------------------------------------------------
+
+
+class CustomBenchmark(models.Model):
+    """A team's own test set (10.3.3): the design's test_cases and scoring, as validated."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="custom_benchmarks")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    test_cases = models.JSONField(default=list)
+    scoring = models.JSONField(default=dict)
+    source_dataset = models.ForeignKey("datasets_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL,
+                                       related_name="+", help_text="made from this dataset's test split")
+    sha256 = models.CharField(max_length=64, help_text="of the test cases and scoring: a changed set is not the "
+                                                        "same benchmark for the base-score cache")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="custom_benchmark_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def key(self) -> str:
+        return f"custom:{self.pk}"
+
+
+class BenchmarkJob(RunFields, TeacherFields):
+    """The design's BenchmarkJob (10.3.2): base and base + adapter on the same items with the same
+    settings, on a GPU-queue worker. The optional judge (TeacherFields, `model` blank = none)
+    checks custom cases' `required_tone`."""
+
+    name = models.CharField(max_length=200)
+    base_model = models.ForeignKey("nexus.BaseModel", on_delete=models.PROTECT, related_name="+")
+    adapter = models.ForeignKey("adapters_app.LoRAAdapter", null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="benchmark_jobs")
+    connection = models.ForeignKey("datasets_app.TeacherConnection", null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    benchmarks = models.JSONField(default=list, help_text="the design's BenchmarkConfig list, with defaults filled")
+    backend = models.CharField(max_length=32, default="hf")
+    lm_eval_version = models.CharField(max_length=32, blank=True)
+    self_check = models.JSONField(default=dict, blank=True, help_text="per model: the backend check and its probes")
+    current = models.CharField(max_length=200, blank=True, help_text="the benchmark being run")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BenchmarkResult(models.Model):
+    """The design's BenchmarkResult for one benchmark of a job, with its interval, test and provenance."""
+
+    job = models.ForeignKey(BenchmarkJob, on_delete=models.CASCADE, related_name="results")
+    position = models.PositiveIntegerField(default=0)
+    benchmark_name = models.CharField(max_length=200)
+    label = models.CharField(max_length=200, blank=True)
+    metric = models.CharField(max_length=40, blank=True)
+    general = models.BooleanField(default=True, help_text="a general-capability benchmark (not the team's own set)")
+    custom_benchmark = models.ForeignKey(CustomBenchmark, null=True, blank=True, on_delete=models.SET_NULL,
+                                         related_name="+")
+    base_model_score = models.FloatField(help_text="percent")
+    finetuned_score = models.FloatField(null=True, blank=True, help_text="percent")
+    improvement = models.FloatField(null=True, blank=True, help_text="percentage points")
+    relative_improvement = models.FloatField(null=True, blank=True, help_text="percent of the base score")
+    num_samples = models.PositiveIntegerField(default=0)
+    interval = models.JSONField(null=True, blank=True, help_text="paired bootstrap 95% interval, percentage points")
+    change = models.CharField(max_length=16, blank=True, help_text="improved, regressed or no_change")
+    mcnemar = models.JSONField(null=True, blank=True)
+    detailed_results = models.JSONField(default=dict)
+    provenance = models.JSONField(default=dict, help_text="lm-eval version, task YAML, data source, shots, cache")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "position"]
+        constraints = [models.UniqueConstraint(fields=["job", "benchmark_name"], name="benchmark_result_unique")]
+
+
+class BaseScoreCache(models.Model):
+    """A base model's side of one benchmark for one configuration (key: model files, data, settings,
+    lm-eval version), reused by later jobs instead of running the base model again."""
+
+    key = models.CharField(max_length=64, unique=True)
+    base_model = models.ForeignKey("nexus.BaseModel", on_delete=models.CASCADE, related_name="+")
+    benchmark_name = models.CharField(max_length=200)
+    side = models.JSONField()
+    description = models.JSONField(default=dict)
+    hits = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -487,6 +487,19 @@ def comparison_rate(*, session: ComparisonSession, user, body: Any) -> Compariso
 
 # -- LLM judge --------------------------------------------------------------------------------------
 
+
+def judge_body(body: dict) -> dict:
+    """The design's flat JudgeConfig (`judge_model`, `judge_api_key`, e.g. "gpt-4" or "deployed:7")
+    as the `judge_config` teacher object every judge takes."""
+    if body.get("judge_config") is None and body.get("judge_model"):
+        if not isinstance(body["judge_model"], str):
+            raise bad("judge_model", f"must be a model name such as \"gpt-4\" or \"deployed:7\", got {body['judge_model']!r}")
+        return {**body, "judge_config": {"model": body["judge_model"],
+                                         **({"api_key": body["judge_api_key"]} if body.get("judge_api_key") else {})}}
+    if body.get("judge_model") or body.get("judge_api_key"):
+        raise bad("judge_model", "give judge_config, or the design's judge_model and judge_api_key, not both")
+    return body
+
 JUDGE_KEYS = {"session_id", "judge_config", "judge_model", "judge_api_key", "evaluation_criteria", "scoring_rubric",
               "num_evaluations", "temperature", "concurrency"}
 
@@ -502,13 +515,7 @@ def judge_create(*, team: Team, user, body: Any) -> JudgeRun:
     if not isinstance(body, dict):
         raise bad("body", "must be a JSON object")
     unknown(body, JUDGE_KEYS, "")
-    if body.get("judge_config") is None and body.get("judge_model"):  # the design's JudgeConfig, flat
-        if body.get("judge_model") is not None and not isinstance(body["judge_model"], str):
-            raise bad("judge_model", f"must be a model name such as \"gpt-4\" or \"deployed:7\", got {body['judge_model']!r}")
-        body = {**body, "judge_config": {"model": body["judge_model"],
-                                         **({"api_key": body["judge_api_key"]} if body.get("judge_api_key") else {})}}
-    elif body.get("judge_model") or body.get("judge_api_key"):
-        raise bad("judge_model", "give judge_config, or the design's judge_model and judge_api_key, not both")
+    body = judge_body(body)
     require(body, ["session_id", "judge_config"])
     sid = _id(body, "session_id", "")
     try:

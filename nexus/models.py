@@ -103,6 +103,7 @@ class JobEvent(models.Model):
         COMPARISON = "comparison", "Comparison"
         JUDGE = "judge", "LLM judge"
         PERFORMANCE = "performance", "Speed test"
+        BENCHMARK = "benchmark", "Benchmark"
 
     class Type(models.TextChoices):
         LOG = "log", "Log"

@@ -29,10 +29,10 @@ def _active(kind: str, team: Team) -> int:
 
         return DistillationJob.objects.filter(team=team, status__in=DistillationJob.ACTIVE).count()
     if kind == "active_evaluations":
-        from evaluation_app.models import ACTIVE, ComparisonSession, JudgeRun, PerformanceTest
+        from evaluation_app.models import ACTIVE, BenchmarkJob, ComparisonSession, JudgeRun, PerformanceTest
 
         return sum(m.objects.filter(team=team, status__in=ACTIVE).count()
-                   for m in (ComparisonSession, JudgeRun, PerformanceTest))
+                   for m in (ComparisonSession, JudgeRun, PerformanceTest, BenchmarkJob))
     raise ValueError(kind)
 
 
@@ -41,7 +41,7 @@ WHAT = {"live_deployments": "live deployments (starting or running)",
         "active_exports": "exports queued or running",
         "processing_datasets": "datasets waiting for or in processing",
         "active_distillations": "distillation jobs queued or running",
-        "active_evaluations": "comparison runs, judge runs and speed tests queued or running"}
+        "active_evaluations": "comparison runs, judge runs, speed tests and benchmark jobs queued or running"}
 
 
 def quota_check(*, team: Team, kind: str) -> None:

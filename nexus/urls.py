@@ -15,6 +15,7 @@ from datasets_app.distillation import views as distill_views
 from deployments_app import apis as deployment_apis
 from deployments_app import views as deployment_views
 from evaluation_app import apis as evaluation_apis
+from evaluation_app.benchmarks import apis as benchmark_apis
 from evaluation_app import views as evaluation_views
 from nexus import apis as nexus_apis
 from nexus.health import healthz
@@ -92,6 +93,15 @@ api_v1 = [
          name="api-eval-performance"),
     path("eval/performance/<int:performance_id>/events", events_api("performance").as_view(),
          name="api-eval-performance-events"),
+    path("eval/benchmark", benchmark_apis.BenchmarkListCreateApi.as_view(), name="api-eval-benchmarks"),
+    path("eval/benchmark/suites", benchmark_apis.BenchmarkSuitesApi.as_view(), name="api-eval-benchmark-suites"),
+    path("eval/benchmark/custom", benchmark_apis.CustomBenchmarkListCreateApi.as_view(), name="api-eval-customs"),
+    path("eval/benchmark/custom/<int:custom_id>", benchmark_apis.CustomBenchmarkDetailApi.as_view(),
+         name="api-eval-custom"),
+    path("eval/benchmark/<int:benchmark_id>", benchmark_apis.BenchmarkDetailApi.as_view(), name="api-eval-benchmark"),
+    path("eval/benchmark/<int:benchmark_id>/events", events_api("benchmark").as_view(),
+         name="api-eval-benchmark-events"),
+    path("eval/summary/<int:adapter_id>", benchmark_apis.EvaluationSummaryApi.as_view(), name="api-eval-summary"),
     path("deployments", deployment_apis.DeploymentListCreateApi.as_view(), name="api-deployments"),
     path("deployments/<int:deployment_id>", deployment_apis.DeploymentDetailApi.as_view(), name="api-deployment"),
     path("deployments/<int:deployment_id>/start", deployment_apis.DeploymentStartApi.as_view(), name="api-deployment-start"),

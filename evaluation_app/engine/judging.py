@@ -88,3 +88,29 @@ def judge_pair(client: TeacherClient, *, prompt: str, base: str, finetuned: str,
         return out
     out.judgement = combine(out.rounds)
     return out
+
+
+TONE_SYSTEM = ("You check the tone of an assistant's reply. Answer with one word: yes if the reply has the "
+               "required tone, no if it does not.")
+
+
+def tone_verdict(client: TeacherClient, *, prompt: str, response: str, tone: str, sleep=time.sleep) -> bool | None:  # noqa: ANN001
+    """A custom test case's `required_tone` (10.3.3), asked of the judge: True / False, or None when
+    the judge gave no usable answer after a retry (the case then says the tone was not checked)."""
+    question = (f"Required tone: {tone.replace('_', ' ')}\n\nUser message:\n{prompt}\n\nAssistant reply:\n{response}"
+                "\n\nDoes the reply have the required tone? Answer yes or no.")
+    for attempt in range(1 + RETRIES):
+        try:
+            answer = client.complete([{"role": "user", "content": question}], system=TONE_SYSTEM, max_tokens=8,
+                                     temperature=0.0)
+        except TeacherRetry as exc:
+            sleep(exc.retry_after_s if exc.retry_after_s is not None else min(30.0, 2.0 ** attempt))
+            continue
+        except TeacherRejected:
+            return None
+        word = (answer.text or "").strip().lower().lstrip("*\"' ")
+        if word.startswith("yes"):
+            return True
+        if word.startswith("no"):
+            return False
+    return None

@@ -220,3 +220,52 @@ def pct_diff(new: float | None, old: float | None) -> float | None:
     if new is None or old is None or old == 0:
         return None
     return (new - old) / old * 100
+
+
+def paired_bootstrap(base: Sequence[float], tuned: Sequence[float], *, resamples: int = 2000, seed: int = 0,
+                     confidence: float = 0.95) -> dict:
+    """How much the fine-tuned model's mean per-item score differs from the base's, with a paired
+    percentile bootstrap interval: items are resampled with replacement and each keeps its pair of
+    scores, so item difficulty cancels out. {"difference", "low", "high", "n", "resamples",
+    "confidence"}; the same seed gives the same interval."""
+    import numpy as np  # vectorized: 2000 resamples of 14,000 items in a fraction of a second
+
+    _check_confidence(confidence)
+    if len(base) != len(tuned):
+        raise ValueError(f"paired_bootstrap needs two equally long lists, got {len(base)} and {len(tuned)}")
+    n = len(base)
+    if n == 0:
+        raise ValueError("paired_bootstrap needs at least one item")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    differences = np.asarray(tuned, dtype=float) - np.asarray(base, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    batch = max(1, 4_000_000 // n)  # index matrices of at most ~32 MB
+    for start in range(0, resamples, batch):
+        stop = min(start + batch, resamples)
+        means[start:stop] = differences[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.percentile(means, [100 * tail, 100 * (1 - tail)])
+    return {"difference": float(differences.mean()), "low": float(low), "high": float(high), "n": n,
+            "resamples": resamples, "confidence": confidence}
+
+
+def mcnemar(base: Sequence[bool], tuned: Sequence[bool]) -> dict:
+    """Exact McNemar test on paired right/wrong outcomes: only the discordant items count, b (base
+    right, tuned wrong) against c (base wrong, tuned right), by the two-sided exact binomial test.
+    {"b", "c", "p_value" (1.0 with no discordant item), "n"}."""
+    if len(base) != len(tuned):
+        raise ValueError(f"mcnemar needs two equally long lists, got {len(base)} and {len(tuned)}")
+    b = sum(1 for x, y in zip(base, tuned) if x and not y)
+    c = sum(1 for x, y in zip(base, tuned) if y and not x)
+    return {"b": b, "c": c, "p_value": sign_test(c, b), "n": len(base)}
+
+
+def change(difference: float, low: float, high: float) -> str:
+    """"improved" when the whole interval is above 0, "regressed" when it is below, else "no_change"."""
+    if low > 0:
+        return "improved"
+    if high < 0:
+        return "regressed"
+    return "no_change"

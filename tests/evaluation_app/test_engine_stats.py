@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
 from evaluation_app.engine.stats import (
-    cohen_kappa, krippendorff_alpha_nominal, mean_ci, pct_diff, preference_summary, sign_test, spread,
-    t_quantile, wilson_interval,
+    change, cohen_kappa, krippendorff_alpha_nominal, mcnemar, mean_ci, paired_bootstrap, pct_diff,
+    preference_summary, sign_test, spread, t_quantile, wilson_interval,
 )
 
 
@@ -160,3 +161,81 @@ def test_spread_uses_linear_interpolation():
 def test_pct_diff():
     assert pct_diff(110, 100) == pytest.approx(10.0) and pct_diff(50, 100) == pytest.approx(-50.0)
     assert pct_diff(5, 0) is None and pct_diff(5, None) is None and pct_diff(None, 5) is None
+
+
+# -- paired comparisons of benchmark runs (base vs fine-tuned on the same items) --------------------
+
+
+def test_paired_bootstrap_of_identical_runs_is_exactly_no_difference():
+    scores = [1, 0, 1, 1, 0, 0, 1, 0, 1, 1] * 10
+    result = paired_bootstrap(scores, scores)
+    assert (result["difference"], result["low"], result["high"]) == (0.0, 0.0, 0.0)
+    assert (result["n"], result["resamples"], result["confidence"]) == (100, 2000, 0.95)
+    assert change(result["difference"], result["low"], result["high"]) == "no_change"
+
+
+def test_paired_bootstrap_sees_a_clear_gain_and_a_clear_loss():
+    base = [0] * 100 + [1] * 100
+    tuned = [1] * 60 + [0] * 40 + [1] * 100  # 60 more right of 200
+    gain = paired_bootstrap(base, tuned)
+    assert gain["difference"] == pytest.approx(0.3)
+    assert 0 < gain["low"] < 0.3 < gain["high"] < 0.6
+    assert change(gain["difference"], gain["low"], gain["high"]) == "improved"
+    loss = paired_bootstrap(tuned, base)
+    assert (loss["low"], loss["high"]) == pytest.approx((-gain["high"], -gain["low"]), abs=0.02)
+    assert change(loss["difference"], loss["low"], loss["high"]) == "regressed"
+
+
+def test_paired_bootstrap_interval_matches_the_normal_approximation_for_many_items():
+    # differences of +1 on 30%, -1 on 10%, 0 elsewhere of 14,000 items: sd of the mean by formula
+    n = 14_000
+    base = [0] * 4200 + [1] * 1400 + [1] * 8400
+    tuned = [1] * 4200 + [0] * 1400 + [1] * 8400
+    mean = 0.2
+    sd = math.sqrt((0.3 * 0.8 ** 2 + 0.1 * 1.2 ** 2 + 0.6 * 0.2 ** 2) / n)
+    started = time.perf_counter()
+    result = paired_bootstrap(base, tuned, resamples=2000, seed=3)
+    assert time.perf_counter() - started < 1.0
+    assert result["difference"] == pytest.approx(mean)
+    assert result["low"] == pytest.approx(mean - 1.96 * sd, abs=0.15 * sd * 1.96)
+    assert result["high"] == pytest.approx(mean + 1.96 * sd, abs=0.15 * sd * 1.96)
+
+
+def test_paired_bootstrap_is_reproducible_with_a_seed():
+    base = [0.1 * (i % 7) for i in range(50)]
+    tuned = [0.1 * (i % 5) for i in range(50)]
+    assert paired_bootstrap(base, tuned, seed=7) == paired_bootstrap(base, tuned, seed=7)
+    assert paired_bootstrap(base, tuned, seed=7)["low"] != paired_bootstrap(base, tuned, seed=8)["low"]
+    narrower = paired_bootstrap(base, tuned, seed=7, confidence=0.8)
+    wide = paired_bootstrap(base, tuned, seed=7)
+    assert wide["low"] < narrower["low"] < narrower["high"] < wide["high"]
+
+
+def test_paired_bootstrap_rejects_unpaired_or_empty_runs():
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1, 0], [1])
+    with pytest.raises(ValueError, match="at least one item"):
+        paired_bootstrap([], [])
+
+
+def test_mcnemar_counts_the_discordant_items_and_tests_them_exactly():
+    # 1 item only base got right, 9 only tuned got right, 5 both, 5 neither
+    base = [True] + [False] * 9 + [True] * 5 + [False] * 5
+    tuned = [False] + [True] * 9 + [True] * 5 + [False] * 5
+    result = mcnemar(base, tuned)
+    assert (result["b"], result["c"], result["n"]) == (1, 9, 20)
+    assert result["p_value"] == 0.021484375  # 2 * (C(10,0) + C(10,1)) / 2**10
+    assert mcnemar(tuned, base)["p_value"] == 0.021484375
+
+
+def test_mcnemar_without_discordant_items_finds_nothing():
+    assert mcnemar([True, False, True], [True, False, True]) == {"b": 0, "c": 0, "p_value": 1.0, "n": 3}
+    with pytest.raises(ValueError):
+        mcnemar([True], [True, False])
+
+
+@pytest.mark.parametrize("low, high, expected", [(0.01, 0.2, "improved"), (-0.2, -0.01, "regressed"),
+                                                 (-0.1, 0.1, "no_change"), (0.0, 0.2, "no_change"),
+                                                 (0.0, 0.0, "no_change")])
+def test_change_calls_a_difference_only_when_the_interval_excludes_zero(low, high, expected):
+    assert change((low + high) / 2, low, high) == expected

