@@ -44,7 +44,7 @@ def _fmt(value: float) -> str:
 
 
 def hbars(bars: list[Bar], *, chart_id: str, title: str, top: float | None = None, percent: bool = False,
-          ticks: int = 4) -> dict[str, Any]:
+          ticks: int = 4, value_width: int = VALUE_W) -> dict[str, Any]:
     """Rows with their rectangles, whiskers and texts, plus axis ticks, scaled 0..top (default: the
     largest value or interval end, rounded up)."""
     ends = [v for b in bars for v in (b.value, b.high) if v is not None]
@@ -71,7 +71,7 @@ def hbars(bars: list[Bar], *, chart_id: str, title: str, top: float | None = Non
     axis = [{"x": round(LABEL_W + i * step * scale, 2),
              "label": f"{round(100 * i * step)}%" if percent else _fmt(round(i * step, 6))} for i in range(ticks + 1)]
     return {"id": chart_id, "title": title, "rows": rows, "axis": axis, "axis_y": y + 14, "plot_x": LABEL_W,
-            "plot_end": LABEL_W + PLOT_W, "plot_h": y, "width": LABEL_W + PLOT_W + VALUE_W, "height": y + AXIS_H}
+            "plot_end": LABEL_W + PLOT_W, "plot_h": y, "width": LABEL_W + PLOT_W + value_width, "height": y + AXIS_H}
 
 
 def _pct(value: float | None) -> str:
@@ -137,3 +137,23 @@ def spread_bars(spreads: dict[str, dict | None], *, unit: str = "", group: str =
 
 def criterion_help(criterion: str) -> str:
     return CRITERIA_DESCRIPTIONS.get(criterion, "")
+
+
+def benchmark_chart(results: list[dict], *, chart_id: str, title: str) -> dict | None:
+    """Base and fine-tuned scores per benchmark (result_view's shape), 0-100%; the fine-tuned bar's
+    text carries the change with its paired 95% interval (the interval is of the difference, so it
+    is written out rather than drawn around either score)."""
+    bars = []
+    for r in results:
+        bars.append(Bar(ROLE_LABELS["base"], r["base_model_score"] / 100, key="base", count=r["num_samples"],
+                        group=r["label"], text=f"{r['base_model_score']:.1f}%"))
+        if r["finetuned_score"] is None:
+            continue
+        interval = r.get("interval") or {}
+        text = f"{r['finetuned_score']:.1f}%"
+        if interval:
+            verdict = "no change" if r["change"] == "no_change" else f"{r['improvement']:+.1f}"
+            text += f" ({verdict}, 95% CI {interval['low']:+.1f} to {interval['high']:+.1f})"
+        bars.append(Bar(ROLE_LABELS["finetuned"], r["finetuned_score"] / 100, key="finetuned",
+                        count=r["num_samples"], group=r["label"], text=text))
+    return hbars(bars, chart_id=chart_id, title=title, top=1.0, percent=True, value_width=300) if bars else None

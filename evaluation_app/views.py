@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from adapters_app.selectors import adapter_get, adapter_list
+from evaluation_app.benchmarks.selectors import benchmark_job_get
 from evaluation_app.charts import (
     ROLE_LABELS,
     Bar,
@@ -152,7 +153,8 @@ def judge_new_page(request):
     return _start(request, "judge")
 
 
-LIVE_ROWS = {"comparison": session_get, "judge": judge_run_get, "performance": performance_get}
+LIVE_ROWS = {"comparison": session_get, "judge": judge_run_get, "performance": performance_get,
+             "benchmark": benchmark_job_get}
 
 
 @login_required

@@ -55,6 +55,12 @@ def user_teams(user: AbstractBaseUser | AnonymousUser) -> models.QuerySet[Team]:
     return Team.objects.filter(memberships__user=user)
 
 
+def team_choices(user: AbstractBaseUser) -> list[tuple[int, str]]:
+    """The user's teams for a form's team field, their personal one first (the default)."""
+    teams = sorted(user_teams(user), key=lambda t: (t.personal_owner_id != user.pk, t.name.lower()))
+    return [(t.pk, t.name) for t in teams]
+
+
 def membership_for(user: AbstractBaseUser | AnonymousUser, team_id: int) -> Membership | None:
     if not user.is_authenticated:
         return None

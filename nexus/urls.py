@@ -16,6 +16,7 @@ from deployments_app import apis as deployment_apis
 from deployments_app import views as deployment_views
 from evaluation_app import apis as evaluation_apis
 from evaluation_app.benchmarks import apis as benchmark_apis
+from evaluation_app.benchmarks import views as benchmark_views
 from evaluation_app import views as evaluation_views
 from nexus import apis as nexus_apis
 from nexus.health import healthz
@@ -178,6 +179,18 @@ pages = [
          name="evaluation-performance-cancel"),
     path("evaluation/progress/<str:kind>/<int:row_id>/", evaluation_views.run_progress_partial,
          name="evaluation-progress"),
+    path("evaluation/benchmarks/", benchmark_views.benchmark_list_page, name="evaluation-benchmarks"),
+    path("evaluation/benchmarks/new/", benchmark_views.benchmark_new_page, name="evaluation-benchmark-new"),
+    path("evaluation/benchmarks/custom/", benchmark_views.custom_list_page, name="evaluation-customs"),
+    path("evaluation/benchmarks/custom/<int:custom_id>/", benchmark_views.custom_page, name="evaluation-custom"),
+    path("evaluation/benchmarks/custom/<int:custom_id>/delete/", benchmark_views.custom_delete_page,
+         name="evaluation-custom-delete"),
+    path("evaluation/benchmarks/<int:benchmark_id>/", benchmark_views.benchmark_page, name="evaluation-benchmark"),
+    path("evaluation/benchmarks/<int:benchmark_id>/cancel/", benchmark_views.benchmark_cancel_page,
+         name="evaluation-benchmark-cancel"),
+    path("evaluation/benchmarks/<int:benchmark_id>/items/<str:benchmark_name>/", benchmark_views.benchmark_items_page,
+         name="evaluation-benchmark-items"),
+    path("evaluation/summary/<int:adapter_id>/", benchmark_views.summary_page, name="evaluation-summary"),
     path("distillation/", distill_views.distillation_list_page, name="distillation-list"),
     path("distillation/connections/", distill_views.connection_create_page, name="distillation-connection-create"),
     path("distillation/connections/<int:connection_id>/test/", distill_views.connection_test_partial,

@@ -57,7 +57,7 @@ from datasets_app.selectors import dataset_list
 from deployments_app.models import Deployment
 from deployments_app.selectors import deployment_list
 from nexus.errors import NexusError
-from nexus.teams import get_for_user, resolve_team, user_teams
+from nexus.teams import get_for_user, resolve_team, team_choices, user_teams
 
 ITEMS_PER_PAGE = 20
 ITEM_STATUSES = ("accepted", "rejected", "pending")
@@ -93,12 +93,6 @@ def variables_text(variables: dict[str, list[str]]) -> str:
     return "\n".join(f"{name}: {' | '.join(values)}" for name, values in variables.items())
 
 
-def _team_choices(user) -> list[tuple[int, str]]:  # noqa: ANN001
-    """The user's teams, their personal one first (the default)."""
-    teams = sorted(user_teams(user), key=lambda t: (t.personal_owner_id != user.pk, t.name.lower()))
-    return [(t.pk, t.name) for t in teams]
-
-
 class TeacherFieldsMixin(forms.Form):
     provider = forms.ChoiceField(choices=[(Provider.OPENAI, Provider.OPENAI.label),
                                           (Provider.ANTHROPIC, Provider.ANTHROPIC.label)], initial=Provider.OPENAI)
@@ -125,7 +119,7 @@ class ConnectionForm(TeacherFieldsMixin):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["team"].choices = _team_choices(user)
+        self.fields["team"].choices = team_choices(user)
 
     def add_service_error(self, exc: NexusError) -> None:
         key = next(iter(exc.details), "") if isinstance(exc.details, dict) else ""
@@ -230,7 +224,7 @@ class DistillationForm(TeacherFieldsMixin):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
-        teams = _team_choices(user)
+        teams = team_choices(user)
         self.fields["team"].choices = teams
         self.connections = list(teacher_connection_list(user=user).select_related("team"))
         saved = [(str(c.pk), f"{c.name} ({c.label}{' · ••••' + c.key_last4 if c.key_last4 else ''})")

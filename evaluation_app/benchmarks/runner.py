@@ -26,6 +26,7 @@ from nexus.errors import NexusError
 from nexus.jobs import event, transition
 
 log = logging.getLogger(__name__)
+HEARTBEAT_S = 5.0
 
 
 def _side_dict(side: Side) -> dict[str, Any]:
@@ -51,10 +52,25 @@ def _tone_judge(job: BenchmarkJob):  # noqa: ANN202
 class _Models:
     """The loaded LM of one side, with its self-check done once."""
 
-    def __init__(self, job: BenchmarkJob, batch_size: int):
-        self.job, self.batch_size = job, batch_size
+    def __init__(self, job: BenchmarkJob, batch_size: int, should_stop):  # noqa: ANN001
+        self.job, self.batch_size, self.should_stop = job, batch_size, should_stop
         self.lm = None
         self.role = ""
+        self.label = ""
+        self._beat = 0.0
+
+    def _heartbeat(self, batches: int) -> None:
+        """At most every few seconds: the row's updated_at (the reaper's liveness) and a line of
+        progress inside the benchmark."""
+        import time
+
+        now = time.monotonic()
+        if now - self._beat < HEARTBEAT_S:
+            return
+        self._beat = now
+        BenchmarkJob.objects.filter(pk=self.job.pk).update(updated_at=timezone.now())
+        event(BENCHMARK, self.job.pk, f"{self.label}: {batches} batches computed", level="debug", type="metric",
+              data={"batches": batches, "benchmark": self.label, "side": self.role})
 
     def load(self, role: str, peft: str | None):  # noqa: ANN201
         if self.role == role:
@@ -63,6 +79,7 @@ class _Models:
         event(BENCHMARK, self.job.pk, f"Loading {'the base model' if role == 'base' else 'base + adapter'} "
                                       f"({self.job.base_model.name}) with lm-eval {self.job.lm_eval_version}")
         self.lm = harness.load_hf(self.job.base_model.hf_path, peft=peft, batch_size=self.batch_size)
+        harness.watch(self.lm, should_stop=self.should_stop, on_batch=self._heartbeat)
         self.role = role
         reference = harness.reference_loglikelihoods(self.job.base_model.hf_path, harness.PROBES,
                                                      model=self.lm.model, tokenizer=self.lm.tokenizer)
@@ -102,7 +119,7 @@ def benchmark_run(*, job_id: int) -> None:
     todo = [p for p in plans if p[1].key not in done]
     sides = 2 if job.adapter_id else 1
     units, finished = len(plans) * sides, len(done) * sides
-    models = _Models(job, batch_size=max(c["batch_size"] for c in job.benchmarks))
+    models = _Models(job, batch_size=max(c["batch_size"] for c in job.benchmarks), should_stop=stop)
     embedder = None
     judge = _tone_judge(job)
     try:
@@ -120,6 +137,7 @@ def benchmark_run(*, job_id: int) -> None:
                 _progress(BENCHMARK, job.pk, finished, units, f"{work.label}: base model, {len(work.items)} items",
                           benchmark=work.key, side="base")
                 BenchmarkJob.objects.filter(pk=job.pk).update(current=work.label)
+                models.label = f"{work.label}, base model"
                 lm = models.load("base", None)
                 embedder = embedder or _embedder_if_needed(work)
                 side = run_side(lm, work, bench_config(config), Path(tmp) / f"base-{len(base_sides)}",
@@ -148,6 +166,7 @@ def benchmark_run(*, job_id: int) -> None:
                                   f"{work.label}: fine-tuned model, {len(work.items)} items",
                                   benchmark=work.key, side="finetuned")
                         BenchmarkJob.objects.filter(pk=job.pk).update(current=work.label)
+                        models.label = f"{work.label}, fine-tuned model"
                         lm = models.load("finetuned", str(adapter_dir))
                         embedder = embedder or _embedder_if_needed(work)
                         tuned = run_side(lm, work, bench_config(config), Path(tmp) / f"tuned-{work.key.replace(':', '_')}",

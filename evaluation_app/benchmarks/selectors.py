@@ -166,7 +166,7 @@ def _judge(adapter) -> dict[str, Any] | None:  # noqa: ANN001
     verdicts = []
     runs = 0
     for run in JudgeRun.objects.filter(session__adapter=adapter, status="completed").select_related("session"):
-        if run.session.type == "blind" and not session_revealed(session=run.session):
+        if run.session.blind and not session_revealed(session=run.session):
             continue
         runs += 1
         verdicts += list(run.evaluations.filter(status=JudgeEvaluation.Status.DONE)

@@ -19,7 +19,7 @@ from evaluation_app.jobs import BENCHMARK
 from evaluation_app.models import BenchmarkJob, CustomBenchmark
 from nexus.errors import NexusError
 from nexus.fields import bad, number, require, text, unknown
-from nexus.jobs import enqueue, event
+from nexus.jobs import enqueue, status_event
 from nexus.models import BaseModel, Team
 from nexus.quotas import quota_check
 
@@ -170,8 +170,8 @@ def benchmark_job_create(*, team: Team, user, body: Any) -> BenchmarkJob:
     job = BenchmarkJob.objects.create(team=team, created_by=user, name=name, base_model=base, adapter=adapter,
                                       benchmarks=configs, backend=backend, lm_eval_version=lm_eval_version(),
                                       connection=connection, **judge_fields)
-    event(BENCHMARK, job.pk, f"Queued: {len(configs)} benchmark(s) on {base.name}"
-                             + (f" and {base.name} + {adapter.name}" if adapter else ""))
+    status_event(BENCHMARK, job.pk, "queued", f"Queued: {len(configs)} benchmark(s) on {base.name}"
+                 + (f" and {base.name} + {adapter.name}" if adapter else ""))
     enqueue(BENCHMARK, job.pk)
     return job
 

@@ -210,6 +210,29 @@ def load_hf(pretrained: str, *, peft: str | None = None, batch_size: int = 8, de
     return HFLM(**kwargs)
 
 
+def watch(lm, *, should_stop: Callable[[], bool] | None = None, on_batch: Callable[[int], None] | None = None):
+    """Make a loaded HF LM stoppable between batches: lm-eval calls `_model_call` (log-likelihoods)
+    and `_model_generate` (generation) once a batch, so a cancel is honoured within one batch, not
+    at the end of a benchmark that may take hours. `on_batch(n)` hears the running batch count."""
+    counter = {"n": 0}
+    for name in ("_model_call", "_model_generate"):
+        inner = getattr(type(lm), name, None)
+        if inner is None:
+            continue
+
+        def wrapped(*args, _inner=inner, **kwargs):
+            if should_stop and should_stop():
+                raise InterruptedError("stopped")
+            out = _inner(lm, *args, **kwargs)
+            counter["n"] += 1
+            if on_batch:
+                on_batch(counter["n"])
+            return out
+
+        setattr(lm, name, wrapped)
+    return lm
+
+
 @dataclass
 class TaskRun:
     """What one task gave: lm-eval's aggregate numbers and its per-document samples."""

@@ -29,7 +29,8 @@
   };
 
   // Pages mark a live region: <div data-live-kind="dataset" data-live-id="7" data-live-url="...">.
-  // Each event with progress moves its bar; a status event reloads the region (a GET of its URL).
+  // Each event with progress moves its bar; a status event reloads the region (a GET of its URL);
+  // every event is also dispatched on the region as a "nexus:live-event" DOM event.
   const followed = {};
   function followRegions() {
     document.querySelectorAll("[data-live-kind]").forEach((el) => {
@@ -52,6 +53,8 @@
             htmx.ajax("GET", region.dataset.liveUrl, { target: `#${region.id}`, swap: "outerHTML" });
           }
           (window.nexusLiveEvents = window.nexusLiveEvents || []).push(e);  // tests read it
+          // a page may do more with its events (evaluation.js: a finished benchmark reloads the results)
+          region.dispatchEvent(new CustomEvent("nexus:live-event", { detail: e, bubbles: true }));
         },
         onState(state, text) {
           const region = document.getElementById(el.id);
