@@ -216,12 +216,11 @@ def _prompts_parse(raw: Any, ctype: str, path: str = "test_prompts") -> list[lis
     return out
 
 
-def _prompts_from_test_split(*, user, team: Team, body: dict, ctype: str) -> tuple[list[list[dict]], Any]:
-    """The prompts of a dataset's test split (held out from training: 10.8.1). A dataset that is
-    itself a test split is used as it is; otherwise its newest test split."""
+def test_split_of(*, user, team: Team, body: dict):
+    """The dataset of `body["dataset_id"]`'s test split (held out from training: 10.8.1). A dataset
+    that is itself a test split is used as it is; otherwise its newest test split."""
     from datasets_app.models import Dataset
     from datasets_app.selectors import dataset_get
-    from datasets_app.services import dataset_load_records
 
     dataset_id = _id(body, "dataset_id", "")
     try:
@@ -234,12 +233,20 @@ def _prompts_from_test_split(*, user, team: Team, body: dict, ctype: str) -> tup
         split = dataset.splits.filter(split="test").order_by("-created_at").first()
         if split is None:
             raise bad("dataset_id", f"dataset '{dataset.name}' has no test split: split it first (POST "
-                                    f"/api/v1/finetune/datasets/{dataset.pk}/split) so the comparison uses prompts "
+                                    f"/api/v1/finetune/datasets/{dataset.pk}/split) so the evaluation uses data "
                                     "held out from training", code="no_test_split", status=409)
         dataset = split
     if dataset.status != Dataset.Status.READY:
         raise bad("dataset_id", f"dataset '{dataset.name}' is not ready (status: {dataset.status})",
                   code="dataset_not_ready", status=409)
+    return dataset
+
+
+def _prompts_from_test_split(*, user, team: Team, body: dict, ctype: str) -> tuple[list[list[dict]], Any]:
+    """The prompts of a dataset's test split."""
+    from datasets_app.services import dataset_load_records
+
+    dataset = test_split_of(user=user, team=team, body=body)
     limit = number(body, "num_prompts", "", lo=1, hi=settings.NEXUS_EVAL_MAX_PROMPTS,
                    default=settings.NEXUS_EVAL_MAX_PROMPTS, integer=True)
     out = []

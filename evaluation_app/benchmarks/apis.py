@@ -2,6 +2,7 @@
 of an adapter (10.9). Scores are percentages; every change comes with its 95% interval."""
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -107,7 +108,7 @@ class BenchmarkDetailApi(APIView):
 
 
 class BenchmarkSuitesApi(APIView):
-    @extend_schema(responses=serializers.ListField(child=serializers.DictField()),
+    @extend_schema(responses=OpenApiTypes.OBJECT,
                    description="MMLU, HellaSwag, ARC, TruthfulQA, Winogrande, GSM8K, HumanEval and the team's custom "
                                "sets: metric, size, whether the data is installed (and how to install it), the "
                                "time a run is expected to take here (measured), and the backends.")
@@ -135,6 +136,18 @@ class CustomBenchmarkSerializer(serializers.ModelSerializer):
         return len(row.test_cases)
 
 
+class CustomBenchmarkCreateSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField(required=False)
+    test_cases = serializers.ListField(child=serializers.DictField(), required=False,
+                                       help_text="id, prompt, evaluation_type and that type's fields")
+    scoring = serializers.DictField(required=False, help_text="type -> {weight, threshold (similarity)}")
+    dataset_id = serializers.IntegerField(required=False, help_text="instead of test_cases: its test split")
+    num_cases = serializers.IntegerField(required=False, default=500)
+    threshold = serializers.FloatField(required=False, default=0.8)
+    team = serializers.CharField(required=False)
+
+
 class CustomBenchmarkListCreateApi(APIView):
     parser_classes = [StrictJSONParser]
 
@@ -143,7 +156,7 @@ class CustomBenchmarkListCreateApi(APIView):
         rows = custom_benchmark_list(user=request.user, team=request_team_filter(request))
         return paginate(request, rows, lambda page: CustomBenchmarkSerializer(page, many=True).data)
 
-    @extend_schema(responses={201: CustomBenchmarkSerializer},
+    @extend_schema(request=CustomBenchmarkCreateSerializer, responses={201: CustomBenchmarkSerializer},
                    description="The design's custom benchmark (10.3.3): test_cases of element_check, similarity, "
                                "constraint_check or multiple_choice with scoring weights; or {name, dataset_id} to "
                                "make a similarity set from a dataset's test split. A bad case is a 400 that names "
@@ -166,7 +179,7 @@ class CustomBenchmarkDetailApi(APIView):
 
 
 class EvaluationSummaryApi(APIView):
-    @extend_schema(responses=serializers.DictField(),
+    @extend_schema(responses=OpenApiTypes.OBJECT,
                    description="The design's EvaluationSummary (10.9) of an adapter: benchmarks with intervals, "
                                "human and judge preference, speed and memory, and a recommendation by the rule in "
                                "`rule` (deploy | needs_work | regression).")

@@ -10,7 +10,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.http import Http404
 
 from adapters_app.models import LoRAAdapter
 from evaluation_app.engine import suites as suite_registry
@@ -193,28 +192,14 @@ def _sha(test_cases: list, scoring: dict) -> str:
 def _from_dataset(*, team: Team, user, body: dict) -> tuple[dict, Any]:
     """A similarity set from a dataset's test split: each record's last user turn is the prompt and
     the assistant's answer that follows it is the reference."""
-    from datasets_app.selectors import dataset_get
     from datasets_app.services import dataset_load_records
     from evaluation_app.engine.custom import cases_from_pairs
 
     unknown(body, {"name", "description", "dataset_id", "num_cases", "threshold", "team"}, "")
     require(body, ["name", "dataset_id"])
-    from evaluation_app.services import _id
+    from evaluation_app.services import test_split_of
 
-    dataset_id = _id(body, "dataset_id", "")
-    try:
-        dataset = dataset_get(user=user, pk=dataset_id)
-    except Http404:
-        raise bad("dataset_id", f"no dataset #{dataset_id} in your teams", status=404) from None
-    if dataset.team_id != team.pk:
-        raise bad("dataset_id", f"dataset #{dataset_id} belongs to another team")
-    if dataset.split != "test":
-        split = dataset.splits.filter(split="test").order_by("-created_at").first()
-        if split is None:
-            raise bad("dataset_id", f"dataset '{dataset.name}' has no test split: split it first (POST "
-                                    f"/api/v1/finetune/datasets/{dataset.pk}/split), so the set is held out from "
-                                    "training", code="no_test_split", status=409)
-        dataset = split
+    dataset = test_split_of(user=user, team=team, body=body)
     limit = number(body, "num_cases", "", lo=1, hi=2000, default=500, integer=True)
     pairs = []
     for record in dataset_load_records(dataset=dataset):

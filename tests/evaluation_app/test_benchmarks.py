@@ -213,3 +213,56 @@ def test_cancel_of_a_queued_job_and_of_a_running_one(api, base_model):
     cancelled = api.delete(f"/api/v1/finetune/eval/benchmark/{r['id']}")
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     assert api.delete(f"/api/v1/finetune/eval/benchmark/{r['id']}").status_code == 409
+
+
+def test_a_custom_set_is_made_from_a_datasets_test_split_only(api, user):
+    from datasets_app.models import Dataset
+    from tests.factories import make_ready_dataset, pirate_records
+
+    dataset = make_ready_dataset(user, pirate_records(6))
+    url = "/api/v1/finetune/eval/benchmark/custom"
+    r = api.post(url, {"name": "pirates", "dataset_id": dataset.pk}, format="json")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_test_split"
+    test = make_ready_dataset(user, pirate_records(3))
+    Dataset.objects.filter(pk=test.pk).update(parent=dataset, split="test")
+    r = api.post(url, {"name": "pirates", "dataset_id": dataset.pk, "threshold": 0.7}, format="json")
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["source_dataset_id"] == test.pk and body["num_cases"] == 3
+    assert [c["prompt"] for c in body["test_cases"]] == [rec["instruction"] for rec in pirate_records(3)]
+    assert [c["reference_answer"] for c in body["test_cases"]] == [rec["output"] for rec in pirate_records(3)]
+    assert {c["evaluation_type"] for c in body["test_cases"]} == {"similarity"}
+    assert body["scoring"]["similarity"]["threshold"] == 0.7
+
+
+def _result(label, change, *, general=True, improvement=1.0):
+    return {"label": label, "change": change, "general": general, "improvement": improvement, "num_samples": 200,
+            "interval": {"low": improvement - 2 if change != "improved" else 0.5, "high": improvement + 2}}
+
+
+def _preference(base, finetuned, tie=0):
+    from evaluation_app.engine.stats import preference_summary
+
+    return preference_summary(["base"] * base + ["finetuned"] * finetuned + ["tie"] * tie)
+
+
+@pytest.mark.django_db(transaction=False)
+@pytest.mark.parametrize("results, human, judge, expected", [
+    ([], _preference(0, 0), None, "needs_work"),
+    ([_result("MMLU", "no_change", improvement=0.4)], _preference(4, 6), None, "needs_work"),
+    ([_result("Custom: Support", "improved", general=False, improvement=30)], _preference(0, 0), None, "deploy"),
+    ([_result("Custom: Support", "improved", general=False), _result("MMLU", "regressed", improvement=-4)],
+     _preference(0, 0), None, "regression"),
+    ([_result("Custom: Support", "regressed", general=False, improvement=-5)], _preference(0, 0), None, "needs_work"),
+    ([_result("MMLU", "no_change")], _preference(2, 18), None, "deploy"),
+    ([_result("Custom", "improved", general=False)], _preference(18, 2), None, "regression"),
+    ([], _preference(0, 0), _preference(1, 15), "deploy"),
+])
+def test_the_recommendation_follows_the_written_rule(results, human, judge, expected):
+    from evaluation_app.benchmarks.selectors import recommend
+
+    recommendation, improvements, regressions = recommend(results, human, judge)
+    assert recommendation == expected
+    for r in results:
+        listed = [line for line in improvements + regressions if line.startswith(r["label"])]
+        assert bool(listed) == (r["change"] in ("improved", "regressed"))
