@@ -1,11 +1,22 @@
 """Evaluation in the Django admin: sessions, ratings, judge runs (the judge's key never shown) and
-speed tests, for the operator to look at; the work itself is started from the pages or the API."""
+speed tests, benchmark jobs with their results, custom test sets and the base-score cache (an
+operator may delete cached base sides to force a rerun), for the operator to look at; the work itself is started from the pages or the API."""
 from __future__ import annotations
 
 from django.contrib import admin
 
 from datasets_app.admin import SECRET_FIELDS
-from evaluation_app.models import ComparisonRating, ComparisonSession, JudgeRun, PerformanceTest, PromptComparison
+from evaluation_app.models import (
+    BaseScoreCache,
+    BenchmarkJob,
+    BenchmarkResult,
+    ComparisonRating,
+    ComparisonSession,
+    CustomBenchmark,
+    JudgeRun,
+    PerformanceTest,
+    PromptComparison,
+)
 
 RUN_FIELDS = ["status", "progress", "stage", "worker", "error", "created_at", "updated_at", "started_at",
               "completed_at"]
@@ -52,3 +63,38 @@ class PerformanceTestAdmin(admin.ModelAdmin):
     list_filter = ["status", "team"]
     raw_id_fields = ["adapter", "created_by"]
     readonly_fields = RUN_FIELDS + ["base_model_metrics", "finetuned_metrics", "comparison"]
+
+
+class BenchmarkResultInline(admin.TabularInline):
+    model = BenchmarkResult
+    fields = ["benchmark_name", "base_model_score", "finetuned_score", "improvement", "change", "num_samples"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(BenchmarkJob)
+class BenchmarkJobAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "base_model", "adapter", "status", "lm_eval_version", "created_at"]
+    list_filter = ["status", "team"]
+    search_fields = ["name"]
+    exclude = SECRET_FIELDS
+    raw_id_fields = ["adapter", "connection", "deployment", "created_by"]
+    readonly_fields = RUN_FIELDS + ["benchmarks", "backend", "lm_eval_version", "self_check", "current", "key_last4"]
+    inlines = [BenchmarkResultInline]
+
+
+@admin.register(CustomBenchmark)
+class CustomBenchmarkAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "source_dataset", "created_at"]
+    list_filter = ["team"]
+    search_fields = ["name"]
+    raw_id_fields = ["source_dataset", "created_by"]
+    readonly_fields = ["sha256"]
+
+
+@admin.register(BaseScoreCache)
+class BaseScoreCacheAdmin(admin.ModelAdmin):
+    list_display = ["benchmark_name", "base_model", "hits", "created_at"]
+    list_filter = ["benchmark_name"]
+    readonly_fields = ["key", "base_model", "benchmark_name", "side", "description", "hits", "created_at"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.evaluation_app.test_engine_custom import DESIGN_BODY
-from tests.factories import make_adapter, make_job
+from tests.factories import make_adapter, make_job, personal_team
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -266,3 +266,60 @@ def test_the_recommendation_follows_the_written_rule(results, human, judge, expe
     for r in results:
         listed = [line for line in improvements + regressions if line.startswith(r["label"])]
         assert bool(listed) == (r["change"] in ("improved", "regressed"))
+
+
+def test_the_admin_shows_benchmark_rows_but_never_the_judge_key(admin_client, api, user, base_model):
+    from evaluation_app.models import BaseScoreCache, BenchmarkJob, BenchmarkResult
+    from nexus.secrets import secret_encrypt
+
+    key = "sk-judge-secret-1234"
+    custom = api.post("/api/v1/finetune/eval/benchmark/custom", DESIGN_CUSTOM, format="json").json()
+    job = BenchmarkJob.objects.create(team=personal_team(user), name="j", base_model=base_model, model="gpt-4o", key_last4=key[-4:],
+                                      api_key_encrypted=secret_encrypt(key), benchmarks=[], status="completed")
+    BenchmarkResult.objects.create(job=job, benchmark_name="mmlu", base_model_score=40.0, finetuned_score=45.0,
+                                   improvement=5.0, num_samples=10)
+    BaseScoreCache.objects.create(key="k" * 64, base_model=base_model, benchmark_name="mmlu", side={})
+    for url in ("/admin/evaluation_app/benchmarkjob/", f"/admin/evaluation_app/benchmarkjob/{job.pk}/change/",
+                "/admin/evaluation_app/custombenchmark/", f"/admin/evaluation_app/custombenchmark/{custom['id']}/change/",
+                "/admin/evaluation_app/basescorecache/"):
+        r = admin_client.get(url)
+        assert r.status_code == 200, url
+        assert key.encode() not in r.content and job.api_key_encrypted.encode() not in r.content
+
+
+def test_imported_suites_run_after_the_import_command(api, base_model, settings, tmp_path):
+    """HellaSwag, ARC, TruthfulQA (MC1 and MC2) and Winogrande from files in their published shapes,
+    installed with the management command, then scored on the base model."""
+    import json
+
+    from django.core.management import call_command
+
+    from tests.evaluation_app.test_engine_suites import arc_row, hellaswag_row, winogrande_row, write_jsonl
+
+    settings.NEXUS_DATA_DIR = str(tmp_path / "data")  # imports land here, not in the shared test data folder
+    files = {"hellaswag": write_jsonl(tmp_path / "hellaswag_val.jsonl", [hellaswag_row(i) for i in range(3)]),
+             "arc": write_jsonl(tmp_path / "ARC-Easy-Test.jsonl", [arc_row(f"q{i}") for i in range(3)]),
+             "winogrande": write_jsonl(tmp_path / "dev.jsonl", [winogrande_row("1"), winogrande_row("2")])}
+    (tmp_path / "mc_task.json").write_text(json.dumps([
+        {"question": "Is the Earth flat?", "mc1_targets": {"Yes.": 0, "No, it is round.": 1},
+         "mc2_targets": {"Yes.": 0, "No.": 1, "No, it is round.": 1}},
+        {"question": "Are bats blind?", "mc1_targets": {"No.": 1, "Yes.": 0}, "mc2_targets": {"No.": 1, "Yes.": 0}}]))
+    files["truthfulqa"] = tmp_path / "mc_task.json"
+    for name, path in files.items():
+        call_command("nexus_import_benchmark", name, str(path))
+    suites = {s["name"]: s for s in api.get("/api/v1/finetune/eval/benchmark/suites").json()["suites"]}
+    assert all(suites[name]["installed"] for name in files)
+    r = api.post("/api/v1/finetune/eval/benchmark", {"base_model": base_model.name, "benchmarks": [
+        {"benchmark_name": name, "num_few_shot": 0} for name in files]}, format="json")
+    assert r.status_code == 202, r.content
+    run_benchmark(r.json()["id"])
+    job = api.get(f"/api/v1/finetune/eval/benchmark/{r.json()['id']}").json()
+    assert job["status"] == "completed", job["error"]
+    assert {k: v["num_samples"] for k, v in job["results"].items()} == {
+        "hellaswag": 3, "arc": 3, "winogrande": 2, "truthfulqa": 2}
+    truthful = job["results"]["truthfulqa"]
+    assert set(truthful["detailed_results"]["metrics"]["base"]) == {"mc1", "mc2"}
+    mc2 = [item["base"]["mc2"] for item in truthful["detailed_results"]["items"].values()]
+    assert all(0 < v < 1 for v in mc2) and truthful["base_model_score"] == pytest.approx(100 * sum(mc2) / 2, abs=1e-3)
+    assert job["results"]["arc"]["detailed_results"]["categories"].keys() == {"ARC-Easy"}
+    assert job["results"]["hellaswag"]["finetuned_score"] is None and job["results"]["hellaswag"]["interval"] is None
