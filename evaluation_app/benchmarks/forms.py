@@ -12,6 +12,7 @@ from django import forms
 from adapters_app.selectors import adapter_list
 from datasets_app.selectors import dataset_list
 from evaluation_app.engine.custom import TYPES
+from evaluation_app.engine.custom import DESIGN_EXAMPLE
 from evaluation_app.forms import ServiceErrors
 from nexus.catalog import base_models_visible
 from nexus.errors import NexusError
@@ -19,16 +20,7 @@ from nexus.teams import team_choices
 
 SHARED = ("num_few_shot", "max_tokens", "temperature", "include_reasoning")
 REASONING_SUITES = ("gsm8k",)  # include_reasoning applies to chain-of-thought generation only
-DESIGN_CASES = [  # the design's example (10.3.3)
-    {"id": "cs_001", "prompt": "Customer: My order hasn't arrived after 2 weeks. Order #12345",
-     "expected_elements": ["apologize", "order lookup", "resolution offer"], "evaluation_type": "element_check"},
-    {"id": "cs_002", "prompt": "How do I reset my password?",
-     "reference_answer": "To reset your password, go to Settings > Security > Reset Password...",
-     "evaluation_type": "similarity"},
-    {"id": "cs_003", "prompt": "I want to cancel my subscription",
-     "forbidden_elements": ["sorry to see you go", "are you sure"], "required_tone": "helpful_neutral",
-     "evaluation_type": "constraint_check"},
-]
+DESIGN_CASES = DESIGN_EXAMPLE["test_cases"]
 DESIGN_WEIGHTS = {"element_check": 0.4, "similarity": 0.3, "constraint_check": 0.3, "multiple_choice": 0.3}
 
 

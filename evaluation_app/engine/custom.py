@@ -51,6 +51,24 @@ NO_VERDICT = "not checked: the judge gave no verdict"
 
 ToneJudge = Callable[[str, str, str], "bool | None"]
 
+# The design's example (10.3.3): the editor's starting point and the tests' reference body.
+DESIGN_EXAMPLE: dict = {
+    "name": "customer-support-eval",
+    "description": "Evaluate customer support response quality",
+    "test_cases": [
+        {"id": "cs_001", "prompt": "Customer: My order hasn't arrived after 2 weeks. Order #12345",
+         "expected_elements": ["apologize", "order lookup", "resolution offer"], "evaluation_type": "element_check"},
+        {"id": "cs_002", "prompt": "How do I reset my password?",
+         "reference_answer": "To reset your password, go to Settings > Security > Reset Password...",
+         "evaluation_type": "similarity"},
+        {"id": "cs_003", "prompt": "I want to cancel my subscription",
+         "forbidden_elements": ["sorry to see you go", "are you sure"], "required_tone": "helpful_neutral",
+         "evaluation_type": "constraint_check"},
+    ],
+    "scoring": {"element_check": {"weight": 0.4}, "similarity": {"weight": 0.3, "threshold": 0.8},
+                "constraint_check": {"weight": 0.3}},
+}
+
 
 # ---------------------------------------------------------------- parsing a set
 

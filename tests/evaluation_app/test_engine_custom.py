@@ -9,26 +9,12 @@ import pytest
 
 from evaluation_app.engine import custom
 from evaluation_app.engine.custom import (
-    NO_JUDGE, Embedder, cases_from_pairs, element_present, parse_custom_set, score_case, weighted_score,
+    DESIGN_EXAMPLE, NO_JUDGE, Embedder, cases_from_pairs, element_present, parse_custom_set, score_case, weighted_score,
 )
 from nexus.errors import NexusError
 
 PASSWORD_REFERENCE = "To reset your password, go to Settings > Security > Reset Password..."
-DESIGN_BODY = {
-    "name": "customer-support-eval",
-    "description": "Evaluate customer support response quality",
-    "test_cases": [
-        {"id": "cs_001", "prompt": "Customer: My order hasn't arrived after 2 weeks. Order #12345",
-         "expected_elements": ["apologize", "order lookup", "resolution offer"], "evaluation_type": "element_check"},
-        {"id": "cs_002", "prompt": "How do I reset my password?", "reference_answer": PASSWORD_REFERENCE,
-         "evaluation_type": "similarity"},
-        {"id": "cs_003", "prompt": "I want to cancel my subscription",
-         "forbidden_elements": ["sorry to see you go", "are you sure"], "required_tone": "helpful_neutral",
-         "evaluation_type": "constraint_check"},
-    ],
-    "scoring": {"element_check": {"weight": 0.4}, "similarity": {"weight": 0.3, "threshold": 0.8},
-                "constraint_check": {"weight": 0.3}},
-}
+DESIGN_BODY = copy.deepcopy(DESIGN_EXAMPLE)
 MC_CASE = {"id": "mc_001", "prompt": "Capital of France?", "choices": ["Berlin", "Paris", "Rome"],
            "evaluation_type": "multiple_choice"}
 
