@@ -85,7 +85,7 @@ def test_every_declared_kind_is_complete():
 
     declared = {k.name: k for k in kinds()}
     assert set(declared) == {"dataset", "training", "export", "deployment", "distillation", "comparison", "judge",
-                             "performance"}
+                             "performance", "benchmark"}
     assert len({k.lock for k in declared.values()}) == len(declared)
     for kind in declared.values():
         assert kind.name in JobEvent.Kind.values
