@@ -7,7 +7,7 @@ import pytest
 from tests.evaluation_app.test_engine_custom import DESIGN_BODY
 from tests.factories import make_adapter, make_job, personal_team
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db  # not transactional: nothing is sent to a worker that another test started
 
 DESIGN_CUSTOM = DESIGN_BODY
 
@@ -28,6 +28,8 @@ def run_benchmark(job_id: int) -> None:
     from evaluation_app.jobs import BENCHMARK
     from evaluation_app.services import run_fail
     from nexus.jobs import claim
+
+    assert BENCHMARK.queue == "gpu"  # transformers work goes where the GPUs are
 
     assert claim(BENCHMARK, job_id, worker="gpu-test@host")
     try:
@@ -246,7 +248,6 @@ def _preference(base, finetuned, tie=0):
     return preference_summary(["base"] * base + ["finetuned"] * finetuned + ["tie"] * tie)
 
 
-@pytest.mark.django_db(transaction=False)
 @pytest.mark.parametrize("results, human, judge, expected", [
     ([], _preference(0, 0), None, "needs_work"),
     ([_result("MMLU", "no_change", improvement=0.4)], _preference(4, 6), None, "needs_work"),
