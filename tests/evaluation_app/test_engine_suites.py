@@ -85,7 +85,8 @@ def test_the_registry_names_every_suite_of_the_design_and_rejects_others():
     assert [s.name for s in suites()] == ["mmlu", "hellaswag", "arc", "truthfulqa", "winogrande", "gsm8k",
                                           "humaneval"]
     assert {s.metric for s in suites()} == {"accuracy", "mc1/mc2", "exact_match", "pass@1"}
-    assert suite_get("mmlu").style == "letters" and suite_get("hellaswag").style == "continuation"
+    assert suite_get("mmlu").style == "letters" and suite_get("arc").style == "continuation"
+    assert suite_get("hellaswag").style == suite_get("winogrande").style == "plain"  # the text goes on with a choice
     with pytest.raises(ValueError, match="known: mmlu, hellaswag"):
         suite_get("squad")
 
