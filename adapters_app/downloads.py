@@ -2,9 +2,9 @@
 merged model folder). Callers check access first; the files stream from storage."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 import zipfile
-from pathlib import Path
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse
@@ -12,17 +12,24 @@ from django.http import FileResponse
 from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.services import adapter_slug
 from nexus.errors import NexusError
-from nexus.storage import local_path
+from nexus.storage import MARKER, is_remote, stage_down, stored_files
 
 
 def _zip_folder(prefix: str, arc_root: str) -> tempfile.SpooledTemporaryFile:
+    """A zip of a stored folder, each file streamed from storage (the completion marker left out)."""
+    try:
+        names = [n for n in stored_files(prefix) if n != MARKER] if is_remote() else sorted(
+            p.relative_to(folder).as_posix() for folder in [stage_down(prefix)] for p in folder.rglob("*")
+            if p.is_file() and p.name != MARKER)
+    except NexusError:
+        names = []
+    if not names:
+        raise NexusError(f"The files of {arc_root} are missing from storage.", code="missing", status_code=410)
     spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
-    with local_path(prefix) as folder, zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as zf:
-        files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-        if not files:
-            raise NexusError(f"The files of {arc_root} are missing from storage.", code="missing", status_code=410)
-        for path in files:
-            zf.write(path, f"{arc_root}/{path.relative_to(folder).as_posix()}")
+    with zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in names:
+            with default_storage.open(f"{prefix}/{name}", "rb") as src, zf.open(f"{arc_root}/{name}", "w") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
     spool.seek(0)
     return spool
 

@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -23,7 +22,8 @@ from nexus.redact import public_error
 from nexus.modelfiles import hf_config
 from nexus.models import BaseModel, JobEvent
 from nexus.jobs import enqueue, event, is_transient, status_event
-from nexus.storage import local_path, storage_save_file, storage_save_folder
+from nexus.storage import cache_path, stage_file, storage_save_file, storage_save_folder
+from nexus.catalog import hf_meta, hf_weights
 
 Kind = AdapterExport.Kind
 Status = AdapterExport.Status
@@ -33,11 +33,11 @@ VERIFY_PROMPT = "What is the capital of France?"
 def _check_exportable(adapter: LoRAAdapter, kind: str) -> None:
     """Everything that can be known before work starts: architecture, adapter kind, files."""
     base = adapter.base_model
-    if not base.hf_path or not Path(base.hf_path, "config.json").is_file():
+    if not base.hf_path or not Path(hf_meta(base), "config.json").is_file():
         raise NexusError(f"Base model '{base.name}' has no local HF folder to merge into or export from.",
                          code="unsupported", status_code=400)
     try:
-        gguf_engine.check_model_exportable(Path(base.hf_path), base_gguf=_base_gguf(adapter))
+        gguf_engine.check_model_exportable(Path(hf_meta(base)), base_gguf=_base_gguf(adapter))
     except gguf_engine.UnsupportedModel as exc:
         if kind != Kind.MERGE:  # merging works for any architecture transformers and PEFT load
             raise NexusError(f"{exc}.", code="unsupported") from exc
@@ -109,7 +109,7 @@ def export_run(*, export_id: int) -> AdapterExport:
     if export.status != Status.RUNNING:
         return export
     started = time.perf_counter()
-    work_root = Path(settings.NEXUS_DATA_DIR) / "work" / "exports"
+    work_root = cache_path("work", "exports")
     work_root.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(dir=work_root, prefix=f"export-{export.pk}-") as tmp:
@@ -145,7 +145,7 @@ def _complete(export: AdapterExport, *, path: str, size: int, sha256: str, verif
 
 def _merged_folder(adapter: LoRAAdapter, out: Path, progress: _Progress) -> dict:
     with adapter_local_dir(adapter) as folder:
-        return merge_adapter(adapter.base_model.hf_path, folder, out, progress)
+        return merge_adapter(hf_weights(adapter.base_model), folder, out, progress)
 
 
 def _run_merge(export: AdapterExport, tmp: Path) -> None:
@@ -156,8 +156,7 @@ def _run_merge(export: AdapterExport, tmp: Path) -> None:
     prefix = storage_save_folder(f"{_storage_prefix(export)}/merged", folder)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     weights = sorted(folder.glob("*.safetensors"))
-    with local_path(prefix) as stored:
-        model = _register_merged(adapter, Path(stored))
+    model = _register_merged(adapter, folder, prefix)
     with transaction.atomic():
         LoRAAdapter.objects.filter(pk=adapter.pk).update(is_merged=True, merged_model=model)
         _complete(export, path=prefix, size=size, sha256=file_sha256(weights[0]) if weights else "",
@@ -165,17 +164,19 @@ def _run_merge(export: AdapterExport, tmp: Path) -> None:
     event(EXPORT, export.pk, f"Registered '{model.name}' in the model catalog: it can be trained, exported and deployed")
 
 
-def _register_merged(adapter: LoRAAdapter, folder: Path) -> BaseModel:
+def _register_merged(adapter: LoRAAdapter, folder: Path, prefix: str) -> BaseModel:
     from nexus.catalog import base_model_register
 
     name = f"{adapter.team.slug}/{adapter.name}-v{adapter.version}-merged"
-    return base_model_register(name=name, hf_path=folder, source=f"merge of adapter #{adapter.pk} ({adapter})",
-                               team=adapter.team)
+    return base_model_register(name=name, hf_path=folder, stored_as=prefix, team=adapter.team,
+                               source=f"merge of adapter #{adapter.pk} ({adapter})")
 
 
 def _base_gguf(adapter: LoRAAdapter) -> Path | None:
     path = adapter.base_model.gguf_path
-    return Path(path) if path and Path(path).is_file() else None
+    if not path or (Path(path).is_absolute() and not Path(path).is_file()):
+        return None
+    return stage_file(path)
 
 
 def _verify(export: AdapterExport, progress: _Progress, model_path: Path, lora_path: Path | None = None) -> dict:
@@ -197,7 +198,7 @@ def _run_adapter_gguf(export: AdapterExport, tmp: Path) -> None:
     adapter = export.adapter
     progress = _Progress(export)
     base = _base_gguf(adapter)
-    config = hf_config(adapter.base_model.hf_path)
+    config = hf_config(hf_meta(adapter.base_model))
     out = tmp / f"{adapter_slug(adapter)}.lora.gguf"
     with adapter_local_dir(adapter) as folder:
         gguf_engine.write_adapter_gguf(Path(folder), config, out, name=str(adapter),
@@ -205,7 +206,7 @@ def _run_adapter_gguf(export: AdapterExport, tmp: Path) -> None:
     progress(0.4, f"Wrote the adapter GGUF ({out.stat().st_size / 1e6:.1f} MB)")
     if base is None:
         base = tmp / "base.f16.gguf"
-        gguf_engine.write_model_gguf(Path(adapter.base_model.hf_path), base, name=adapter.base_model.name,
+        gguf_engine.write_model_gguf(Path(hf_weights(adapter.base_model)), base, name=adapter.base_model.name,
                                      progress=_Progress(export, 0.4, 0.8))
         progress(0.8, "The base model has no GGUF: wrote an f16 one to verify against")
     verification = _verify(export, progress, base, out)

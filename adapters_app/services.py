@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from django.db import transaction
 from django.db.models import Max
@@ -10,7 +12,7 @@ from django.db.models import Max
 from adapters_app.models import LoRAAdapter
 from nexus.errors import NexusError
 from nexus.models import Team
-from nexus.storage import local_path, storage_delete_prefix, storage_save_folder
+from nexus.storage import stage_down, storage_delete_prefix, storage_save_folder
 
 
 # adapter_config.json's keys (PEFT's names) -> the design's LoRAConfig names (section 5.3)
@@ -81,9 +83,10 @@ def adapter_create_from_job(*, job, adapter_dir: Path, final_loss: float | None,
     return adapter
 
 
-def adapter_local_dir(adapter: LoRAAdapter):
-    """Context manager yielding a local folder that PeftModel.from_pretrained can load."""
-    return local_path(adapter.path)
+@contextmanager
+def adapter_local_dir(adapter: LoRAAdapter) -> Iterator[Path]:
+    """A local folder that PeftModel.from_pretrained can load (this host's cached copy on remote storage)."""
+    yield stage_down(adapter.path)
 
 
 @transaction.atomic

@@ -7,6 +7,7 @@ from django.db.models import QuerySet
 from datasets_app.models import Dataset
 from nexus.models import JobEvent
 from nexus.teams import get_for_user, visible_to
+from nexus.catalog import hf_meta
 
 
 def dataset_list(*, user, team=None) -> QuerySet[Dataset]:
@@ -82,7 +83,7 @@ def dataset_training_estimate(*, dataset: Dataset) -> dict[str, Any]:
     # as a job on this model gets it: the default max_seq_length, cut to the model's context
     training.max_seq_length = min(training.max_seq_length, model.context_length or training.max_seq_length)
     estimate = estimate_time(total_tokens=dataset.total_tokens, num_examples=dataset.num_examples,
-                             num_usable=dataset.num_usable, template_tokens=template_overhead(load_tokenizer(model.hf_path))[0],
+                             num_usable=dataset.num_usable, template_tokens=template_overhead(load_tokenizer(hf_meta(model)))[0],
                              training=training, tokens_per_second=tps)
     return {
         "available": True,

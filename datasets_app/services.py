@@ -26,6 +26,7 @@ from nexus.models import BaseModel, JobEvent, Team
 from nexus.jobs import enqueue, event
 from nexus.storage import local_path, storage_delete_prefix, storage_save_bytes
 from training_app.engine.data import load_tokenizer
+from nexus.catalog import hf_meta
 
 MAX_LISTED_PROBLEMS = 10_000
 
@@ -112,7 +113,7 @@ def dataset_process(*, dataset_id: int) -> Dataset:
         min_tokens=config["min_tokens"] if config.get("min_tokens") is not None else 1,
         languages=config.get("languages") or [],
         dedup=DedupConfig(**{k: v for k, v in (config.get("dedup") or {}).items() if k in ("threshold", "shingle_size")}))
-    report = validate_records(parsed, load_tokenizer(model.hf_path) if model else None, validation,
+    report = validate_records(parsed, load_tokenizer(hf_meta(model)) if model else None, validation,
                               tokenizer_name=model.name if model else None,
                               progress=lambda percent, stage: _progress(dataset, percent, stage))
     records, problems, stats = report.records, report.problems, report.statistics

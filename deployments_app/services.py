@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -20,6 +19,7 @@ from adapters_app.models import AdapterExport, LoRAAdapter
 from deployments_app.engine import serving
 from deployments_app.models import Deployment, DeploymentArm
 from nexus.errors import NexusError
+from nexus.storage import stage_file
 from nexus.quotas import quota_check
 from nexus.secrets import secret_encrypt
 from nexus.redact import public_error
@@ -46,16 +46,9 @@ class ArmInput:
 
 
 def gguf_local_path(name: str) -> str:
-    """A local path for a GGUF given as an absolute path or a storage name (llama.cpp needs a file)."""
-    if not name:
-        return ""
-    if Path(name).is_absolute():
-        return name
-    try:
-        return default_storage.path(name)
-    except NotImplementedError as exc:  # remote storage: the server needs the file on this machine
-        raise NexusError(f"{name} is not on local storage; llama.cpp servers need local GGUF files",
-                         code="not_local") from exc
+    """A local path for a GGUF given as an absolute path or a storage name (llama.cpp needs a file):
+    on an object store, this host's cached copy."""
+    return str(stage_file(name)) if name else ""
 
 
 def _settings(base_model: BaseModel, raw: dict | None) -> dict[str, int]:

@@ -37,8 +37,14 @@ def _inspect_gguf(path: Path) -> dict[str, Any]:
 
 @transaction.atomic
 def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_path: str | Path | None = None,
-                        source: str = "", team=None) -> BaseModel:
-    """Create or update a catalog entry from a local HF folder and/or a GGUF file (idempotent)."""
+                        source: str = "", team=None, upload: bool = False, stored_as: str = "") -> BaseModel:
+    """Create or update a catalog entry from a local HF folder and/or a GGUF file (idempotent).
+
+    The paths are of this host. `upload` copies them into the object store (when artifacts live in
+    one) so that every worker host stages them into its cache; `stored_as` says the HF folder is
+    already stored under that name (a merged adapter). Otherwise every host must have the paths."""
+    from nexus.storage import is_remote
+
     if not hf_path and not gguf_path:
         raise NexusError("Give a local HF folder, a GGUF file, or both.", code="invalid_model")
     info: dict[str, Any] = {}
@@ -52,18 +58,60 @@ def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_pa
         if not hf_path.is_dir():
             raise NexusError(f"Model folder not found: {hf_path}", code="invalid_model")
         info.update(_inspect_hf_folder(hf_path))
+    hf_name, gguf_name = str(hf_path or ""), str(gguf_path or "")
+    remote = is_remote()
+    if stored_as:
+        hf_name = stored_as if remote else _local_name(stored_as)
+    elif upload and remote:
+        hf_name, gguf_name = _upload(name, hf_path, gguf_path)
     model, _ = BaseModel.objects.update_or_create(
         name=name,
-        defaults={
-            **info,
-            "hf_path": str(hf_path or ""),
-            "gguf_path": str(gguf_path or ""),
-            "source": source,
-            "team": team,
-        },
+        defaults={**info, "hf_path": hf_name, "gguf_path": gguf_name, "source": source, "team": team},
     )
     model.full_clean()
     return model
+
+
+def _upload(name: str, hf_path: Path | None, gguf_path: Path | None) -> tuple[str, str]:
+    """Copy a model's files into the store under a new folder (no host keeps a stale copy of a
+    name), unless the entry already points at stored copies with the same files and sizes."""
+    import uuid
+
+    from nexus.storage import folder_manifest, same_files, stage_up, storage_save_file, stored_size
+
+    old = BaseModel.objects.filter(name=name).values("hf_path", "gguf_path").first() or {}
+    keep_hf = hf_path and old.get("hf_path") and not Path(old["hf_path"]).is_absolute() and same_files(
+        folder_manifest(old["hf_path"]), hf_path)
+    keep_gguf = gguf_path and old.get("gguf_path") and not Path(old["gguf_path"]).is_absolute() and stored_size(
+        old["gguf_path"]) == gguf_path.stat().st_size
+    folder = f"models/{slugify_name(name)}-{uuid.uuid4().hex[:8]}"
+    hf_name = old["hf_path"] if keep_hf else stage_up(hf_path, f"{folder}/hf") if hf_path else ""
+    gguf_name = old["gguf_path"] if keep_gguf else storage_save_file(f"{folder}/{gguf_path.name}", gguf_path) if gguf_path else ""
+    return hf_name, gguf_name
+
+
+def _local_name(stored: str) -> str:
+    from django.core.files.storage import default_storage
+
+    return default_storage.path(stored)
+
+
+def slugify_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "model"
+
+
+def hf_meta(model: BaseModel) -> str:
+    """The model's HF folder on this host without its weights (config, tokenizer, tensor shapes)."""
+    from nexus.storage import model_folder
+
+    return str(model_folder(model.hf_path, weights=False))
+
+
+def hf_weights(model: BaseModel) -> str:
+    """The model's HF folder on this host with its weights (staged into this host's cache when stored)."""
+    from nexus.storage import model_folder
+
+    return str(model_folder(model.hf_path))
 
 
 def base_model_default() -> BaseModel | None:

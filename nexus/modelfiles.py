@@ -28,12 +28,20 @@ def has_chat_template(folder: str | Path) -> bool:
     return tokenizer_config.is_file() and bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
 
 
+# a model folder staged without its weights holds their shapes here ({file: {tensor: shape}})
+TENSOR_SHAPES_FILE = ".nexus-tensors.json"
+
+
 def safetensors_tensors(folder: str | Path) -> list[tuple[Path, str, tuple[int, ...]]]:
     """(file, name, shape) of every tensor in the folder's safetensors files (files in name order),
     from their headers."""
     from safetensors import safe_open
 
     found = []
+    shapes = Path(folder) / TENSOR_SHAPES_FILE
+    if shapes.is_file() and not any(Path(folder).glob("*.safetensors")):  # a folder staged without its weights
+        return [(Path(folder) / rel, key, tuple(shape)) for rel, tensors in sorted(json.loads(shapes.read_text()).items())
+                for key, shape in tensors.items()]
     for file in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             found.extend((file, key, tuple(f.get_slice(key).get_shape())) for key in f.keys())

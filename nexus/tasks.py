@@ -9,7 +9,7 @@ from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
 from nexus.jobs import claim, event, is_transient, kind_get
-from nexus.jobs.workers import HeartbeatThread, host_name, host_queue
+from nexus.jobs.workers import HeartbeatThread, host_name, host_queue, visibility_timeout_check
 from nexus.redact import public_error
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def check_host(kind_name: str, host: str) -> None:
 
 @celeryd_after_setup.connect
 def _consume_host_queue(sender, instance, **kwargs) -> None:  # noqa: ANN001
+    visibility_timeout_check()  # SystemExit (not caught by Celery's signal dispatch) refuses the start
     instance.app.amqp.queues.select_add(host_queue(host_name()))
 
 

@@ -6,7 +6,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -16,6 +15,8 @@ from nexus.errors import NexusError
 from nexus.jobs import event, is_transient, status_event
 from nexus.models import JobEvent
 from nexus.redact import public_error
+from nexus.catalog import hf_weights
+from training_app.artifacts import checkpoint_upload, prepare_resume
 from training_app.engine.config import parse_job_config
 from training_app.models import FineTuningJob
 from training_app.jobs import TRAINING
@@ -98,6 +99,7 @@ class _JobHooks:
 
     def on_checkpoint(self, step: int, *, reason: str) -> None:
         why = {"request": " on request", "pause": " to pause"}.get(reason, "")
+        checkpoint_upload(self.job, step)  # in the object store before it is announced (or paused on)
         with transaction.atomic():
             if reason == "request":
                 FineTuningJob.objects.filter(pk=self.job.pk).update(checkpoint_requested=False)
@@ -130,33 +132,31 @@ class _JobHooks:
         return commands
 
 
-def training_job_output_dir(job: FineTuningJob) -> Path:
-    """Where a job's checkpoints and adapter live. The creation time is part of the name, so a job
-    never picks up another's checkpoints (ids start again after a database is reset or restored)."""
-    if job.output_dir:
-        return Path(job.output_dir)
-    return Path(settings.NEXUS_DATA_DIR) / "jobs" / f"job-{job.pk}-{job.created_at:%Y%m%d%H%M%S%f}"
-
-
 def training_job_run(*, job_id: int) -> FineTuningJob:
     """Train a claimed job to the end; records completed / paused / cancelled / failed with its logs kept."""
     from adapters_app.services import adapter_create_from_job
     from training_app.engine.trainer import train
 
     job = FineTuningJob.objects.select_related("base_model", "dataset", "eval_dataset", "team").get(pk=job_id)
-    output_dir = training_job_output_dir(job)
-    FineTuningJob.objects.filter(pk=job.pk).update(output_dir=str(output_dir))
     try:
+        output_dir = prepare_resume(job)  # on an object store: the newest complete stored checkpoint, on any host
+        FineTuningJob.objects.filter(pk=job.pk).update(output_dir=str(output_dir))
         config = parse_job_config(job.lora_config, job.training_config, job.qlora_config)
-        folder = Path(job.base_model.hf_path)
+        folder = Path(hf_weights(job.base_model))
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise NexusError(f"The base model '{job.base_model.name}' has no weights on this worker: its HF folder "
                              "holds no .safetensors (or .bin) file. Register it again with its weights.",
                              code="model_missing")
         records = dataset_load_records(dataset=job.dataset)
         eval_records = dataset_load_records(dataset=job.eval_dataset) if job.eval_dataset_id else None
-        result = train(model_dir=job.base_model.hf_path, records=records, eval_records=eval_records, config=config,
-                       output_dir=output_dir, hooks=_JobHooks(job))
+        if config.training.num_gpus > 1:  # one process per GPU under torchrun; rank 0 reports through _JobHooks
+            from training_app.distributed import train_on_gpus
+
+            result = train_on_gpus(job_id=job.pk, model_dir=str(folder), records=records, eval_records=eval_records,
+                                   config=config, output_dir=output_dir)
+        else:
+            result = train(model_dir=str(folder), records=records, eval_records=eval_records, config=config,
+                           output_dir=output_dir, hooks=_JobHooks(job))
         job.refresh_from_db()
         if result.status == "paused":
             with transaction.atomic():

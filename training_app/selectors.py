@@ -90,7 +90,6 @@ def training_job_logs(*, job: FineTuningJob, offset: int, limit: int, level: str
 
 def training_job_checkpoints(*, job: FineTuningJob) -> list[dict]:
     """Saved checkpoints, oldest first; `is_best` marks the one with the lowest validation loss."""
-    from training_app.engine.checkpoints import checkpoint_list
-    from training_app.runner import training_job_output_dir
+    from training_app.artifacts import job_checkpoints
 
-    return checkpoint_list(training_job_output_dir(job))
+    return job_checkpoints(job)

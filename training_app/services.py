@@ -26,6 +26,7 @@ from training_app.engine.config import (
 )
 from training_app.jobs import TRAINING
 from training_app.models import FineTuningJob
+from nexus.catalog import hf_meta
 
 RUNNING = FineTuningJob.RUNNING
 
@@ -94,7 +95,7 @@ def job_config_for_model(*, model: BaseModel, lora_config: Any, training_config:
     from training_app.engine.modelinfo import model_info
 
     config = parse_config(lora_config, training_config, qlora_config)
-    info = model_info(model.hf_path)
+    info = model_info(hf_meta(model))
     warnings: list[str] = []
     lc, tc = config.lora, config.training
     if "target_modules" not in given_fields("lora_config", lora_config) and info.linear_modules:
@@ -293,7 +294,7 @@ def training_estimate(*, user, base_model: Any, dataset_id: int | None = None, p
         dataset = dataset_get(user=user, pk=dataset_id)
         time_estimate = estimate_time(total_tokens=dataset.total_tokens, num_examples=dataset.num_examples,
                                       num_usable=dataset.num_usable,
-                                      template_tokens=template_overhead(load_tokenizer(model.hf_path))[0],
+                                      template_tokens=template_overhead(load_tokenizer(hf_meta(model)))[0],
                                       training=config.training, tokens_per_second=tps)
         time_estimate["steps"] = total_steps_for(config, dataset.num_usable)
         if jobs:
@@ -318,16 +319,15 @@ def training_job_fail(*, job_id: int, error: str) -> FineTuningJob:
 def training_job_orphaned(job: FineTuningJob) -> None:
     """The worker running `job` is gone: it resumes from its last checkpoint on whichever worker
     takes it, or fails visibly when it has none."""
-    from training_app.engine.checkpoints import checkpoint_step, latest_checkpoint
-    from training_app.runner import training_job_output_dir
+    from training_app.artifacts import latest_checkpoint_step
 
-    checkpoint = latest_checkpoint(training_job_output_dir(job))
-    if checkpoint is None:
+    step = latest_checkpoint_step(job)
+    if step is None:
         training_job_fail(job_id=job.pk, error="The worker running this job stopped (restart or crash) before its "
                                                "first checkpoint; its logs are kept. Start a new job to train again.")
         return
     requeue(TRAINING, job.pk, f"The worker running this job ({job.worker}) stopped; resuming from the checkpoint at "
-                              f"step {checkpoint_step(checkpoint)}")
+                              f"step {step}")
 
 
 def training_job_checkpoint_to_adapter(*, job: FineTuningJob, step: int):
@@ -335,15 +335,12 @@ def training_job_checkpoint_to_adapter(*, job: FineTuningJob, step: int):
     import tempfile
 
     from adapters_app.services import adapter_create_from_job
-    from training_app.engine.checkpoints import checkpoint_losses, checkpoint_step, checkpoints, copy_adapter_files
-    from training_app.runner import training_job_output_dir
+    from training_app.artifacts import checkpoint_adapter_folder
+    from training_app.engine.checkpoints import checkpoint_losses, copy_adapter_files
 
-    found = {checkpoint_step(p): p for p in checkpoints(training_job_output_dir(job))}
-    if step not in found:
-        raise NexusError(f"No checkpoint at step {step}; available: {sorted(found) or 'none'}", code="not_found", status_code=404)
-    loss, eval_loss = checkpoint_losses(found[step])
-    with tempfile.TemporaryDirectory() as tmp:
-        copy_adapter_files(found[step], Path(tmp))
+    with checkpoint_adapter_folder(job, step) as checkpoint, tempfile.TemporaryDirectory() as tmp:
+        loss, eval_loss = checkpoint_losses(checkpoint)
+        copy_adapter_files(checkpoint, Path(tmp))
         adapter = adapter_create_from_job(job=job, adapter_dir=Path(tmp), final_loss=loss, name=f"{job.name}@step{step}",
                                           checkpoint_step=step,
                                           metrics={"steps": step, "final_loss": loss, "eval_loss": eval_loss})

