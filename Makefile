@@ -11,7 +11,7 @@ test:            ## the whole suite on real Postgres, Redis, Celery, websockets 
 	.venv/bin/pytest
 
 test-fast:       ## everything but the whole-system tests
-	.venv/bin/pytest -m "not e2e and not browser"
+	.venv/bin/pytest -m "not e2e and not browser and not scale"
 
 serve:
 	.venv/bin/uvicorn nexus.asgi:application --host 127.0.0.1 --port 8000 --workers $${NEXUS_WEB_WORKERS:-$$(nproc)}

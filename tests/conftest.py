@@ -123,7 +123,7 @@ class WorkerProcess:
     def start(self) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        log = LOG_DIR / f"celery-{self.name.split('@')[0]}-{self.starts}.log"
+        log = self.log = LOG_DIR / f"celery-{self.name.split('@')[0]}-{self.starts}.log"
         self._fh = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "nexus", "worker", "-Q", self.queues, "--concurrency", "2",

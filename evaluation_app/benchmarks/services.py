@@ -21,6 +21,7 @@ from nexus.fields import bad, number, require, text, unknown
 from nexus.jobs import enqueue, status_event
 from nexus.models import BaseModel, Team
 from nexus.quotas import quota_check
+from nexus.storage import cache_path, complete_folders, is_remote, stage_down
 
 JOB_KEYS = {"name", "base_model", "adapter_id", "benchmarks", "backend", "judge_config", "judge_model",
             "judge_api_key", "team"}
@@ -31,7 +32,14 @@ PROMPT_FORMAT = 1  # bump when the generated tasks change: cached base scores of
 
 
 def data_dir() -> Path:
-    return Path(settings.NEXUS_DATA_DIR)
+    """Where imported suites are read: NEXUS_DATA_DIR on one machine; with an object store, this
+    host's copy of the stored `benchmarks/<name>` folders (fetched again only when they change)."""
+    if not is_remote():
+        return Path(settings.NEXUS_DATA_DIR)
+    root = cache_path("benchmark-data")
+    for name in complete_folders("benchmarks"):
+        stage_down(f"benchmarks/{name}", into=root / "benchmarks" / name)
+    return root
 
 
 def _custom_lookup(team: Team, value: str, path: str) -> CustomBenchmark:

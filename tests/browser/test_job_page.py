@@ -48,6 +48,23 @@ def bob(db):
     return make_user("bob", password="bob-password-1")
 
 
+def _wait_processed(page, worker) -> None:
+    """The dataset's badge says ready; when it does not in time, say what the row and the worker
+    were doing (a CI failure is read from its log alone)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    from datasets_app.models import Dataset
+
+    try:
+        page.wait_for_selector("#dataset-status .badge.ready, #dataset-status .badge.error", timeout=240_000)
+    except PlaywrightTimeout:
+        rows = list(Dataset.objects.values("pk", "status", "worker", "error_message", "created_at", "updated_at"))
+        tail = worker.log.read_text()[-4000:] if worker.log.exists() else "(no worker log)"
+        pytest.fail(f"the dataset was not processed in 240 s; rows: {rows}\npage: {page.inner_text('main')[:1500]}\n"
+                    f"worker log:\n{tail}")
+    assert page.is_visible("#dataset-status .badge.ready"), page.inner_text("#dataset-status")
+
+
 def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_server, base_model, bob, browser_page,
                                                     tmp_path):
     import json
@@ -66,7 +83,7 @@ def test_job_page_updates_live_while_the_job_trains(celery_worker_process, asgi_
     page.fill("input[name=name]", "Pirates in the browser")
     page.click("main button[type=submit]")
     # the status partial polls with htmx until the worker has processed the file
-    page.wait_for_selector("#dataset-status .badge.ready", timeout=120_000)
+    _wait_processed(page, celery_worker_process)
     assert "12 valid" in page.inner_text("#dataset-status")
     page.wait_for_function("() => !!(window.Chart && Chart.getChart('token-histogram'))")
 

@@ -144,7 +144,7 @@ def test_a_job_survives_its_gpu_host_and_its_adapter_exports_and_serves_from_oth
     deployment = wait_for(lambda: api.get(f"{API}/deployments/{r.json()['id']}").json(),
                           lambda d: d["status"] != "starting", 240, "the deployment to start")
     assert deployment["status"] == "running", deployment["error"]
-    assert deployment["arms"][0]["host"] == "host-cpu"  # served from the cpu host, asked through the web host
+    assert deployment["arms"][0]["host"] == net.hosts["cpu"].address  # served by the cpu host, asked through the web host
     answer = requests.post(f"{api.base}{deployment['endpoint']}/chat/completions",
                            headers={"Authorization": api.headers["Authorization"].replace("Token", "Bearer")},
                            json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}, timeout=120)

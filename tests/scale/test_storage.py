@@ -143,3 +143,20 @@ def test_storage_urls_of_both_forms(monkeypatch):
     options = parse_storage_url("s3://bucket")
     assert (options["endpoint_url"], options["bucket_name"], options["access_key"]) == ("http://10.0.0.5:8333", "bucket", "env-key")
     assert parse_storage_url("") is None
+
+
+def test_a_benchmark_imported_on_one_host_is_read_on_another_from_the_store(remote_storage, settings, tmp_path):
+    from django.core.management import call_command
+
+    from evaluation_app.benchmarks.services import data_dir
+    from evaluation_app.engine.suites import installed, load_items, suite_get
+    from tests.evaluation_app.test_engine_suites import hellaswag_row, write_jsonl
+
+    settings.NEXUS_DATA_DIR = str(tmp_path / "importing-host")
+    call_command("nexus_import_benchmark", "hellaswag",
+                 str(write_jsonl(tmp_path / "hellaswag_val.jsonl", [hellaswag_row(1), hellaswag_row(2)])))
+    assert not (tmp_path / "importing-host" / "benchmarks").exists()  # not a host's folder: the store
+    settings.NEXUS_CACHE_DIR = tmp_path / "worker-host-cache"
+    root = data_dir()
+    assert root.is_relative_to(tmp_path / "worker-host-cache") and installed(suite_get("hellaswag"), root)
+    assert [i["id"] for i in load_items(suite_get("hellaswag"), root)] == ["hellaswag-1", "hellaswag-2"]
