@@ -78,7 +78,7 @@ def _send(kind: JobKind, job_id: int) -> None:
     """The kind's run task to its queue, and the broker's mark that it holds it."""
     from nexus.tasks import run_job
 
-    run_job.apply_async((kind.name, job_id), queue=kind.queue, soft_time_limit=kind.time_limit_s,
+    run_job.apply_async((kind.name, job_id), queue=kind.queue_of(job_id), soft_time_limit=kind.time_limit_s,
                         time_limit=kind.time_limit_s + 300)
     _broker().set(_sent_key(kind, job_id), "1", ex=settings.NEXUS_RESEND_AFTER_S)
 

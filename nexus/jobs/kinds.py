@@ -33,6 +33,7 @@ class JobKind:
     claimed: str = ""  # dotted path: claimed(job_id=..., worker=...) more work when a row is claimed
     claim_fields: Callable[[], dict[str, Any]] | None = None  # more columns the claim sets
     resend_filter: dict[str, Any] | None = None  # waiting rows that are not to be sent again
+    queue_for: str = ""  # dotted path: queue_for(job_id) -> the queue of one row, where rows differ (else `queue`)
     # host-bound work (servers that run on the machine that started them), all dotted paths:
     live_hosts: str = ""  # live_hosts() -> the hosts it has live rows on
     host_check: str = ""  # host_check(host=...) checks that host's live rows; runs on that host
@@ -44,6 +45,10 @@ class JobKind:
 
     def call(self, attr: str, *args: Any, **kwargs: Any) -> Any:
         return import_string(getattr(self, attr))(*args, **kwargs)
+
+    def queue_of(self, job_id: int) -> str:
+        """The queue a row's run task goes to (every send: the first, a resume, the reaper's)."""
+        return self.call("queue_for", job_id) if self.queue_for else self.queue
 
 
 def register(kind: JobKind) -> JobKind:

@@ -22,6 +22,7 @@ BIASES = ("none", "all", "lora_only")
 # the earlier API's `precision` (still accepted on input) as the design's fp16/bf16 pair
 PRECISION_FLAGS = {"auto": (False, True), "bf16": (False, True), "fp16": (True, False), "fp32": (False, False)}
 SECTIONS = ("lora_config", "training_config", "qlora_config")
+MAX_GPUS = 16  # training_config.num_gpus: the GPUs of one host
 
 
 class ConfigError(Exception):
@@ -63,7 +64,7 @@ class TrainingConfig:
     batch_size: int = _f(4, "Examples per micro-batch (per device).", kind="int", design=True,
                          aliases=("per_device_train_batch_size",))
     gradient_accumulation_steps: int = _f(4, "Micro-batches per optimizer step; the effective batch is "
-                                          "batch_size x gradient_accumulation_steps.", kind="int", design=True)
+                                          "batch_size x gradient_accumulation_steps (x num_gpus).", kind="int", design=True)
     num_epochs: float = _f(3, "Passes over the training data (fractions allowed); max_steps wins when set.",
                            kind="float", design=True, aliases=("num_train_epochs",))
     max_steps: int | None = _f(None, "Optimizer steps to train for; null trains for num_epochs (-1 is taken as null).",
@@ -104,6 +105,10 @@ class TrainingConfig:
                                          kind="float")
     load_best_model_at_end: bool = _f(True, "With validation data: the adapter is the best checkpoint's.",
                                       kind="bool")
+    num_gpus: int = _f(1, "GPUs of one worker host to train on, one process each (data parallel under torchrun); "
+                       "batch_size stays per GPU, so the global batch is batch_size x gradient_accumulation_steps x "
+                       "num_gpus and the steps shrink by num_gpus. Jobs above 1 go to the Celery queue gpu.<num_gpus>.",
+                       kind="int")
 
 
 @dataclass
@@ -306,6 +311,7 @@ def parse_job_config(lora: Any = None, training: Any = None, qlora: Any = None) 
         _check(errors, "training_config.save_steps", tc.save_steps % tc.eval_steps == 0,
                f"must be a multiple of eval_steps ({tc.eval_steps}) so that the best evaluated step has a checkpoint "
                "(or set load_best_model_at_end to false)")
+    _check(errors, "training_config.num_gpus", 1 <= tc.num_gpus <= MAX_GPUS, f"must be between 1 and {MAX_GPUS}")
     _check(errors, "qlora_config.bits", qc.bits == 4, "only 4-bit quantization is supported")
     if errors:
         # a range error on a field given under an alias says so (`lora_config.rank: ... (given as lora_config.r)`)
@@ -320,8 +326,16 @@ def total_steps_for(config: JobConfig, num_examples: int) -> int:
     tc = config.training
     if tc.max_steps:
         return tc.max_steps
-    per_epoch = max(1, math.ceil(num_examples / (tc.batch_size * tc.gradient_accumulation_steps)))
-    return max(1, math.ceil(per_epoch * tc.num_epochs))
+    return max(1, math.ceil(steps_per_epoch(tc, num_examples) * tc.num_epochs))
+
+
+def global_batch(tc: TrainingConfig) -> int:
+    """Examples per optimizer step: batch_size on each of num_gpus processes, gradient_accumulation_steps times."""
+    return tc.batch_size * tc.gradient_accumulation_steps * tc.num_gpus
+
+
+def steps_per_epoch(tc: TrainingConfig, num_examples: int) -> int:
+    return max(1, math.ceil(num_examples / global_batch(tc)))
 
 
 def warmup_steps_for(config: JobConfig, total_steps: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training_app.engine.config import JobConfig, TrainingConfig
+from training_app.engine.config import JobConfig, TrainingConfig, global_batch
 from training_app.engine.modelinfo import ModelInfo
 
 GIB = 1024**3
@@ -75,13 +75,16 @@ def estimate_time(*, total_tokens: int, num_examples: int, num_usable: int, temp
                   training: TrainingConfig, tokens_per_second: float | None) -> dict[str, Any]:
     """Time to train on a dataset at the throughput measured here. An example is its content plus
     the chat template's tokens, cut at max_seq_length as the trainer cuts it; the dataset's mean
-    example stands for each (the dataset keeps token totals, not every record's length)."""
+    example stands for each (the dataset keeps token totals, not every record's length). On
+    num_gpus GPUs a step takes num_gpus times the examples, and the measured throughput is taken
+    to scale with num_gpus (data parallel; an upper bound on the speed-up)."""
     if not tokens_per_second:
         return {"available": False, "reason": "no throughput measured on this deployment for this model yet"}
     per_example = min(total_tokens / max(num_examples, 1) + template_tokens, training.max_seq_length)
     if training.max_steps:
-        tokens = int(per_example * training.batch_size * training.gradient_accumulation_steps) * training.max_steps
+        tokens = int(per_example * global_batch(training)) * training.max_steps
     else:
         tokens = int(per_example * num_usable) * training.num_epochs
+    tokens_per_second *= training.num_gpus
     return {"available": True, "tokens": int(tokens), "tokens_per_second": round(tokens_per_second, 1),
-            "seconds": round(tokens / tokens_per_second)}
+            "num_gpus": training.num_gpus, "seconds": round(tokens / tokens_per_second)}

@@ -6,14 +6,14 @@ checked after every optimizer step (cooperative cancel).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from training_app.engine.checkpoints import checkpoint_step, latest_checkpoint
-from training_app.engine.config import JobConfig, total_steps_for, warmup_steps_for
+from training_app.engine.config import JobConfig, global_batch, steps_per_epoch, total_steps_for, warmup_steps_for
+from training_app.engine.distributed import backend, barrier, share_step, world
 from training_app.engine.data import encode_records
 
 
@@ -224,7 +224,7 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
     else:
         kwargs["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     if torch.cuda.is_available():
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": world().local_rank}  # each rank its own GPU of CUDA_VISIBLE_DEVICES
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     model.config.use_cache = False  # training needs no KV cache (and packed rows must not get one)
     if config.qlora.enabled:
@@ -260,12 +260,21 @@ def train(
     output_dir: str | Path,
     hooks: TrainingHooks,
     eval_records: Iterable[dict] | None = None,
+    model_callback: Callable[[Any], None] | None = None,
 ) -> TrainResult:
+    """Under torchrun each rank calls this with the same arguments (DDP: gloo on the CPU, NCCL on
+    CUDA); only rank 0's hooks should write anything, and only rank 0 saves the adapter.
+    `model_callback` sees the trained model on every rank (tests compare the ranks' weights)."""
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from training_app.engine.data import COUNT_KEYS, make_collator, split_validation
 
+    ranks = world()
+    if config.training.num_gpus != ranks.size:
+        hooks.warn(f"training_config.num_gpus: {config.training.num_gpus} asked, but this run has {ranks.size} "
+                   f"process(es); steps are counted for {ranks.size}")
+        config = replace(config, training=replace(config.training, num_gpus=ranks.size))
     tc = config.training
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -310,7 +319,6 @@ def train(
     has_eval = bool(eval_examples)
     if tc.early_stopping_patience and not has_eval:
         raise ValueError("early stopping needs validation data: set training_config.validation_split or give an eval dataset")
-    steps_per_epoch = max(1, math.ceil(len(examples) / (tc.batch_size * tc.gradient_accumulation_steps)))
     total_steps = total_steps_for(config, len(examples))
     save_steps, eval_steps = schedule_for(config, total_steps, has_eval)
     warmup_steps = warmup_steps_for(config, total_steps)
@@ -318,14 +326,17 @@ def train(
         hooks.warn(f"training_config.warmup_steps: {warmup_steps} warmup steps are not shorter than this run's {total_steps} steps: the learning rate "
                    f"never reaches learning_rate={tc.learning_rate:g} (it peaks at "
                    f"{tc.learning_rate * total_steps / max(warmup_steps, 1):.2g}); set warmup_steps lower or train longer")
-    hooks.log(f"{len(examples)} training examples, {steps_per_epoch} optimizer steps per epoch, {total_steps} steps in total; "
+    if ranks.size > 1:
+        hooks.log(f"Data parallel on {ranks.size} processes ({backend()}): global batch {global_batch(tc)} = batch_size "
+                  f"{tc.batch_size} x gradient_accumulation_steps {tc.gradient_accumulation_steps} x {ranks.size} processes")
+    hooks.log(f"{len(examples)} training examples, {steps_per_epoch(tc, len(examples))} optimizer steps per epoch, {total_steps} steps in total; "
               f"warmup {warmup_steps} steps, {tc.lr_scheduler} schedule; checkpoint every {save_steps} steps"
               + (f"; validation loss on {len(eval_examples)} examples every {eval_steps} steps" if has_eval else ""))
     hooks.on_start(total_steps=total_steps, num_examples=len(examples), num_eval_examples=len(eval_examples))
 
     collator = make_collator(tc.packing, tokenizer.pad_token_id)
     state: dict[str, Any] = {"stop": None, "best": None, "last": None, "t": time.monotonic(), "tokens": 0, "seen": 0,
-                             "supervised": 0, "checkpoint_reason": None}
+                             "supervised": 0, "step_counts": [0, 0], "checkpoint_reason": None}
 
     class _Hooks(TrainerCallback):
         def on_log(self, args, tstate, control, logs=None, **kw):
@@ -370,6 +381,11 @@ def train(
 
         def on_step_end(self, args, tstate, control, **kw):
             commands = hooks.poll()
+            counts, state["step_counts"] = state["step_counts"], [0, 0]
+            if ranks.size > 1:  # every rank, every step: rank 0's commands to all, the tokens of all
+                commands, counts = share_step(commands, counts, args.device)
+            state["seen"] += counts[0]
+            state["supervised"] += counts[1]
             if "stop" in commands:
                 state["stop"] = "cancel"
                 control.should_training_stop = True
@@ -384,6 +400,7 @@ def train(
                 state["checkpoint_reason"] = "request"
 
         def on_save(self, args, tstate, control, **kw):
+            barrier()  # every rank's files (its RNG state) are in the checkpoint before it is reported
             hooks.on_checkpoint(tstate.global_step, reason=state["checkpoint_reason"] or "schedule")
             state["checkpoint_reason"] = None
 
@@ -413,19 +430,22 @@ def train(
         prediction_loss_only=True,
         report_to="none",
         seed=tc.seed,
+        data_seed=tc.seed,  # the shuffled order is the seed's alone: each rank takes every Nth micro-batch of it
         use_cpu=not torch.cuda.is_available(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        ddp_backend=backend() if ranks.size > 1 else None,
+        ddp_find_unused_parameters=False,  # read only under torchrun (DDP): every LoRA weight trains at every step
     )
 
     class _NexusTrainer(Trainer):
         def training_step(self, model, inputs, *a, **kw):
-            # count tokens when a batch is trained on, not when the dataloader prefetches it
-            state["seen"] += int(inputs["num_tokens"])
-            state["supervised"] += int(inputs["num_supervised"])
+            # count tokens when a batch is trained on, not when the dataloader prefetches it (summed at the step's end)
+            state["step_counts"][0] += int(inputs["num_tokens"])
+            state["step_counts"][1] += int(inputs["num_supervised"])
             return super().training_step(model, inputs, *a, **kw)
 
         def compute_loss(self, model, inputs, *a, **kw):
@@ -480,8 +500,11 @@ def train(
     hooks.on_phase("exporting")
     if args.load_best_model_at_end and best_step is not None:
         hooks.log(f"The adapter is the best checkpoint's: step {best_step}, validation loss {best_eval:.4f}")
+    if model_callback is not None:
+        model_callback(model)
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    if ranks.main:  # every rank holds the same weights
+        model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
     hooks.log(f"Saved PEFT adapter to {adapter_dir} after {steps} steps in {runtime:.1f}s")
     return result("completed", adapter_dir, stopped_early)
