@@ -36,6 +36,9 @@ def site(tmp_path, settings):
     broker_db = (int(broker.path.strip("/") or 0) + 8) % 16  # not the session worker's broker: it would take our tasks
     net = Network(["web", "gpu1", "gpu2", "cpu"])
     s3 = None
+    from cryptography.fernet import Fernet
+
+    secret_keys = Fernet.generate_key().decode()  # one site, one key: a secret stored by one host is read by another
     try:
         net.relay(int(db["PORT"]), (db["HOST"], int(db["PORT"])))
         net.relay(broker.port or 6379, (broker.hostname, broker.port or 6379))
@@ -51,7 +54,8 @@ def site(tmp_path, settings):
                     "TEST_REDIS_URL": f"redis://{net.bridge_address}:{broker.port or 6379}/{broker_db}",
                     "NEXUS_STORAGE_URL": storage_url, "NEXUS_CACHE_DIR": str(folder / "cache"),
                     "NEXUS_DATA_DIR": str(folder / "data"), "NEXUS_HOST_NAME": f"host-{host}",
-                    "NEXUS_SERVE_BIND": net.hosts[host].address, "ALLOWED_HOSTS": "*"}
+                    "NEXUS_SERVE_BIND": net.hosts[host].address, "ALLOWED_HOSTS": "*",
+                    "NEXUS_SECRET_KEYS": secret_keys}
 
         # this process registers the base model into the same store (the operator's one step)
         from nexus.settings.env import parse_storage_url
