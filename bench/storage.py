@@ -112,6 +112,7 @@ def staging(args, s3, tmp: Path, say) -> None:
 def train_child(storage_url: str, workdir: Path, steps: int) -> dict:
     """One training run as a worker does it (in a fresh process): stage the model, train, upload checkpoints."""
     _setup_django(storage_url, workdir / "cache", workdir / "data")
+    from datasets_app.engine.formats import record_to_messages
     from nexus.storage import is_remote, model_folder, stage_up
     from tests.factories import pirate_records
     from training_app.artifacts import checkpoint_summary
@@ -139,7 +140,8 @@ def train_child(storage_url: str, workdir: Path, steps: int) -> dict:
     config = parse_job_config({"rank": 8, "alpha": 16}, {"batch_size": 4, "max_seq_length": 128, "max_steps": steps,
                                                          "save_steps": 2, "warmup_steps": 0, "learning_rate": 1e-4})
     started = time.perf_counter()
-    result = train(model_dir=str(model), records=pirate_records(32), config=config, output_dir=out, hooks=Hooks())
+    records = [{"messages": record_to_messages(r, "alpaca")} for r in pirate_records(32)]
+    result = train(model_dir=str(model), records=records, config=config, output_dir=out, hooks=Hooks())
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "supervised": result.supervised_tokens, "staged_s": staged_s, "uploads": uploads,
             "tokens_per_s": result.supervised_tokens / seconds}
@@ -149,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--skip-training", action="store_true", help="staging only (development)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--storage-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -174,6 +177,8 @@ def main() -> None:
                 f"weed mini on 127.0.0.1 (same machine: the network is loopback)")
             _setup_django(url, tmp / "cache", tmp / "data")
             staging(args, s3, tmp, say)
+            if args.skip_training:
+                return
             runs = {}
             for label, storage_url in (("local", ""), ("remote", url), ("local again", ""), ("remote again", url)):
                 out = subprocess.run([sys.executable, __file__, "--child", "train", "--storage-url", storage_url,
