@@ -171,9 +171,9 @@ def start_worker(host: Host, env: dict[str, str], name: str, queues: str, *, con
 
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"scale-{name}.log"
-    data = Path(env["NEXUS_DATA_DIR"])
-    data.mkdir(parents=True, exist_ok=True)
-    extra = ["-B", "-s", str(data / "beat-schedule")] if beat else []
+    if env.get("NEXUS_DATA_DIR"):  # a host of its own: its data folder
+        Path(env["NEXUS_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    extra = ["-B", "-s", str(LOG_DIR / f"beat-{name}-{os.getpid()}")] if beat else []
     proc = host.start([sys.executable, "-m", "celery", "-A", "nexus", "worker", "-Q", queues, "--concurrency",
                        str(concurrency), "-l", "info", "-n", f"{name}@host-{name}", *extra], env=env, log=log, cwd=ROOT)
     if wait:
