@@ -17,12 +17,7 @@ from nexus.storage import MARKER, is_remote, stage_down, stored_files
 
 def _zip_folder(prefix: str, arc_root: str) -> tempfile.SpooledTemporaryFile:
     """A zip of a stored folder, each file streamed from storage (the completion marker left out)."""
-    try:
-        names = [n for n in stored_files(prefix) if n != MARKER] if is_remote() else sorted(
-            p.relative_to(folder).as_posix() for folder in [stage_down(prefix)] for p in folder.rglob("*")
-            if p.is_file() and p.name != MARKER)
-    except NexusError:
-        names = []
+    names = _stored_names(prefix)
     if not names:
         raise NexusError(f"The files of {arc_root} are missing from storage.", code="missing", status_code=410)
     spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)
@@ -32,6 +27,17 @@ def _zip_folder(prefix: str, arc_root: str) -> tempfile.SpooledTemporaryFile:
                 shutil.copyfileobj(src, dst, 1024 * 1024)
     spool.seek(0)
     return spool
+
+
+def _stored_names(prefix: str) -> list[str]:
+    """The folder's files: the manifest's on an object store (none while incomplete), else the folder's."""
+    if is_remote():
+        try:
+            return stored_files(prefix)  # the manifest never lists the marker
+        except NexusError:
+            return []
+    folder = stage_down(prefix)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
 
 
 def adapter_download_response(*, adapter: LoRAAdapter) -> FileResponse:

@@ -12,17 +12,12 @@ from django.db.models import Max
 from adapters_app.models import LoRAAdapter
 from nexus.errors import NexusError
 from nexus.models import Team
-from nexus.storage import stage_down, storage_delete_prefix, storage_save_folder
+from nexus.storage import name_slug, stage_down, storage_delete_prefix, storage_save_folder
 
 
 # adapter_config.json's keys (PEFT's names) -> the design's LoRAConfig names (section 5.3)
 _LORA_KEYS = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules",
               "bias": "bias", "use_rslora": "use_rslora", "use_dora": "use_dora"}
-
-
-def name_slug(name: str) -> str:
-    """A name as it can stand in a storage key or a file name."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
 
 
 def adapter_slug(adapter: LoRAAdapter) -> str:

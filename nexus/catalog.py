@@ -43,7 +43,7 @@ def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_pa
     The paths are of this host. `upload` copies them into the object store (when artifacts live in
     one) so that every worker host stages them into its cache; `stored_as` says the HF folder is
     already stored under that name (a merged adapter). Otherwise every host must have the paths."""
-    from nexus.storage import is_remote
+    from nexus.storage import is_remote, stage_down
 
     if not hf_path and not gguf_path:
         raise NexusError("Give a local HF folder, a GGUF file, or both.", code="invalid_model")
@@ -61,7 +61,7 @@ def base_model_register(*, name: str, hf_path: str | Path | None = None, gguf_pa
     hf_name, gguf_name = str(hf_path or ""), str(gguf_path or "")
     remote = is_remote()
     if stored_as:
-        hf_name = stored_as if remote else _local_name(stored_as)
+        hf_name = stored_as if remote else str(stage_down(stored_as))  # on one machine: the stored folder's path
     elif upload and remote:
         hf_name, gguf_name = _upload(name, hf_path, gguf_path)
     model, _ = BaseModel.objects.update_or_create(
@@ -77,27 +77,17 @@ def _upload(name: str, hf_path: Path | None, gguf_path: Path | None) -> tuple[st
     name), unless the entry already points at stored copies with the same files and sizes."""
     import uuid
 
-    from nexus.storage import folder_manifest, same_files, stage_up, storage_save_file, stored_size
+    from nexus.storage import folder_manifest, name_slug, same_files, stage_up, storage_save_file, stored_size
 
     old = BaseModel.objects.filter(name=name).values("hf_path", "gguf_path").first() or {}
     keep_hf = hf_path and old.get("hf_path") and not Path(old["hf_path"]).is_absolute() and same_files(
         folder_manifest(old["hf_path"]), hf_path)
     keep_gguf = gguf_path and old.get("gguf_path") and not Path(old["gguf_path"]).is_absolute() and stored_size(
         old["gguf_path"]) == gguf_path.stat().st_size
-    folder = f"models/{slugify_name(name)}-{uuid.uuid4().hex[:8]}"
+    folder = f"models/{name_slug(name)}-{uuid.uuid4().hex[:8]}"
     hf_name = old["hf_path"] if keep_hf else stage_up(hf_path, f"{folder}/hf") if hf_path else ""
     gguf_name = old["gguf_path"] if keep_gguf else storage_save_file(f"{folder}/{gguf_path.name}", gguf_path) if gguf_path else ""
     return hf_name, gguf_name
-
-
-def _local_name(stored: str) -> str:
-    from django.core.files.storage import default_storage
-
-    return default_storage.path(stored)
-
-
-def slugify_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "model"
 
 
 def hf_meta(model: BaseModel) -> str:

@@ -45,6 +45,11 @@ MULTIPART_BYTES = 8 * 1024 * 1024
 MODEL_META = ("*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*")
 
 
+def name_slug(name: str) -> str:
+    """A name as it can stand in a storage key or a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
+
+
 def is_remote() -> bool:
     """True when artifacts live in an object store (no local path for a storage name)."""
     try:
@@ -121,14 +126,7 @@ def same_files(manifest: dict[str, Any] | None, folder: Path) -> bool:
 
 def stored_size(name: str) -> int | None:
     """The size of a stored file, None when it is not there."""
-    try:
-        return default_storage.size(name)
-    except (FileNotFoundError, OSError):
-        return None
-    except Exception as exc:  # noqa: BLE001 - botocore's ClientError for a missing object
-        if "404" in str(exc) or "Not Found" in str(exc):
-            return None
-        raise
+    return default_storage.size(name) if default_storage.exists(name) else None
 
 
 def folder_manifest(prefix: str) -> dict[str, Any] | None:

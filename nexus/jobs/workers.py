@@ -78,18 +78,16 @@ VISIBILITY_KEY = "nexus:broker:visibility_timeout"
 
 
 def visibility_timeout() -> int:
-    from django.conf import settings as s
-
-    return int(s.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"])
+    return int(settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"])
 
 
 def visibility_timeout_check() -> None:
     """Refuse to start a worker whose broker visibility timeout differs from the one the running
     workers use: Redis would redeliver after the shortest of them."""
-    import redis
+    from nexus.control import redis_client
 
     ours = visibility_timeout()
-    theirs = redis.Redis.from_url(settings.CELERY_BROKER_URL).get(VISIBILITY_KEY)
+    theirs = redis_client(settings.CELERY_BROKER_URL).get(VISIBILITY_KEY)
     if theirs is not None and int(theirs) != ours:
         raise SystemExit(f"This worker's broker visibility_timeout is {ours} s but the running workers use "
                          f"{int(theirs)} s; set NEXUS_BROKER_VISIBILITY_TIMEOUT_S to the same value in every process "
@@ -99,10 +97,10 @@ def visibility_timeout_check() -> None:
 
 def _visibility_announce() -> None:
     """Say which visibility timeout the live workers use (expires when none is left to renew it)."""
-    import redis
+    from nexus.control import redis_client
 
     ttl = max(60, 3 * int(settings.NEXUS_WORKER_LOST_AFTER_S))
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).set(VISIBILITY_KEY, visibility_timeout(), ex=ttl)
+    redis_client(settings.CELERY_BROKER_URL).set(VISIBILITY_KEY, visibility_timeout(), ex=ttl)
 
 
 class HeartbeatThread(threading.Thread):
