@@ -15,6 +15,7 @@ from training_app.engine.checkpoints import checkpoint_step, latest_checkpoint
 from training_app.engine.config import JobConfig, global_batch, steps_per_epoch, total_steps_for, warmup_steps_for
 from training_app.engine.distributed import backend, barrier, share_step, world
 from training_app.engine.data import encode_records
+from training_app.engine.loss import SupervisedLoss, plain_loss_reason
 
 
 class TrainingHooks(Protocol):
@@ -304,6 +305,11 @@ def train(
               f"({100 * trainable / total:.2f}%); {precision}, {optim}, "
               f"{'padding-free packing' if tc.packing == 'padding_free' else 'padded batches'}"
               f"{', gradient checkpointing' if tc.gradient_checkpointing else ''}")
+    plain_reason = plain_loss_reason(model)
+    # the loss from the decoder's output at supervised tokens, the logits a chunk at a time (engine/loss.py)
+    loss_func = SupervisedLoss(model) if plain_reason is None else None
+    if plain_reason:
+        hooks.log(f"The loss is computed from every position's logits: {plain_reason}")
 
     examples, skipped = encode_records(tokenizer, records, tc.max_seq_length)
     if skipped:
@@ -452,6 +458,8 @@ def train(
             # use_cache=False matters: transformers builds the per-example (block-diagonal) mask of
             # packed rows only when no KV cache is in play
             inputs = {k: v for k, v in inputs.items() if k not in COUNT_KEYS}
+            if loss_func is not None:
+                inputs.update(loss_func.extra_inputs)
             return super().compute_loss(model, {**inputs, "use_cache": False}, *a, **kw)
 
         def evaluate(self, *a, **kw):
@@ -468,7 +476,7 @@ def train(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience,
                                                early_stopping_threshold=tc.early_stopping_threshold))
     trainer = _NexusTrainer(model=model, args=args, train_dataset=examples, eval_dataset=eval_examples or None,
-                            data_collator=collator, callbacks=callbacks)
+                            data_collator=collator, callbacks=callbacks, compute_loss_func=loss_func)
     trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     if checkpoint is not None:
@@ -477,6 +485,8 @@ def train(
         state["last_step"] = step
     hooks.on_phase("training")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if loss_func is not None:
+        loss_func.remove()
     runtime = time.monotonic() - started
     steps = int(output.global_step)
     tstate = trainer.state
