@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from adapters_app.engine import gguf as gguf_engine
+from adapters_app.engine.converters import ConverterMissing
 from adapters_app.engine.merge import merge_adapter
 from adapters_app.jobs import EXPORT
 from adapters_app.models import AdapterExport, LoRAAdapter
@@ -19,7 +20,6 @@ from adapters_app.services import adapter_local_dir, adapter_slug, file_sha256
 from nexus.errors import NexusError
 from nexus.quotas import quota_check
 from nexus.redact import public_error
-from nexus.modelfiles import hf_config
 from nexus.models import BaseModel, JobEvent
 from nexus.jobs import enqueue, event, is_transient, status_event
 from nexus.storage import cache_path, stage_file, storage_save_file, storage_save_folder
@@ -36,11 +36,13 @@ def _check_exportable(adapter: LoRAAdapter, kind: str) -> None:
     if not base.hf_path or not Path(hf_meta(base), "config.json").is_file():
         raise NexusError(f"Base model '{base.name}' has no local HF folder to merge into or export from.",
                          code="unsupported", status_code=400)
-    try:
-        gguf_engine.check_model_exportable(Path(hf_meta(base)), base_gguf=_base_gguf(adapter))
-    except gguf_engine.UnsupportedModel as exc:
-        if kind != Kind.MERGE:  # merging works for any architecture transformers and PEFT load
+    if kind != Kind.MERGE:  # merging works for any architecture transformers and PEFT load
+        try:
+            gguf_engine.check_model_exportable(Path(hf_meta(base)))
+        except gguf_engine.UnsupportedModel as exc:
             raise NexusError(f"{exc}.", code="unsupported") from exc
+        except ConverterMissing as exc:
+            raise NexusError(str(exc), code="unavailable", status_code=503) from exc
     from django.core.files.storage import default_storage
 
     missing = [name for name in ("adapter_config.json", "adapter_model.safetensors")
@@ -50,7 +52,8 @@ def _check_exportable(adapter: LoRAAdapter, kind: str) -> None:
     if kind == Kind.ADAPTER_GGUF:
         with adapter_local_dir(adapter) as folder:
             try:
-                gguf_engine.check_adapter_exportable(json.loads((Path(folder) / "adapter_config.json").read_text()))
+                gguf_engine.check_adapter_exportable(json.loads((Path(folder) / "adapter_config.json").read_text()),
+                                                     gguf_engine.adapter_tensor_names(Path(folder)))
             except gguf_engine.UnsupportedModel as exc:
                 raise NexusError(f"{exc}.", code="unsupported") from exc
             except FileNotFoundError as exc:
@@ -198,17 +201,16 @@ def _run_adapter_gguf(export: AdapterExport, tmp: Path) -> None:
     adapter = export.adapter
     progress = _Progress(export)
     base = _base_gguf(adapter)
-    config = hf_config(hf_meta(adapter.base_model))
     out = tmp / f"{adapter_slug(adapter)}.lora.gguf"
     with adapter_local_dir(adapter) as folder:
-        gguf_engine.write_adapter_gguf(Path(folder), config, out, name=str(adapter),
-                                       progress=_Progress(export, 0.05, 0.4))
-    progress(0.4, f"Wrote the adapter GGUF ({out.stat().st_size / 1e6:.1f} MB)")
+        gguf_engine.export_adapter(Path(folder), Path(hf_meta(adapter.base_model)), out,
+                                   progress=_Progress(export, 0.05, 0.4))
+    progress(0.4, f"llama.cpp's converter wrote the adapter GGUF ({out.stat().st_size / 1e6:.1f} MB)")
     if base is None:
         base = tmp / "base.f16.gguf"
-        gguf_engine.write_model_gguf(Path(hf_weights(adapter.base_model)), base, name=adapter.base_model.name,
-                                     progress=_Progress(export, 0.4, 0.8))
-        progress(0.8, "The base model has no GGUF: wrote an f16 one to verify against")
+        gguf_engine.export_model(Path(hf_weights(adapter.base_model)), base, "f16", name=adapter.base_model.name,
+                                 progress=_Progress(export, 0.4, 0.8))
+        progress(0.8, "The base model has no GGUF: converted an f16 one to verify against")
     verification = _verify(export, progress, base, out)
     verification["base_gguf"] = Path(adapter.base_model.gguf_path).name if adapter.base_model.gguf_path else "f16"
     path = storage_save_file(f"{_storage_prefix(export)}/{out.name}", out)
@@ -222,18 +224,17 @@ def _run_model_gguf(export: AdapterExport, tmp: Path) -> None:
     progress = _Progress(export, 0.0, 0.5)
     merged = tmp / "merged"
     check = _merged_folder(adapter, merged, progress)
-    f16 = tmp / f"{adapter_slug(adapter)}.f16.gguf"
-    gguf_engine.write_model_gguf(merged, f16, name=f"{adapter} (merged)", base_gguf=_base_gguf(adapter),
-                                 progress=_Progress(export, 0.5, 0.6))
+    out = tmp / f"{adapter_slug(adapter)}.{export.quantization}.gguf"
+    gguf_engine.export_model(merged, out, export.quantization, name=f"{adapter} (merged)",
+                             progress=_Progress(export, 0.5, 0.85))
     shutil.rmtree(merged, ignore_errors=True)
     bar = _Progress(export)
-    bar(0.6, f"Wrote the f16 GGUF ({f16.stat().st_size / 1e6:.1f} MB)")
-    out = f16
-    if export.quantization != "f16":
-        out = tmp / f"{adapter_slug(adapter)}.{export.quantization}.gguf"
-        gguf_engine.quantize(f16, out, export.quantization)
-        f16.unlink()
-        bar(0.85, f"Quantized with llama.cpp to {export.quantization} ({out.stat().st_size / 1e6:.1f} MB)")
-    verification = {**_verify(export, bar, out), "merge_check": check}
+    bar(0.85, f"llama.cpp wrote the {export.quantization} GGUF ({out.stat().st_size / 1e6:.1f} MB)")
+    verification = {"merge_check": check}
+    base = _base_gguf(adapter)
+    if base is not None:
+        verification["tokenizer"] = tokenizer = gguf_engine.compare_tokenizer(out, base)
+        event(EXPORT, export.pk, tokenizer["message"], level="info" if tokenizer["identical"] else "warning")
+    verification.update(_verify(export, bar, out))
     path = storage_save_file(f"{_storage_prefix(export)}/{out.name}", out)
     _complete(export, path=path, size=out.stat().st_size, sha256=file_sha256(out), verification=verification)

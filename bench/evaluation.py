@@ -99,11 +99,8 @@ def bench_speed(*, tokens: list[int], batches: list[int], iterations: int, warmu
         f"{threads} llama.cpp thread(s), {len(PROMPTS)} prompts round-robin")
     with tempfile.TemporaryDirectory(prefix="nexus-bench-eval-") as tmp:
         tmp = Path(tmp)
-        import json
-
         _random_adapter(hf_dir, tmp / "adapter", rank)
-        adapter = engine.write_adapter_gguf(tmp / "adapter", json.loads((hf_dir / "config.json").read_text()),
-                                            tmp / "adapter.gguf", name="bench random")
+        adapter = engine.export_adapter(tmp / "adapter", hf_dir, tmp / "adapter.gguf")
         config = speed.SpeedConfig(test_prompts=PROMPTS, output_lengths=tokens, batch_sizes=batches,
                                    num_iterations=iterations, warmup_iterations=warmup)
         targets = [speed.Target("base", str(base_gguf), n_threads=threads),
@@ -196,8 +193,6 @@ def bench_compare(*, prompts: int, max_tokens: int, say=print) -> None:
         system.fresh()
         os.environ.update(system.env)
         django.setup()
-        import json
-
         from adapters_app.engine import gguf as engine
         from adapters_app.models import LoRAAdapter
         from evaluation_app.jobs import COMPARISON
@@ -209,8 +204,7 @@ def bench_compare(*, prompts: int, max_tokens: int, say=print) -> None:
         from nexus.teams import team_ensure_personal, user_create
 
         _random_adapter(hf_dir, tmp / "adapter", 16)
-        adapter_gguf = engine.write_adapter_gguf(tmp / "adapter", json.loads((hf_dir / "config.json").read_text()),
-                                                 tmp / "adapter.gguf", name="bench random")
+        adapter_gguf = engine.export_adapter(tmp / "adapter", hf_dir, tmp / "adapter.gguf")
         user = user_create(username="bench", password="bench-password-1")
         team = team_ensure_personal(user=user)
         base = BaseModel.objects.get(name="SmolLM2-135M-Instruct")

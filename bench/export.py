@@ -3,7 +3,8 @@
   1. adapter-GGUF export time (PEFT folder -> llama.cpp adapter GGUF),
   2. merged-model export time: merge + f16 GGUF, then q8_0 and q4_k_m through llama.cpp's own
      quantizer, with each file's size against the f16 one,
-     and the memory the f16 write holds (a fresh process) against the file's size,
+     and the converter processes' peak memory against the f16 file's size (both conversions
+     are llama.cpp's own `convert_lora_to_gguf.py` / `convert_hf_to_gguf.py`, run as subprocesses),
   3. llama.cpp generation tokens/s for the base GGUF, base + adapter GGUF, and the merged
      q4_k_m (and f16) GGUF, with the base as the baseline of the ratios.
 
@@ -95,41 +96,12 @@ def _speeds(rows: list[tuple[str, Path, Path | None]], tokens: int, reps: int) -
     return {label: (statistics.median(r.tokens_per_s for r in rs), rs[0].completion_tokens) for label, rs in runs.items()}
 
 
-_MEMORY_PROBE = """
-import sys, threading, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[3])
-import gguf, numpy, torch  # imported before the baseline is read
-from adapters_app.engine import gguf as engine
+def _converter_peak() -> int:
+    """Peak resident memory (bytes) of the largest child process so far: the converters run as
+    subprocesses, so what an export holds is theirs."""
+    import resource
 
-def anon():  # resident anonymous memory: what the writer holds, not the page cache of mapped files
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon"):
-            return int(line.split()[1]) * 1024
-
-peak, done = [0], [False]
-def watch():
-    while not done[0]:
-        peak[0] = max(peak[0], anon())
-        time.sleep(0.002)
-
-base = anon()
-thread = threading.Thread(target=watch)
-thread.start()
-engine.write_model_gguf(Path(sys.argv[1]), Path(sys.argv[2]), name="probe")
-done[0] = True
-thread.join()
-print(peak[0] - base)
-"""
-
-
-def _write_memory(model_dir: Path, out: Path) -> int:
-    """Extra anonymous memory (bytes) while writing an f16 GGUF, in a fresh process."""
-    import subprocess
-
-    result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(model_dir), str(out), str(ROOT)],
-                            capture_output=True, text=True, check=True)
-    return int(result.stdout.strip().splitlines()[-1])
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def main() -> None:
@@ -142,6 +114,7 @@ def main() -> None:
     import json
 
     from adapters_app.engine import gguf as engine
+    from adapters_app.engine.converters import source
 
     hf_dir, base_gguf = _demo_files()
     print(f"demo model: {hf_dir.parent.name}; base GGUF {base_gguf.name} ({base_gguf.stat().st_size / 1e6:.1f} MB); "
@@ -151,10 +124,11 @@ def main() -> None:
         _random_adapter(hf_dir, tmp / "adapter", args.rank)
         config = json.loads((hf_dir / "config.json").read_text())
 
-        t_adapter = _timed(engine.write_adapter_gguf, tmp / "adapter", config, tmp / "adapter.gguf", name="bench")
+        print(f"converters: llama.cpp of llama-cpp-python {source()['llama_cpp_python']} (gguf-py {source()['gguf_py']})")
+        t_adapter = _timed(engine.export_adapter, tmp / "adapter", hf_dir, tmp / "adapter.gguf")
         t_merge = _timed(_merge, hf_dir, tmp / "adapter", tmp / "merged")
-        t_f16 = _timed(engine.write_model_gguf, tmp / "merged", tmp / "merged.f16.gguf", name="bench merged",
-                       base_gguf=base_gguf)
+        t_f16 = _timed(engine.export_model, tmp / "merged", tmp / "merged.f16.gguf", "f16", name="bench merged")
+        peak = _converter_peak()
         t_q8 = _timed(engine.quantize, tmp / "merged.f16.gguf", tmp / "merged.q8_0.gguf", "q8_0")
         t_q4 = _timed(engine.quantize, tmp / "merged.f16.gguf", tmp / "merged.q4_k_m.gguf", "q4_k_m")
         size = {name: (tmp / f"merged.{name}.gguf").stat().st_size for name in ("f16", "q8_0", "q4_k_m")}
@@ -168,10 +142,9 @@ def main() -> None:
         print(f"quantize f16 -> q4_k_m (llama.cpp):            {t_q4:6.2f}")
         print(f"merged q4_k_m export in all (merge+f16+q4):    {t_merge + t_f16 + t_q4:6.2f}  "
               f"= {(t_merge + t_f16 + t_q4) / t_adapter:.1f}x the adapter GGUF export")
-        extra = _write_memory(tmp / "merged", tmp / "probe.f16.gguf")
-        print(f"memory held while writing the f16 GGUF (fresh process, peak RssAnon over its baseline): "
-              f"{extra / 1e6:.0f} MB = {extra / size['f16']:.2f} of the file's {size['f16'] / 1e6:.0f} MB "
-              f"(tensors stream one at a time)")
+        print(f"peak resident memory of the converter processes (the f16 conversion is the largest): "
+              f"{peak / 1e6:.0f} MB = {peak / size['f16']:.2f} of the f16 file's {size['f16'] / 1e6:.0f} MB "
+              f"(torch and transformers included; the converter loads tensors lazily)")
         print("\n== sizes against f16 ==")
         for name, n in size.items():
             print(f"merged {name:7s} {n / 1e6:8.1f} MB  ratio {n / size['f16']:.3f}")

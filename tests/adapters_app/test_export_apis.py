@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -25,18 +24,19 @@ def _post(api, adapter, **body):
 
 
 def test_an_unsupported_architecture_is_refused_before_work_starts(api, adapter, base_model, tmp_path):
-    folder = tmp_path / "gpt2ish"
+    folder = tmp_path / "toy"  # an architecture llama.cpp's converter does not know
     shutil.copytree(base_model.hf_path, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
-    other = BaseModel.objects.create(name="gpt2ish", hf_path=str(folder), architecture="GPT2LMHeadModel")
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["NexusToyForCausalLM"]}))
+    other = BaseModel.objects.create(name="toy", hf_path=str(folder), architecture="NexusToyForCausalLM")
     adapter.base_model = other
     adapter.save()
     for body in ({"kind": "adapter_gguf"}, {"kind": "model_gguf", "quantization": "q8_0"}):
         r = _post(api, adapter, **body)
         assert r.status_code == 400, r.content
         assert r.json()["error"]["code"] == "unsupported"
-        assert "GPT2LMHeadModel is not supported yet" in r.json()["error"]["message"]
+        assert "GGUF export of NexusToyForCausalLM is not supported by the llama.cpp of llama-cpp-python" in \
+            r.json()["error"]["message"]
     assert not AdapterExport.objects.exists()  # nothing queued, nothing half-written
 
 
@@ -62,8 +62,27 @@ def stored_adapter(adapter):
 
     storage_save_bytes(f"{adapter.path}/adapter_config.json",
                        json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}).encode())
-    storage_save_bytes(f"{adapter.path}/adapter_model.safetensors", b"not read before the worker runs")
+    storage_save_bytes(f"{adapter.path}/adapter_model.safetensors", _lora_safetensors())
     return adapter
+
+
+def _lora_safetensors() -> bytes:
+    """A safetensors file whose header names one LoRA pair (only the header is read before work)."""
+    import torch
+    from safetensors.torch import save
+
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    return save({f"{prefix}.lora_A.weight": torch.zeros(2, 576), f"{prefix}.lora_B.weight": torch.zeros(576, 2)})
+
+
+def test_an_unreadable_adapter_file_is_refused_before_work(api, stored_adapter):
+    from nexus.storage import storage_save_bytes
+
+    storage_save_bytes(f"{stored_adapter.path}/adapter_model.safetensors", b"not a safetensors file")
+    r = _post(api, stored_adapter, kind="adapter_gguf")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
+    assert r.json()["error"]["message"].startswith("adapter_model.safetensors is not a readable safetensors file (")
+    assert not AdapterExport.objects.exists()
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -9,12 +8,12 @@ import pytest
 @pytest.fixture(scope="session")
 def random_adapter_gguf(demo_model_files, tmp_path_factory) -> Path:
     """A LoRA adapter GGUF for the demo model with random non-zero B matrices (PEFT, then our
-    writer), so base + adapter computes something visibly different from the base."""
+    then llama.cpp's converter), so base + adapter computes something visibly different from the base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adapters_app.engine.gguf import write_adapter_gguf
+    from adapters_app.engine.gguf import export_adapter
 
     hf_dir, _ = demo_model_files
     folder = tmp_path_factory.mktemp("random-adapter")
@@ -27,8 +26,7 @@ def random_adapter_gguf(demo_model_files, tmp_path_factory) -> Path:
         if "lora_B" in name:
             param.data.normal_(0, 0.02)
     peft_model.save_pretrained(str(folder / "adapter"))
-    config = json.loads((Path(hf_dir) / "config.json").read_text())
-    return write_adapter_gguf(folder / "adapter", config, folder / "adapter.gguf", name="random")
+    return export_adapter(folder / "adapter", Path(hf_dir), folder / "adapter.gguf")
 
 
 # -- comparison sessions (tests/evaluation_app/test_sessions.py and friends) ------------------------

@@ -148,7 +148,7 @@ def test_defaults_that_do_not_fit_the_model_are_replaced_and_said(api, user, bas
     r = api.post("/api/v1/finetune/jobs", body, format="json")
     assert r.status_code == 201, r.content
     job = r.json()
-    assert job["lora_config"]["target_modules"] == ["qkv_proj", "o_proj"]
+    assert job["lora_config"]["target_modules"] == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # appendix C
     assert job["training_config"]["max_seq_length"] == 1024
     assert len(job["warnings"]) == 2
     assert job["warnings"][0].startswith("lora_config.target_modules: tiny-phi3 has no q_proj, k_proj, v_proj, gate_proj, up_proj")

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 
 from nexus.modelfiles import context_length, first_layer_linears, hf_config
 
-# Attention projections first, then the MLP: the defaults per architecture family (appendix C).
+# Appendix C's target modules per architecture family (attention and MLP), in each model's own
+# module names: Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj; Phi-2 calls the
+# output projection `dense` and the MLP fc1/fc2; the first Qwen c_attn/c_proj/w1/w2.
+_SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ARCH_DEFAULTS = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "phi3": ["qkv_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "llama": _SEVEN, "mistral": _SEVEN, "qwen2": _SEVEN, "qwen3": _SEVEN, "gemma": _SEVEN, "gemma2": _SEVEN,
+    "gemma3_text": _SEVEN,
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "qwen": ["c_attn", "c_proj", "w1", "w2"],
 }
 NOT_LORA = {"lm_head", "embed_tokens", "wte", "wpe"}
 
@@ -39,7 +41,7 @@ class ModelInfo:
         return self.hidden_size // max(self.num_heads, 1)
 
     def default_targets(self) -> list[str]:
-        wanted = ARCH_DEFAULTS.get(self.model_type, ["q_proj", "k_proj", "v_proj", "o_proj"])
+        wanted = ARCH_DEFAULTS.get(self.model_type, _SEVEN)
         present = [m for m in wanted if m in self.linear_modules]
         return present or [m for m in self.linear_modules if m not in NOT_LORA][:4]
 
