@@ -5,6 +5,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from adapters_app.engine.gguf import QUANTIZATIONS
 from adapters_app.exports import export_create
 from adapters_app.models import AdapterExport, LoRAAdapter
 from adapters_app.selectors import adapter_get, adapter_list, export_get
@@ -113,7 +114,7 @@ class AdapterExportApi(APIView):
                                        required=False, help_text="model_gguf (the default): base + adapter merged into "
                                        "one GGUF at `quantization`; adapter_gguf: the LoRA adapter alone, for "
                                        "llama.cpp's --lora over the base GGUF")
-        quantization = serializers.ChoiceField(choices=["f16", "q8_0", "q4_k_m"], required=False,
+        quantization = serializers.ChoiceField(choices=list(QUANTIZATIONS), required=False,
                                                help_text="of a model_gguf export (default q4_k_m); "
                                                "`{\"quantization\": \"q4_k_m\"}` alone is a merged q4_k_m GGUF")
 

@@ -73,7 +73,7 @@ class AdapterExport(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="adapter_exports")
     adapter = models.ForeignKey(LoRAAdapter, on_delete=models.CASCADE, related_name="exports")
     kind = models.CharField(max_length=16, choices=Kind.choices)
-    quantization = models.CharField(max_length=16, blank=True, help_text="f16, q8_0 or q4_k_m (GGUF)")
+    quantization = models.CharField(max_length=16, blank=True, help_text="f32, f16, q8_0 or q4_k_m (GGUF)")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     progress = models.FloatField(default=0.0)
     stage = models.CharField(max_length=200, blank=True)

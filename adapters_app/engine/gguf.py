@@ -18,8 +18,8 @@ from adapters_app.engine import converters
 from nexus import modelfiles
 
 Progress = Callable[[float, str], None]
-QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")
-CONVERTER_TYPES = ("f32", "f16", "q8_0")  # written by the converter itself; the rest quantized from f16
+QUANTIZATIONS = ("f32", "f16", "q8_0", "q4_k_m")
+CONVERTER_TYPES = ("f32", "f16", "q8_0")  # written by the converter itself; q4_k_m quantized from f16
 EMBEDDING_MODULES = {"embed_tokens", "wte", "tok_embeddings", "word_embeddings", "lm_head", "embed_out"}
 TOKENIZER_PROBES = ["The capital of France is Paris.", "def add(a, b):\n    return a + b  # 42",
                     "  Ünïcödé ✓ and 12345 digits", "<|im_start|>user\nhi<|im_end|>\n<start_of_turn>model\n"]
@@ -89,7 +89,7 @@ def export_model(model_dir: Path, out_path: Path, quantization: str, *, name: st
     """A Hugging Face model folder to a GGUF of `quantization` (f32, f16, q8_0 by the converter;
     q4_k_m quantized from its f16 by llama.cpp)."""
     model_dir, out_path = Path(model_dir), Path(out_path)
-    if quantization not in CONVERTER_TYPES + QUANTIZATIONS:
+    if quantization not in QUANTIZATIONS:
         raise UnsupportedModel(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
     check_model_exportable(model_dir)
     progress = progress or (lambda _f, _m: None)
@@ -136,7 +136,7 @@ def quantize(src: Path, dst: Path, quantization: str, *, threads: int | None = N
     ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
               "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}
     if quantization not in ftypes:
-        raise UnsupportedModel(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+        raise UnsupportedModel(f"llama.cpp quantization {quantization!r} is not one of {', '.join(ftypes)}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[quantization]
     params.nthread = threads or max(1, os.cpu_count() or 1)

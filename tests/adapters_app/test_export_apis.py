@@ -90,6 +90,7 @@ def test_an_unreadable_adapter_file_is_refused_before_work(api, stored_adapter):
     [
         ({"quantization": "q4_k_m"}, "model_gguf", "q4_k_m"),  # section 11.3's export_adapter(id, quantization=...)
         ({"quantization": "f16"}, "model_gguf", "f16"),
+        ({"quantization": "f32"}, "model_gguf", "f32"),  # the converter's full precision
         ({}, "model_gguf", "q4_k_m"),
         ({"kind": "model_gguf", "quantization": "q8_0"}, "model_gguf", "q8_0"),
         ({"kind": "adapter_gguf"}, "adapter_gguf", "f32"),

@@ -188,7 +188,7 @@ def test_export_errors_show_in_the_dialog(user, adapter, base_model):
     html = r.content.decode()
     assert 'id="export-dialog" open' in html and "has lost its files" in html
     r = _htmx(client, f"/finetune/adapters/{adapter.pk}/exports/", {"kind": "model_gguf", "quantization": "q2_k"})
-    assert "quantization must be one of f16, q8_0, q4_k_m" in r.content.decode()
+    assert "quantization must be one of f32, f16, q8_0, q4_k_m" in r.content.decode()
     assert not AdapterExport.objects.filter(adapter=adapter).exists()
 
 

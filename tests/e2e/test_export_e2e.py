@@ -66,6 +66,8 @@ def test_trained_adapter_answers_the_same_in_llama_cpp_as_adapter_gguf_and_as_me
         assert export["size_bytes"] > 0 and len(export["sha256"]) == 64
     assert merged["verification"]["metadata"]["general.file_type"] == 7  # llama.cpp's MOSTLY_Q8_0
     assert merged["verification"]["metadata"]["tokenizer.chat_template"]  # llama.cpp chats with its template
+    tokenizer = merged["verification"]["tokenizer"]  # compared with the demo model's own GGUF
+    assert tokenizer["compared_with"].endswith(".gguf") and tokenizer["probes_tokenized_differently"] == 0, tokenizer
     assert lora["verification"]["metadata"]["general.type"] == "adapter"
 
     lora_file = _download(api, lora["download_url"], tmp_path / lora["filename"])
