@@ -113,20 +113,27 @@ def test_the_supervised_loss_equals_full_logits_on_packed_rows_with_lora(demo_lo
         torch.testing.assert_close(g, e, rtol=1e-3, atol=2e-5)
 
 
-def test_no_vocabulary_wide_tensor_is_kept_for_the_backward_pass(demo_lora):
+def test_no_vocabulary_wide_tensor_is_kept_for_the_backward_pass():
     """What autograd keeps from the forward pass: the plain path keeps logits for every position
-    (rows x sequence x vocabulary); the chunked path nothing vocabulary-wide but the head's weight."""
+    (rows x sequence x vocabulary); the chunked path nothing vocabulary-wide."""
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    model, batch = demo_lora
-    vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
-    head = model.get_base_model().get_output_embeddings().weight
+    torch.manual_seed(0)
+    vocab = 1009
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, use_cache=False))
+    model.requires_grad_(False)
+    model.model.layers[0].mlp.requires_grad_(True)  # as LoRA: the head is frozen, the hidden states need a gradient
+    ids = torch.randint(0, vocab, (3, 40))
+    labels = ids.clone()
+    labels[:, :10] = -100
 
     def saved_vocab_wide(run) -> list[tuple[int, ...]]:
         shapes = []
 
         def pack(t):
-            if vocab in t.shape and t.data_ptr() != head.data_ptr():
+            if vocab in t.shape and t.data_ptr() != model.lm_head.weight.data_ptr():
                 shapes.append(tuple(t.shape))
             return t
 
@@ -134,11 +141,10 @@ def test_no_vocabulary_wide_tensor_is_kept_for_the_backward_pass(demo_lora):
             run()
         return shapes
 
-    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    assert saved_vocab_wide(lambda: _plain(model(**inputs).logits, batch["labels"]))
-    loss = SupervisedLoss(model, rows=5)
+    assert saved_vocab_wide(lambda: _plain(model(input_ids=ids).logits, labels))
+    loss = SupervisedLoss(model, rows=7)
     try:
-        assert saved_vocab_wide(lambda: loss(model(**inputs, **loss.extra_inputs), batch["labels"])) == []
+        assert saved_vocab_wide(lambda: loss(model(input_ids=ids, **loss.extra_inputs), labels)) == []
     finally:
         loss.remove()
 
@@ -204,3 +210,24 @@ def test_a_training_run_has_the_same_losses_as_with_full_logits(demo_model_files
     assert [e["eval_loss"] for e in chunked.evaluations] == pytest.approx([e["eval_loss"] for e in plain.evaluations],
                                                                            rel=1e-3)
     assert len(chunked.evaluations) == 1
+
+
+def test_the_memory_estimate_holds_one_chunk_of_logits_where_the_chunked_loss_applies():
+    from dataclasses import replace
+
+    from training_app.engine.estimate import estimate_memory
+    from training_app.engine.loss import chunk_rows
+    from training_app.engine.modelinfo import ModelInfo
+
+    shapes = (("q_proj", 576, 576), ("v_proj", 576, 192))
+    info = ModelInfo("llama", 30, 576, 9, 3, 1536, 49152, 8192, True, ("q_proj", "v_proj"), shapes)
+
+    def loss_term(model_info: ModelInfo, seq: int) -> int:
+        config = parse_job_config({"target_modules": ["q_proj", "v_proj"]}, {"batch_size": 4, "max_seq_length": seq},
+                                  {"enabled": False})
+        return estimate_memory(model_info, 134_515_008, config, device="cpu")["breakdown_bytes"]["logits"]
+
+    rows = chunk_rows(49152)
+    assert loss_term(info, 1024) == 3 * rows * 49152 * 4 + 2 * 4 * 1024 * 576 * 4
+    assert loss_term(info, 4096) - loss_term(info, 1024) == 2 * 4 * 3072 * 576 * 4  # only the hidden states grow
+    assert loss_term(replace(info, model_type="cohere"), 1024) == 3 * 4 * 1024 * 49152 * 4  # full logits for every position

@@ -5,9 +5,9 @@ A causal LM's loss is usually taken from logits for every position: for a 49k-to
 the fp32 logits, their log-softmax and their gradient are the largest tensors of a LoRA step, and
 most positions (the prompt, the padding) have label -100 anyway. `LinearCrossEntropy` takes the
 final hidden states at the supervised positions only, the head's weight and the targets; it forms
-the logits `CHUNK_ELEMENTS // vocab` rows at a time, keeps each row's logsumexp, and in the backward
-pass forms each chunk's logits again for the gradient. Peak memory then grows with one chunk
-times the vocabulary, not with the batch's tokens times the vocabulary.
+the logits `CHUNK_ELEMENTS // vocab` rows at a time and turns each chunk into its loss and, when
+training, its gradient at once (the chunk's logits are then dropped). Peak memory grows with one
+chunk times the vocabulary, not with the batch's tokens times the vocabulary.
 
 `SupervisedLoss` plugs it into a transformers model: the model runs with `logits_to_keep=1` (its
 head computes one position per row), a forward hook on its decoder takes the final hidden states
@@ -34,62 +34,56 @@ def chunk_rows(vocab_size: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(vocab_size, 1))
 
 
-def _autocast(kind: str):  # noqa: ANN202
-    import torch
-
-    # backward recomputes the chunk's logits in the autocast state of the forward pass (bf16/fp16 on a GPU)
-    return getattr(torch.amp, kind)(device_type="cuda")
-
-
 @functools.cache
 def _function():  # noqa: ANN202 - the class needs torch, which this module imports lazily
     import torch
 
     class LinearCrossEntropy(torch.autograd.Function):
-        """sum_i -log softmax(softcap(hidden_i @ weight.T + bias))[target_i], chunk by chunk."""
+        """sum_i -log softmax(softcap(hidden_i @ weight.T + bias))[target_i], chunk by chunk.
+
+        The loss is a scalar at the end of the graph, so its gradient is known up to the factor
+        the backward pass brings: each chunk's gradient is formed in the forward pass from the
+        logits already there (a second pass over the head would cost one more matmul of the
+        head's size), and backward only scales what was kept (n x hidden, and the head's weight
+        and bias when they train)."""
 
         @staticmethod
-        @_autocast("custom_fwd")
-        def forward(ctx, hidden, weight, bias, targets, rows, softcap):  # noqa: ANN001, ANN205
-            lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            for start in range(0, hidden.shape[0], rows):
-                part = slice(start, start + rows)
-                logits, _ = _logits(hidden[part], weight, bias, softcap)
-                lse[part] = torch.logsumexp(logits, dim=-1)
-                total += (lse[part] - logits.gather(1, targets[part, None]).squeeze(1)).sum()
-                del logits
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
-            ctx.rows, ctx.softcap = rows, softcap
-            return total
-
-        @staticmethod
-        @_autocast("custom_bwd")
-        def backward(ctx, grad_total):  # noqa: ANN001, ANN205
-            hidden, weight, bias, targets, lse = ctx.saved_tensors
-            need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        def forward(ctx, hidden, weight, bias, targets, rows, softcap, with_grad):  # noqa: ANN001, ANN205
+            need_hidden, need_weight, need_bias = (with_grad and bool(x) for x in ctx.needs_input_grad[:3])
             grad_hidden = torch.empty_like(hidden) if need_hidden else None
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
             grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
-            for start in range(0, hidden.shape[0], ctx.rows):
-                part = slice(start, start + ctx.rows)
-                logits, tanh = _logits(hidden[part], weight, bias, ctx.softcap)
-                # d loss / d logits = softmax - one-hot, in place of the logits
-                grad = logits.sub_(lse[part, None]).exp_()
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, hidden.shape[0], rows):
+                part = slice(start, start + rows)
+                logits, tanh = _logits(hidden[part], weight, bias, softcap)
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, targets[part, None]).squeeze(1)).sum()
+                if not (need_hidden or need_weight or need_bias):
+                    continue
+                # d loss / d logits = softmax - one-hot, formed in place of the logits
+                grad = logits.sub_(lse[:, None]).exp_()
+                del logits
                 grad[torch.arange(grad.shape[0], device=grad.device), targets[part]] -= 1
-                grad.mul_(grad_total)
                 if tanh is not None:  # d (cap * tanh(z / cap)) / dz = 1 - tanh^2
                     grad.mul_(1 - tanh.square_())
-                    del tanh
                 if need_hidden:
-                    grad_hidden[part] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+                    grad_hidden[part] = grad.to(weight.dtype) @ weight
                 if need_weight:
                     grad_weight += grad.T.to(hidden.dtype) @ hidden[part]
                 if need_bias:
                     grad_bias += grad.sum(0)
-                del grad
-            return (grad_hidden, grad_weight.to(weight.dtype) if need_weight else None,
-                    grad_bias.to(bias.dtype) if need_bias else None, None, None, None)
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):  # noqa: ANN001, ANN205
+            grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+            weight_dtype, bias_dtype = ctx.dtypes
+            return (None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
+                    None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+                    None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype), None, None, None, None)
 
     return LinearCrossEntropy
 
@@ -109,7 +103,10 @@ def linear_cross_entropy(hidden: Any, weight: Any, bias: Any, targets: Any, *, r
                          softcap: float | None = None) -> Any:
     """The summed cross-entropy of `hidden @ weight.T + bias` (n x vocab) against `targets` (n),
     never holding more than `rows` rows of logits."""
-    return _function().apply(hidden, weight, bias, targets, rows or chunk_rows(weight.shape[0]), softcap)
+    import torch
+
+    with_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden, weight, bias))
+    return _function().apply(hidden, weight, bias, targets, rows or chunk_rows(weight.shape[0]), softcap, with_grad)
 
 
 def causal_lm_loss(hidden_states: Any, labels: Any, head: Any, *, num_items_in_batch: Any = None,
