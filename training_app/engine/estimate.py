@@ -4,15 +4,18 @@ Memory (bytes) is the sum of: base weights at the quantization's bits, LoRA para
 their gradients and AdamW states (4 + 4 + 8 bytes each, or 4 + 4 + 2 with an 8-bit optimizer),
 activations for the batch and sequence length (Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per
 layer at 16-bit, only the layer inputs with gradient checkpointing; with LoRA dropout, each
-adapted module's dropped-out input and its mask), the fp32 logits with the loss's log-softmax and
-their gradient (three vocabulary-wide tensors alive together at the start of the backward pass),
-and a fixed runtime overhead (the CUDA context, or on the CPU the process with torch and
+adapted module's dropped-out input and its mask), the loss (engine/loss.py forms the logits at
+supervised positions a chunk of rows at a time: one chunk's fp32 logits, their softmax and their
+gradient, plus the hidden states with their gradient; a model the chunked loss does not apply to
+holds those three vocabulary-wide tensors for every position of the batch instead), and a fixed
+runtime overhead (the CUDA context, or on the CPU the process with torch and
 transformers loaded: about 0.5 GiB resident measured here, plus allocator slack)."""
 from __future__ import annotations
 
 from typing import Any
 
 from training_app.engine.config import JobConfig, TrainingConfig, global_batch
+from training_app.engine.loss import CHUNKED_MODEL_TYPES, chunk_rows
 from training_app.engine.modelinfo import ModelInfo
 
 GIB = 1024**3
@@ -54,7 +57,10 @@ def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *,
         # boolean mask; without dropout lora_A keeps the input the layer already holds
         inputs = {name: i for name, i, _ in info.module_shapes}
         activations += info.num_layers * s * b * sum(inputs.get(t, 0) for t in targets) * (compute_bytes + 1)
-    logits = 3 * b * s * info.vocab_size * 4
+    if info.model_type in CHUNKED_MODEL_TYPES:
+        logits = 3 * min(chunk_rows(info.vocab_size), b * s) * info.vocab_size * 4 + 2 * b * s * h * compute_bytes
+    else:
+        logits = 3 * b * s * info.vocab_size * 4
     overhead = RUNTIME_OVERHEAD.get(device, RUNTIME_OVERHEAD["cuda"])
     parts = {"weights": weights, "lora_parameters_gradients_optimizer": lora, "activations": activations,
              "logits": logits, "runtime_overhead": overhead}
