@@ -22,7 +22,7 @@ from typing import Any
 
 from training_app.engine.data import IGNORE_INDEX
 
-# elements of one chunk's fp32 logits (64 MiB): 341 rows for a 49k vocabulary, 131 for 128k
+# elements of one chunk's fp32 logits (64 MiB): 341 rows for a 49k vocabulary, 130 for 128k
 CHUNK_ELEMENTS = 1 << 24
 MIN_CHUNK_ROWS = 64
 # model types whose causal-LM head is exactly lm_head(decoder output), with optional final softcapping
