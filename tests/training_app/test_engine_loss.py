@@ -6,7 +6,7 @@ import pytest
 
 from training_app.engine.config import parse_job_config
 from training_app.engine.data import PackingCollator, encode_records
-from training_app.engine.loss import SupervisedLoss, causal_lm_loss, linear_cross_entropy, plain_loss_reason
+from training_app.engine.loss import SupervisedLoss, linear_cross_entropy, plain_loss_reason
 from training_app.engine.trainer import NullHooks, load_model_for_training, train
 
 
