@@ -64,10 +64,10 @@ def check_adapter_exportable(adapter_config: dict, tensor_names: list[str] | Non
                                "llama.cpp adapter GGUF (it holds LoRA matrices only); export a merged model")
     targets = adapter_config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
-    names = [n.split(".")[-1] for n in targets] + [
-        part for key in tensor_names or [] for part in key.split(".") if part in EMBEDDING_MODULES]
-    embedded = sorted({n for n in names if n in EMBEDDING_MODULES} |
-                      {"embeddings" for key in tensor_names or [] if "lora_embedding_" in key})
+    modules = {t.split(".")[-1] for t in targets} | {part for key in tensor_names or [] for part in key.split(".")}
+    if any("lora_embedding_" in key for key in tensor_names or []):
+        modules.add("embeddings")
+    embedded = sorted(modules & (EMBEDDING_MODULES | {"embeddings"}))
     if embedded:
         raise UnsupportedModel(f"LoRA on the embeddings or output head ({', '.join(embedded)}) cannot be exported "
                                "to a llama.cpp adapter GGUF; export a merged model")
