@@ -508,8 +508,12 @@ def packed_row(batch: list[dict], device: Any) -> dict[str, Any]:
             if label != IGNORE_INDEX:
                 keep.append(offset + i)
                 targets.append(label)
+    bounds = [0]
+    for example in batch:
+        bounds.append(bounds[-1] + len(example["input_ids"]))
     return {"input_ids": torch.tensor([ids], device=device), "position_ids": torch.tensor([positions], device=device),
-            "keep": torch.tensor(keep, device=device), "targets": torch.tensor(targets, device=device)}
+            "cu_seq_lens_q": bounds, "keep": torch.tensor(keep, device=device),
+            "targets": torch.tensor(targets, device=device)}
 
 
 def run_loop(examples: list[dict], sizes: Sizes, workdir: Path, *, steps: int | None = None, warm: bool = True) -> Run:
@@ -542,7 +546,7 @@ def run_loop(examples: list[dict], sizes: Sizes, workdir: Path, *, steps: int | 
             for row in group:
                 with autocast:
                     logits = model(input_ids=row["input_ids"], position_ids=row["position_ids"],
-                                   logits_to_keep=row["keep"], use_cache=False).logits
+                                   cu_seq_lens_q=row["cu_seq_lens_q"], logits_to_keep=row["keep"], use_cache=False).logits
                 loss = F.cross_entropy(logits[0].float(), row["targets"], reduction="sum") / n
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.training.max_grad_norm)

@@ -94,8 +94,9 @@ class TrainingConfig:
                          kind="int")
     save_total_limit: int = _f(2, "Checkpoints kept (the last ones; the best by validation loss is kept as well).",
                                kind="int")
-    packing: str = _f("padding_free", "padding_free: each micro-batch's examples packed into as few rows as its "
-                      "longest needs, attention kept within each example; none: right-padded rows.", kind="str",
+    packing: str = _f("padding_free", "padding_free: each micro-batch's examples packed without padding (one row "
+                      "where the model attends per example, else as few rows as its longest needs), attention kept "
+                      "within each example; none: right-padded rows.", kind="str",
                       choices=PACKING)
     validation_split: float = _f(0.0, "Fraction of the dataset held out for validation (or give eval_dataset_id).",
                                  kind="float")

@@ -147,22 +147,28 @@ def pack_rows(lengths: list[int]) -> list[list[int]]:
 
 
 class PackingCollator:
-    """Padding-free packing within a micro-batch: its examples share rows as long as its longest
-    example, each with position ids from 0, and no attention mask, so transformers builds a
-    block-diagonal causal mask (attention never crosses examples). The first label of every
-    example is ignored, so no example learns to predict the next one's start. The same examples
-    make a step as without packing; only the padding is gone."""
+    """Padding-free packing within a micro-batch: each example with position ids from 0, and the
+    first label of every example ignored, so no example learns to predict the next one's start.
+    The same examples make a step as without packing; only the padding is gone.
 
-    def __init__(self, pad_token_id: int):
+    With `one_row` (the model attends per example: engine/lean.py's varlen attention) all of the
+    micro-batch is one row with no padding at all, and `cu_seq_lens_q` gives where each example
+    starts. Otherwise the examples share rows as long as the longest example, and, with no
+    attention mask, transformers builds a block-diagonal causal mask from the position ids
+    (attention never crosses examples; on a CPU the hidden scores of a row are still computed,
+    so rows stay short)."""
+
+    def __init__(self, pad_token_id: int, one_row: bool = False):
         self.pad_token_id = pad_token_id
+        self.one_row = one_row
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
         lengths = [len(x["input_ids"]) for x in batch]
-        width = max(lengths)
+        width = sum(lengths) if self.one_row else max(lengths)
         input_ids, labels, positions = [], [], []
-        for row in pack_rows(lengths):
+        for row in [list(range(len(batch)))] if self.one_row else pack_rows(lengths):
             ids: list[int] = []
             lab: list[int] = []
             pos: list[int] = []
@@ -175,16 +181,22 @@ class PackingCollator:
             input_ids.append(ids + [self.pad_token_id] * pad)
             labels.append(lab + [IGNORE_INDEX] * pad)
             positions.append(pos + list(range(pad)))
-        return {
+        out = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "position_ids": torch.tensor(positions, dtype=torch.long),
             **_extras(batch),
         }
+        if self.one_row:
+            bounds = [0]
+            for n in lengths:
+                bounds.append(bounds[-1] + n)
+            out["cu_seq_lens_q"] = bounds  # a list: read on the host, never moved to a device
+        return out
 
 
-def make_collator(packing: str, pad_token_id: int) -> PaddingCollator | PackingCollator:
-    return PackingCollator(pad_token_id) if packing == "padding_free" else PaddingCollator(pad_token_id)
+def make_collator(packing: str, pad_token_id: int, one_row: bool = False) -> PaddingCollator | PackingCollator:
+    return PackingCollator(pad_token_id, one_row) if packing == "padding_free" else PaddingCollator(pad_token_id)
 
 
 def split_validation(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

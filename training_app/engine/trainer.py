@@ -15,6 +15,7 @@ from training_app.engine.checkpoints import checkpoint_step, latest_checkpoint
 from training_app.engine.config import JobConfig, global_batch, steps_per_epoch, total_steps_for, warmup_steps_for
 from training_app.engine.distributed import backend, barrier, share_step, world
 from training_app.engine.data import encode_records
+from training_app.engine.lean import ATTENTION, make_lean, register_attention, varlen_reason
 from training_app.engine.loss import SupervisedLoss, plain_loss_reason
 
 
@@ -226,6 +227,8 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
         kwargs["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": world().local_rank}  # each rank its own GPU of CUDA_VISIBLE_DEVICES
+    if varlen_reason(model_dir, config) is None:
+        kwargs["attn_implementation"] = register_attention()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     model.config.use_cache = False  # training needs no KV cache (and packed rows must not get one)
     if config.qlora.enabled:
@@ -242,7 +245,9 @@ def load_model_for_training(model_dir: str | Path, config: JobConfig) -> tuple[A
         use_rslora=config.lora.use_rslora,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora), tokenizer
+    model = get_peft_model(model, lora)
+    make_lean(model)
+    return model, tokenizer
 
 
 def schedule_for(config: JobConfig, total_steps: int, has_eval: bool) -> tuple[int, int]:
@@ -340,7 +345,8 @@ def train(
               + (f"; validation loss on {len(eval_examples)} examples every {eval_steps} steps" if has_eval else ""))
     hooks.on_start(total_steps=total_steps, num_examples=len(examples), num_eval_examples=len(eval_examples))
 
-    collator = make_collator(tc.packing, tokenizer.pad_token_id)
+    one_row = model.config._attn_implementation == ATTENTION  # packed rows attend per example: one row, no padding
+    collator = make_collator(tc.packing, tokenizer.pad_token_id, one_row)
     state: dict[str, Any] = {"stop": None, "best": None, "last": None, "t": time.monotonic(), "tokens": 0, "seen": 0,
                              "supervised": 0, "step_counts": [0, 0], "checkpoint_reason": None}
 
