@@ -102,7 +102,8 @@ def test_estimate_breaks_memory_down_and_times_from_measured_throughput(api, use
     assert qlora["breakdown_bytes"]["weights"] < memory["breakdown_bytes"]["weights"]
     longer = api.post("/api/v1/finetune/estimate", {**body, "training_config": {"max_seq_length": 2048, "batch_size": 2}},
                       format="json").json()["memory"]
-    assert longer["breakdown_bytes"]["activations"] > 4 * memory["breakdown_bytes"]["activations"]
+    # the layers keep tensors linear in the tokens (attention per example keeps no scores: engine/lean.py)
+    assert longer["breakdown_bytes"]["activations"] == 4 * memory["breakdown_bytes"]["activations"]
     checkpointed = api.post("/api/v1/finetune/estimate", {**body, "training_config": {
         "max_seq_length": 2048, "batch_size": 2, "gradient_checkpointing": True}}, format="json").json()["memory"]
     assert checkpointed["breakdown_bytes"]["activations"] < longer["breakdown_bytes"]["activations"] / 5

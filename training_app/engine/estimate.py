@@ -2,9 +2,10 @@
 
 Memory (bytes) is the sum of: base weights at the quantization's bits, LoRA parameters with
 their gradients and AdamW states (4 + 4 + 8 bytes each, or 4 + 4 + 2 with an 8-bit optimizer),
-activations for the batch and sequence length (Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per
-layer at 16-bit, only the layer inputs with gradient checkpointing; with LoRA dropout, each
-adapted module's dropped-out input and its mask), the loss (engine/loss.py forms the logits at
+activations for the batch and sequence length (only the layer inputs with gradient checkpointing;
+for the architectures engine/lean.py makes lean, the tensors its layers keep for backward, counted
+from the module shapes; for others Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer at
+16-bit, and with LoRA dropout each adapted module's dropped-out input and its mask), the loss (engine/loss.py forms the logits at
 supervised positions a chunk of rows at a time: one chunk's fp32 logits, their softmax and their
 gradient, plus the hidden states with their gradient; a model the chunked loss does not apply to
 holds those three vocabulary-wide tensors for every position of the batch instead), and a fixed
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from training_app.engine.config import JobConfig, TrainingConfig, global_batch
+from training_app.engine.lean import GATED_MLP_TYPES
 from training_app.engine.loss import CHUNKED_MODEL_TYPES, chunk_rows
 from training_app.engine.modelinfo import ModelInfo
 
@@ -25,6 +27,24 @@ RUNTIME_OVERHEAD = {"cuda": int(0.6 * GIB), "cpu": int(0.6 * GIB)}
 def lora_parameter_count(info: ModelInfo, targets: list[str], rank: int) -> int:
     dims = {name: (i, o) for name, i, o in info.module_shapes}
     return info.num_layers * sum(rank * (dims[t][0] + dims[t][1]) for t in targets if t in dims)
+
+
+def lean_layer_bytes_per_token(info: ModelInfo, targets: list[str], rank: int, dropout: float, compute_bytes: int) -> int:
+    """What one layer of a lean model (engine/lean.py) keeps for backward per token: each norm's
+    input, the rotated query and key, the value, the attention's output and the copy o_proj reads,
+    the MLP's gate and up; for LoRA the input of the adapted modules where no other op keeps it
+    (the normed hidden state before q/k/v and before gate/up, the MLP product before down), each
+    module's rank-wide intermediate and, with dropout, its boolean mask."""
+    dims = {name: (i, o) for name, i, o in info.module_shapes}
+    h = info.hidden_size
+    q, k, v = (dims.get(n, (h, h))[1] for n in ("q_proj", "k_proj", "v_proj"))
+    inter = dims.get("gate_proj", (h, info.intermediate_size))[1]
+    values = 2 * h + q + k + v + 2 * q + 2 * inter
+    adapted = [t for t in targets if t in dims]
+    values += h * any(t in adapted for t in ("q_proj", "k_proj", "v_proj")) + h * any(t in adapted for t in ("gate_proj", "up_proj"))
+    values += inter * ("down_proj" in adapted) + rank * len(adapted)
+    masks = sum(dims[t][0] for t in adapted) if dropout > 0 else 0
+    return values * compute_bytes + masks
 
 
 def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *, device: str = "cuda") -> dict[str, Any]:
@@ -46,17 +66,21 @@ def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *,
     # fp32 weights and gradients, and AdamW's two moments: fp32, or 8-bit (bitsandbytes) for the 8-bit optimizers
     lora = lora_params * (4 + 4 + (2 if tc.optimizer in ("adamw_8bit", "paged_adamw_8bit") else 8))
     s, b, h, a = tc.max_seq_length, tc.batch_size, info.hidden_size, info.num_heads
-    scale = compute_bytes / 2
-    per_layer_full = s * b * h * (34 + 5 * a * s / h) * scale
-    if tc.gradient_checkpointing:
-        activations = info.num_layers * s * b * h * compute_bytes + per_layer_full
+    lean = info.model_type in GATED_MLP_TYPES
+    if lean:  # what a lean layer (engine/lean.py) keeps: linear in the tokens, no attention scores
+        per_layer = s * b * lean_layer_bytes_per_token(info, targets, config.lora.rank, config.lora.dropout, compute_bytes)
     else:
-        activations = info.num_layers * per_layer_full
-    if config.lora.dropout > 0:
+        per_layer = s * b * h * (34 + 5 * a * s / h) * compute_bytes / 2
+    if tc.gradient_checkpointing:  # every layer's input, and one layer's tensors while it is recomputed
+        activations = info.num_layers * s * b * h * compute_bytes + per_layer
+    else:
+        activations = info.num_layers * per_layer
+    if config.lora.dropout > 0 and not lean:
         # LoRA's dropout makes each adapted module's input anew (kept for lora_A's backward) with its
         # boolean mask; without dropout lora_A keeps the input the layer already holds
         inputs = {name: i for name, i, _ in info.module_shapes}
-        activations += info.num_layers * s * b * sum(inputs.get(t, 0) for t in targets) * (compute_bytes + 1)
+        layers = 1 if tc.gradient_checkpointing else info.num_layers  # checkpointed: the layer being recomputed
+        activations += layers * s * b * sum(inputs.get(t, 0) for t in targets) * (compute_bytes + 1)
     if info.model_type in CHUNKED_MODEL_TYPES:
         logits = 3 * min(chunk_rows(info.vocab_size), b * s) * info.vocab_size * 4 + 2 * b * s * h * compute_bytes
     else:
