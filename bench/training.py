@@ -11,11 +11,11 @@ settings and the same number of optimizer steps, it runs
        refuses padding-free without packing when it is set; every example already fits), and the
        loss on the response tokens only,
   (b)  the Nexus engine (`training_app.engine.trainer.train`) called directly,
-  (d)  the compute limit: the engine's model and LoRA (its own loader) in a plain loop, no Trainer
-       and no callbacks: each micro-batch packed into one row (examples concatenated, position ids
-       restarting per example, no padding), the LM head and the loss only at the positions whose
-       next token is supervised (transformers' `logits_to_keep`), backward, gradient clipping,
-       AdamW and the same schedule (on a CPU no limit: see the note on one-row packing below),
+  (d)  the compute limit: the engine's model and LoRA (its own loader, so its lean modules and
+       per-example attention) in a plain loop, no Trainer and no callbacks: each micro-batch
+       packed into one row (examples concatenated, position ids restarting per example, no
+       padding), the LM head and the loss only at the positions whose next token is supervised
+       (transformers' `logits_to_keep`), backward, gradient clipping, AdamW and the same schedule,
   (c)  the same job as (b) through the REST API, Celery, Postgres and the job's websocket,
 
 and prints supervised tokens per second for each, the ratios, and the token slots each computed
@@ -53,13 +53,12 @@ Rules that keep the comparison fair:
   tokens as the engine's, and that TRL tokenized every example as we did.
 - Token slots: the tokens each run feeds through the model, padding included, counted on the
   micro-batches as they leave each collator ((b)'s by wrapping the collator the engine picks).
-  Padding-free packing in (a2) and (d) feeds only real tokens; the engine packs within rows as
-  long as the micro-batch's longest example, so the tail of each row is padding.
-- One row per micro-batch, as (a2) and (d) pack, is cheapest only where attention is varlen
-  (flash-attention on CUDA). On a CPU, SDPA's flash kernel computes the whole T x T score matrix
-  of a row (the mask hides other examples' scores but does not skip them): measured here, one row
-  of 2,815 tokens took 2.8x the attention CPU time of the engine's 3 rows of 1,021 for the same 4
-  examples, more than the engine's padding costs. There (d) is a reference, not a limit.
+  Padding-free packing in (a2), (b) and (d) feeds only real tokens: each micro-batch is one row.
+- Attention in one packed row: (a2) gets transformers' SDPA with the block-diagonal mask it builds
+  from the position ids, and on a CPU SDPA's flash kernel computes the whole T x T score matrix of
+  the row (the mask hides other examples' scores but does not skip them). The engine, and (d)
+  with the engine's model, attend per example (training_app/engine/lean.py: one causal SDPA call
+  per example from the row's `cu_seq_lens_q`), as flash-attention's varlen kernel does on CUDA.
 - tokens/s = supervised tokens / training-loop seconds: the wall time of trainer.train() for (a),
   (a2) and (b), of the loop alone for (d); for (c) the job's `metrics.train_runtime_s` (the same
   clock inside the worker), and separately the rate between the first and the last metric event

@@ -38,7 +38,8 @@ _LORA, _TRAIN, _QLORA = LoRAConfig(), TrainingConfig(), QLoRAConfig()
 # service error keys that are not named like the form field they belong to
 _FIELD_FOR_KEY = {"dataset_id": "dataset", "eval_dataset_id": "eval_dataset", "qlora_config.enabled": "qlora"}
 MEMORY_PARTS = {"weights": "Base weights", "lora_parameters_gradients_optimizer": "LoRA parameters, gradients, optimizer",
-                "activations": "Activations", "logits": "Logits", "runtime_overhead": "Runtime overhead"}
+                "activations": "Activations", "logits": "Logits", "runtime_overhead": "Runtime overhead",
+                "allocator_slack": "Allocator slack (CPU heap)"}
 
 
 def _short_count(n: int) -> str:

@@ -73,8 +73,9 @@ def test_a_checkpoint_on_request_is_saved_after_the_current_step(celery_worker_p
 @pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
 def test_the_memory_estimate_is_within_35_percent_of_the_measured_peak(celery_worker_process, base_model, api, qlora):
     # long answers fill every sequence to max_seq_length: the case the estimate sizes for. The loss
-    # holds one chunk of logits (engine/loss.py); on a CPU QLoRA's peak runs above LoRA's from heap
-    # fragmentation, not from tensors (docs/architecture.md, "Memory per token in training")
+    # holds one chunk of logits (engine/loss.py), the layers keep engine/lean.py's tensors, and on a
+    # CPU glibc's heap slack is an estimate part of its own; QLoRA's peak runs above LoRA's from that
+    # slack, not from tensors (docs/architecture.md, "Memory per token in training")
     words = "the sea is wide and the wind is strong so hoist the sails and mind the rum my hearties".split()
     records = [{"instruction": f"Tell tale number {i}.", "output": " ".join(words[(i + j) % len(words)] for j in range(700))}
                for i in range(8)]

@@ -77,11 +77,11 @@ def test_the_estimate_draws_the_memory_breakdown_as_stacked_bars(user, base_mode
         row = html[html.index(f'data-device="{device}"'):]
         assert f'{memory["total_gib"]} GiB' in row[:300]
     widths = [float(w) for w in re.findall(r'style="width:([0-9.]+)%"', html)]
-    assert len(widths) == 10 and all(0 <= w <= 100 for w in widths)
+    assert len(widths) == 12 and all(0 <= w <= 100 for w in widths)
     # both bars on one scale: the larger total fills the width, the other is shorter
-    assert max(sum(widths[:5]), sum(widths[5:])) == pytest.approx(100, abs=0.05)
-    assert min(sum(widths[:5]), sum(widths[5:])) < 100
-    for part in ("weights", "lora_parameters_gradients_optimizer", "activations", "logits", "runtime_overhead"):
+    assert max(sum(widths[:6]), sum(widths[6:])) == pytest.approx(100, abs=0.05)
+    assert min(sum(widths[:6]), sum(widths[6:])) < 100
+    for part in ("weights", "lora_parameters_gradients_optimizer", "activations", "logits", "runtime_overhead", "allocator_slack"):
         assert f'data-part="{part}"' in html and f'class="mem-{part}"' in html
     assert "nf4" in html
     assert "No time estimate: no throughput measured" in html and "5 optimizer steps" in html

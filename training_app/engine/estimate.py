@@ -10,7 +10,8 @@ supervised positions a chunk of rows at a time: one chunk's fp32 logits, their s
 gradient, plus the hidden states with their gradient; a model the chunked loss does not apply to
 holds those three vocabulary-wide tensors for every position of the batch instead), and a fixed
 runtime overhead (the CUDA context, or on the CPU the process with torch and
-transformers loaded: about 0.5 GiB resident measured here, plus allocator slack)."""
+transformers loaded: about 0.5 GiB resident measured here), and on a CPU the allocator's slack
+(glibc's heap holding freed blocks: about the activations again, measured)."""
 from __future__ import annotations
 
 from typing import Any
@@ -22,6 +23,7 @@ from training_app.engine.modelinfo import ModelInfo
 
 GIB = 1024**3
 RUNTIME_OVERHEAD = {"cuda": int(0.6 * GIB), "cpu": int(0.6 * GIB)}
+CPU_HEAP_SLACK = 1.0  # x activations: bench/training_memory.py, lean LoRA 0.92, QLoRA 1.13-1.43
 
 
 def lora_parameter_count(info: ModelInfo, targets: list[str], rank: int) -> int:
@@ -86,8 +88,12 @@ def estimate_memory(info: ModelInfo, parameter_count: int, config: JobConfig, *,
     else:
         logits = 3 * b * s * info.vocab_size * 4
     overhead = RUNTIME_OVERHEAD.get(device, RUNTIME_OVERHEAD["cuda"])
+    # on a CPU glibc's heap keeps the freed blocks of a step's tensors resident (its dynamic mmap
+    # threshold puts them on the heap, whose holes the next sizes do not fit): measured here about
+    # as much again as the activations (docs/architecture.md, "Memory per token in training")
+    slack = activations * CPU_HEAP_SLACK if device == "cpu" else 0
     parts = {"weights": weights, "lora_parameters_gradients_optimizer": lora, "activations": activations,
-             "logits": logits, "runtime_overhead": overhead}
+             "logits": logits, "runtime_overhead": overhead, "allocator_slack": slack}
     total = sum(parts.values())
     return {
         "device": device,
