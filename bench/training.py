@@ -922,14 +922,14 @@ def summary(*, sizes: Sizes, device: str, supervised: int, real_tokens: int, run
     if a2:
         lines.append(f"  (a2) TRL SFTTrainer, tuned          {ra2:8.1f}   ({a2.seconds:.1f} s in trainer.train(); padding-free, "
                      f"no gradient checkpointing, completion-only loss)")
+        if not device.startswith("cuda"):
+            lines.append("       ((a2)'s one row attends through a block-diagonal mask: on a CPU SDPA computes the row's whole "
+                         "T x T; (b) and (d) attend per example: see the docstring)")
     if b:
         lines.append(f"  (b)  Nexus engine, directly         {rb:8.1f}   ({b.seconds:.1f} s in trainer.train())")
     if d:
         lines.append(f"  (d)  packed loop, compute limit     {rd:8.1f}   ({d.seconds:.1f} s in the loop: one row per "
                      f"micro-batch, LM head and loss at supervised positions only)")
-    if d and not device.startswith("cuda"):
-        lines.append("       (on a CPU attention computes each packed row's whole T x T, so one row per micro-batch, as in "
-                     "(a2) and (d), is no compute limit: see the docstring)")
     if c:
         lines.append(f"  (c)  Nexus through API/Celery/DB/ws {rc:8.1f}   ({c.seconds:.1f} s: the job's train_runtime_s)")
         if c.window and c.window[0] > 0:
