@@ -62,13 +62,15 @@ def test_gated_product_matches_the_activation_times_up(kind):
         assert torch.allclose(g, w, **TOL), (g - w).abs().max()
 
 
-def _peft(folder, targets, dropout=0.0):
+def _peft(folder, targets, dropout=0.0, four_bit=False):
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    quantized = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.float32)} if four_bit else {}
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **quantized)
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets,
                                              task_type="CAUSAL_LM"))
@@ -79,14 +81,16 @@ def _peft(folder, targets, dropout=0.0):
     return model
 
 
-@pytest.mark.parametrize("arch", [a for a in ("llama", "gemma", "qwen3") if a in tinymodels.ARCHITECTURES])
-def test_a_lean_peft_model_gives_the_plain_models_loss_and_lora_gradients(arch, demo_model_files, tmp_path):
+@pytest.mark.parametrize(("arch", "four_bit"), [(a, False) for a in ("llama", "gemma", "qwen3") if a in tinymodels.ARCHITECTURES]
+                         + [("llama", True)], ids=lambda v: {True: "qlora", False: "lora"}.get(v, v))
+def test_a_lean_peft_model_gives_the_plain_models_loss_and_lora_gradients(arch, four_bit, demo_model_files, tmp_path):
+    """Plain LoRA layers and QLoRA's 4-bit ones alike."""
     import torch
 
     folder = tmp_path / arch
     tinymodels.make(arch, folder, demo_model_files[0])
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    plain, leaner = _peft(folder, targets), _peft(folder, targets)
+    plain, leaner = _peft(folder, targets, four_bit=four_bit), _peft(folder, targets, four_bit=four_bit)
     counts = lean.make_lean(leaner)
     assert counts == {"lora": 2 * len(targets), "mlp": 2}
     torch.manual_seed(5)
