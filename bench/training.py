@@ -124,7 +124,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bench.benchlib import BenchSystem, free_port  # noqa: E402
-from training_app.engine.data import IGNORE_INDEX, encode_conversation, encode_records  # noqa: E402
+from training_app.engine.data import IGNORE_INDEX, cu_seq_lens, encode_conversation, encode_records  # noqa: E402
 from training_app.engine.trainer import NullHooks  # noqa: E402
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -507,9 +507,7 @@ def packed_row(batch: list[dict], device: Any) -> dict[str, Any]:
             if label != IGNORE_INDEX:
                 keep.append(offset + i)
                 targets.append(label)
-    bounds = [0]
-    for example in batch:
-        bounds.append(bounds[-1] + len(example["input_ids"]))
+    bounds = cu_seq_lens([len(example["input_ids"]) for example in batch])
     return {"input_ids": torch.tensor([ids], device=device), "position_ids": torch.tensor([positions], device=device),
             "cu_seq_lens_q": bounds, "keep": torch.tensor(keep, device=device),
             "targets": torch.tensor(targets, device=device)}

@@ -146,6 +146,13 @@ def pack_rows(lengths: list[int]) -> list[list[int]]:
     return rows
 
 
+def cu_seq_lens(lengths: list[int]) -> list[int]:
+    """Where each example of a one-row batch starts, and the row's end: [0, n0, n0 + n1, ...]."""
+    import itertools
+
+    return list(itertools.accumulate(lengths, initial=0))
+
+
 class PackingCollator:
     """Padding-free packing within a micro-batch: each example with position ids from 0, and the
     first label of every example ignored, so no example learns to predict the next one's start.
@@ -188,10 +195,7 @@ class PackingCollator:
             **_extras(batch),
         }
         if self.one_row:
-            bounds = [0]
-            for n in lengths:
-                bounds.append(bounds[-1] + n)
-            out["cu_seq_lens_q"] = bounds  # a list: read on the host, never moved to a device
+            out["cu_seq_lens_q"] = cu_seq_lens(lengths)  # a list: read on the host, never moved to a device
         return out
 
 

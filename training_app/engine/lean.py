@@ -108,10 +108,10 @@ def keep_mask(x: Any, p: float) -> Any:
 
 def lora_delta(x: Any, a: Any, b: Any, *, p: float, scale: float, training: bool, keep: Any = None) -> Any:
     """scale * dropout_p(x) @ a.T @ b.T (dropout only when training); `keep` fixes the mask (tests)."""
-    if training and p > 0 and keep is None:
-        keep = keep_mask(x, p)
     if not training or p == 0:
         keep = None
+    elif keep is None:
+        keep = keep_mask(x, p)
     return _functions()[0].apply(x, a, b, keep, 1.0 - p, scale)
 
 
